@@ -1,0 +1,289 @@
+/**
+ * The secure channel: the Noise handshake over handshake frames, then
+ * encrypted transport frames (`type || body` plaintexts) in both directions
+ * over one connection.
+ *
+ * It owns the two CipherStates and everything that touches them: counter
+ * nonces carried in the nonce field, the header as associated data, REKEY in
+ * both directions. Sends are pipelined: each one claims its counter at once
+ * and starts encrypting, while the frames reach the wire strictly in counter
+ * order, each as one write of header, nonce and ciphertext.
+ *
+ * @example
+ * ```ts
+ * import { SecureChannel, MessageType } from "./channel.ts";
+ * const conn = await Deno.connect({ hostname: "127.0.0.1", port: 8888 });
+ * const psk = await Deno.readFile("keys/shared_key.key");
+ * const channel = await SecureChannel.handshake(conn, psk, "initiator");
+ * await channel.send(MessageType.open, Uint8Array.of(0));
+ * const reply = await channel.receive(); // { type, body } or null at EOF
+ * ```
+ * @module
+ */
+
+import { AuthenticationError, ProtocolError, TruncationError } from "./errors.ts";
+import {
+  encodeHeader,
+  HANDSHAKE_NONCE_SIZE,
+  HEADER_SIZE,
+  MAX_PLAINTEXT_SIZE,
+  TAG_SIZE,
+  TRANSPORT_NONCE_SIZE,
+} from "./frame.ts";
+import { closeQuietly, type Connection, readableOf, writeAll } from "./conn.ts";
+import { FrameReader } from "./framer.ts";
+import { type CipherState, counterNonce, NNpsk0Handshake, type Role } from "./noise.ts";
+
+/** The Noise prologue: binds every handshake to this protocol. */
+export const PROLOGUE: Uint8Array = new TextEncoder().encode("cipherlink/2");
+
+/** Transport plaintext types (protocol section 3). */
+export const MessageType = {
+  open: 1,
+  openOk: 2,
+  data: 3,
+  close: 4,
+  ping: 5,
+  pong: 6,
+  rekey: 7,
+  error: 8,
+} as const;
+
+/** Default plaintext bytes sent under one key before REKEY: 1 GiB. */
+export const DEFAULT_REKEY_BYTES = 2 ** 30;
+/** The protocol's ceiling for plaintext under one key. */
+const MAX_REKEY_BYTES = 2 ** 30;
+/** Smallest handshake message: a public key and an empty payload's tag. */
+const MIN_HANDSHAKE_DATA = 32 + TAG_SIZE;
+/** Smallest transport data field: the type byte and the tag. */
+const MIN_TRANSPORT_DATA = 1 + TAG_SIZE;
+const FRAME_PREFIX = HEADER_SIZE + TRANSPORT_NONCE_SIZE;
+
+/** One decrypted transport message. */
+export interface TransportMessage {
+  type: number;
+  body: Uint8Array;
+}
+
+/** Channel settings. */
+export interface ChannelOptions {
+  /** Plaintext bytes sent under one key before REKEY (at most 2^30). */
+  rekeyBytes?: number;
+}
+
+/** The encrypted, framed transport over one connection. */
+export class SecureChannel {
+  readonly conn: Connection;
+  #frames: FrameReader;
+  #send: CipherState;
+  #receive: CipherState;
+  #rekeyBytes: number;
+  #sentUnderKey = 0;
+  #writeChain: Promise<void> = Promise.resolve();
+  #writeFailure: unknown = null;
+  #rekeysSent = 0;
+  #rekeysReceived = 0;
+  #closed = false;
+
+  private constructor(
+    conn: Connection,
+    frames: FrameReader,
+    send: CipherState,
+    receive: CipherState,
+    options: ChannelOptions,
+  ) {
+    this.conn = conn;
+    this.#frames = frames;
+    this.#send = send;
+    this.#receive = receive;
+    const rekeyBytes = options.rekeyBytes ?? DEFAULT_REKEY_BYTES;
+    if (!(rekeyBytes > 0 && rekeyBytes <= MAX_REKEY_BYTES)) {
+      throw new RangeError(`rekeyBytes must be in 1..${MAX_REKEY_BYTES}`);
+    }
+    this.#rekeyBytes = rekeyBytes;
+  }
+
+  /**
+   * Runs the NNpsk0 handshake as `role` and returns the ready channel.
+   * Throws {@linkcode AuthenticationError} when the peer does not hold the
+   * key, {@linkcode ProtocolError} for a malformed frame, and
+   * {@linkcode TruncationError} when the connection ends first. It does not
+   * close `conn` on failure; the caller does.
+   */
+  static async handshake(
+    conn: Connection,
+    psk: Uint8Array,
+    role: Role,
+    options: ChannelOptions = {},
+  ): Promise<SecureChannel> {
+    const frames = new FrameReader(readableOf(conn));
+    const hs = await NNpsk0Handshake.create(role, psk, PROLOGUE);
+    if (role === "initiator") {
+      await writeAll(conn, handshakeFrame(await hs.writeMessage1()));
+      const reply = await frames.next(HANDSHAKE_NONCE_SIZE, MIN_HANDSHAKE_DATA);
+      if (!reply) {
+        throw new AuthenticationError(
+          "the server closed the connection during the handshake (does it hold the same key?)",
+        );
+      }
+      try {
+        await hs.readMessage2(reply.data);
+      } catch (err) {
+        throw new AuthenticationError("the server does not hold the same key", {
+          cause: err,
+        });
+      }
+      const [send, receive] = await hs.split();
+      return new SecureChannel(conn, frames, send, receive, options);
+    }
+    const hello = await frames.next(HANDSHAKE_NONCE_SIZE, MIN_HANDSHAKE_DATA);
+    if (!hello) {
+      throw new TruncationError(
+        "the client closed the connection before the handshake",
+      );
+    }
+    try {
+      await hs.readMessage1(hello.data);
+    } catch (err) {
+      throw new AuthenticationError("the client does not hold the same key", {
+        cause: err,
+      });
+    }
+    await writeAll(conn, handshakeFrame(await hs.writeMessage2()));
+    const [receive, send] = await hs.split();
+    return new SecureChannel(conn, frames, send, receive, options);
+  }
+
+  /** REKEYs this side has sent and received. */
+  get rekeys(): { sent: number; received: number } {
+    return { sent: this.#rekeysSent, received: this.#rekeysReceived };
+  }
+
+  /**
+   * Sends one message. Encryption starts before this returns; the promise
+   * resolves once the frame has been handed to the connection, in order with
+   * every earlier send.
+   */
+  send(type: number, body: Uint8Array = new Uint8Array(0)): Promise<void> {
+    const plaintext = new Uint8Array(1 + body.byteLength);
+    plaintext[0] = type;
+    plaintext.set(body, 1);
+    return this.sendPlaintext(plaintext);
+  }
+
+  /**
+   * Sends a plaintext whose first byte is already the type: saves a copy for
+   * callers that read their data in at offset 1.
+   */
+  sendPlaintext(plaintext: Uint8Array): Promise<void> {
+    if (plaintext.byteLength < 1 || plaintext.byteLength > MAX_PLAINTEXT_SIZE) {
+      throw new RangeError(`plaintext of ${plaintext.byteLength} bytes`);
+    }
+    const sent = this.#sealAndQueue(plaintext);
+    this.#sentUnderKey += plaintext.byteLength;
+    if (this.#sentUnderKey >= this.#rekeyBytes) {
+      // REKEY goes out under the old key; the swap is synchronous, so every
+      // frame queued after this one is sealed under the new key.
+      this.#sealAndQueue(Uint8Array.of(MessageType.rekey)).catch(() => {});
+      this.#send.rekey();
+      this.#sentUnderKey = 0;
+      this.#rekeysSent++;
+    }
+    return sent;
+  }
+
+  /**
+   * Resolves the next message, handling REKEY itself; `null` when the
+   * connection ended cleanly between frames (whether that is a clean end of
+   * the session is the caller's call: before CLOSE it is a truncation).
+   */
+  async receive(): Promise<TransportMessage | null> {
+    for (;;) {
+      const frame = await this.#frames.next(
+        TRANSPORT_NONCE_SIZE,
+        MIN_TRANSPORT_DATA,
+      );
+      if (!frame) return null;
+      const expected = this.#receive.nonce;
+      if (!nonceIs(frame.nonce, expected)) {
+        throw new ProtocolError(
+          `frame counter out of order (expected ${expected})`,
+        );
+      }
+      const plaintext = await this.#receive.decryptAt(
+        expected,
+        frame.header,
+        frame.data,
+      );
+      this.#receive.advance();
+      const type = plaintext[0];
+      if (type === MessageType.rekey) {
+        if (plaintext.byteLength !== 1) {
+          throw new ProtocolError("REKEY with a body");
+        }
+        this.#receive.rekey();
+        this.#rekeysReceived++;
+        continue;
+      }
+      return { type, body: plaintext.subarray(1) };
+    }
+  }
+
+  /** Resolves once every queued frame is on the connection. */
+  async flush(): Promise<void> {
+    await this.#writeChain;
+    if (this.#writeFailure) throw this.#writeFailure;
+  }
+
+  /** Closes the connection (idempotent). Queued frames may be lost. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    closeQuietly(this.conn);
+  }
+
+  /** Whether close() has been called. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  #sealAndQueue(plaintext: Uint8Array): Promise<void> {
+    const n = this.#send.claimNonce();
+    const frame = new Uint8Array(
+      FRAME_PREFIX + plaintext.byteLength + TAG_SIZE,
+    );
+    encodeHeader(frame, TRANSPORT_NONCE_SIZE, plaintext.byteLength + TAG_SIZE);
+    counterNonce(n, frame.subarray(HEADER_SIZE, FRAME_PREFIX));
+    const sealed = this.#send.encryptAt(
+      n,
+      frame.subarray(0, HEADER_SIZE),
+      plaintext,
+    );
+    sealed.catch(() => {}); // observed below; this keeps an early failure from going unhandled
+    const written = this.#writeChain.then(async () => {
+      if (this.#writeFailure) throw this.#writeFailure;
+      frame.set(await sealed, FRAME_PREFIX);
+      await writeAll(this.conn, frame);
+    });
+    this.#writeChain = written.catch((err) => {
+      this.#writeFailure ??= err;
+    });
+    return written;
+  }
+}
+
+function handshakeFrame(message: Uint8Array): Uint8Array {
+  const frame = new Uint8Array(HEADER_SIZE + message.byteLength);
+  encodeHeader(frame, HANDSHAKE_NONCE_SIZE, message.byteLength);
+  frame.set(message, HEADER_SIZE);
+  return frame;
+}
+
+function nonceIs(nonce: Uint8Array, n: number): boolean {
+  const view = new DataView(
+    nonce.buffer,
+    nonce.byteOffset,
+    TRANSPORT_NONCE_SIZE,
+  );
+  return view.getUint32(0) === 0 && view.getBigUint64(4) === BigInt(n);
+}

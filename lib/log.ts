@@ -1,0 +1,93 @@
+/**
+ * Logging: one line per event on stderr, as text or JSON, filtered by level.
+ *
+ * Events carry fields (session id, peer, outcome, byte counts) rather than
+ * prose, so the JSON form has stable names. Keys never reach a logger: only
+ * fingerprints do.
+ *
+ * @example
+ * ```ts
+ * import { Logger } from "./log.ts";
+ * const log = new Logger("info", "json");
+ * log.info("session end", { session: 7, peer: "127.0.0.1:5000", bytes_in: 10 });
+ * ```
+ * @module
+ */
+
+/** Log levels, least severe first. */
+export type LogLevel = "debug" | "info" | "warn" | "error";
+/** Output formats. */
+export type LogFormat = "text" | "json";
+export const LOG_LEVELS: readonly LogLevel[] = [
+  "debug",
+  "info",
+  "warn",
+  "error",
+];
+export const LOG_FORMATS: readonly LogFormat[] = ["text", "json"];
+
+/** Values a log field may hold. */
+export type LogFields = Record<
+  string,
+  string | number | boolean | null | undefined
+>;
+
+/** Where lines go; stderr unless a test captures them. */
+export type LogSink = (line: string) => void;
+
+const encoder = new TextEncoder();
+const stderrSink: LogSink = (line) => {
+  Deno.stderr.writeSync(encoder.encode(line + "\n"));
+};
+
+/** A leveled, formatted logger. */
+export class Logger {
+  readonly level: LogLevel;
+  readonly format: LogFormat;
+  #min: number;
+  #sink: LogSink;
+
+  constructor(
+    level: LogLevel = "info",
+    format: LogFormat = "text",
+    sink: LogSink = stderrSink,
+  ) {
+    this.level = level;
+    this.format = format;
+    this.#min = LOG_LEVELS.indexOf(level);
+    this.#sink = sink;
+  }
+
+  debug(event: string, fields: LogFields = {}): void {
+    this.#emit("debug", event, fields);
+  }
+  info(event: string, fields: LogFields = {}): void {
+    this.#emit("info", event, fields);
+  }
+  warn(event: string, fields: LogFields = {}): void {
+    this.#emit("warn", event, fields);
+  }
+  error(event: string, fields: LogFields = {}): void {
+    this.#emit("error", event, fields);
+  }
+
+  #emit(level: LogLevel, event: string, fields: LogFields): void {
+    if (LOG_LEVELS.indexOf(level) < this.#min) return;
+    const time = new Date().toISOString();
+    if (this.format === "json") {
+      const record: LogFields = { time, level, msg: event };
+      for (const [k, v] of Object.entries(fields)) {
+        if (v !== undefined) record[k] = v;
+      }
+      this.#sink(JSON.stringify(record));
+      return;
+    }
+    let line = `${time} ${level.toUpperCase().padEnd(5)} ${event}`;
+    for (const [k, v] of Object.entries(fields)) {
+      if (v === undefined) continue;
+      const text = String(v);
+      line += ` ${k}=${/[\s"=]/.test(text) || text === "" ? JSON.stringify(text) : text}`;
+    }
+    this.#sink(line);
+  }
+}

@@ -1,0 +1,375 @@
+/**
+ * The Cipherlink server: accepts tunnel connections, runs the handshake under
+ * a deadline, admits OPENs by policy, and serves each session with echo, the
+ * fixed forward target, or an allowed address. Enforces `--max-conns` and
+ * drains on shutdown.
+ *
+ * @example
+ * ```ts
+ * import { TunnelServer } from "./server.ts";
+ * import { Logger } from "./log.ts";
+ * const server = await TunnelServer.start({
+ *   listen: { host: "127.0.0.1", port: 0 },
+ *   key: crypto.getRandomValues(new Uint8Array(32)),
+ *   logger: new Logger("info"),
+ * });
+ * console.log(server.addr.port);
+ * await server.shutdown();
+ * ```
+ * @module
+ */
+
+import { AllowList } from "./allow.ts";
+import { SecureChannel } from "./channel.ts";
+import { closeQuietly } from "./conn.ts";
+import {
+  AuthenticationError,
+  CipherlinkError,
+  ErrorCode,
+  LegacyProtocolError,
+  ProtocolError,
+  TruncationError,
+} from "./errors.ts";
+import { Logger } from "./log.ts";
+import { receiveOpen, Session, type SessionOptions, type SessionSummary } from "./session.ts";
+import { echo, splice } from "./splice.ts";
+import { formatHostPort, type HostPort, type Target } from "./target.ts";
+
+/** Everything the server needs; times in milliseconds. */
+export interface ServerOptions {
+  listen: HostPort;
+  key: Uint8Array;
+  /** Target of OPEN 0x00; echo when absent. */
+  forward?: HostPort;
+  allow?: AllowList;
+  maxConns?: number;
+  handshakeTimeoutMs?: number;
+  idleTimeoutMs?: number;
+  keepaliveMs?: number;
+  drainTimeoutMs?: number;
+  rekeyBytes?: number;
+  logger?: Logger;
+}
+
+/** Counters the server keeps; a metrics endpoint can read them. */
+export interface ServerStats {
+  connectionsAccepted: number;
+  connectionsRejectedBusy: number;
+  handshakesOk: number;
+  handshakesFailed: number;
+  handshakesTimedOut: number;
+  sessionsOpen: number;
+  sessionsTotal: number;
+  bytesIn: number;
+  bytesOut: number;
+}
+
+interface Connection {
+  conn: Deno.TcpConn;
+  session: Session | null;
+  done: Promise<void>;
+}
+
+/** A running server. */
+export class TunnelServer {
+  /** The bound address, with the real port. */
+  readonly addr: Deno.NetAddr;
+  readonly stats: ServerStats = {
+    connectionsAccepted: 0,
+    connectionsRejectedBusy: 0,
+    handshakesOk: 0,
+    handshakesFailed: 0,
+    handshakesTimedOut: 0,
+    sessionsOpen: 0,
+    sessionsTotal: 0,
+    bytesIn: 0,
+    bytesOut: 0,
+  };
+  /** Resolves when the accept loop has stopped. */
+  readonly stopped: Promise<void>;
+
+  #listener: Deno.TcpListener;
+  #options: Required<Omit<ServerOptions, "forward">> & { forward?: HostPort };
+  #sessionOptions: SessionOptions;
+  #connections = new Map<number, Connection>();
+  #nextId = 0;
+  #draining = false;
+
+  private constructor(listener: Deno.TcpListener, options: ServerOptions) {
+    this.#listener = listener;
+    this.addr = listener.addr;
+    this.#options = {
+      allow: new AllowList([]),
+      maxConns: 100,
+      handshakeTimeoutMs: 5000,
+      idleTimeoutMs: 0,
+      keepaliveMs: 0,
+      drainTimeoutMs: 10000,
+      rekeyBytes: 2 ** 30,
+      logger: new Logger(),
+      ...options,
+    };
+    this.#sessionOptions = {
+      keepaliveMs: this.#options.keepaliveMs,
+      idleTimeoutMs: this.#options.idleTimeoutMs,
+    };
+    this.stopped = this.#acceptLoop();
+  }
+
+  /** Binds and starts accepting; logs `listening on HOST:PORT`. */
+  static start(options: ServerOptions): Promise<TunnelServer> {
+    const listener = Deno.listen({
+      hostname: options.listen.host,
+      port: options.listen.port,
+      transport: "tcp",
+    });
+    const server = new TunnelServer(listener, options);
+    server.#log.info(
+      `listening on ${formatHostPort({ host: server.addr.hostname, port: server.addr.port })}`,
+      {
+        service: options.forward ? `forward ${formatHostPort(options.forward)}` : "echo",
+      },
+    );
+    return Promise.resolve(server);
+  }
+
+  /** Whether shutdown() has begun. */
+  get draining(): boolean {
+    return this.#draining;
+  }
+
+  /**
+   * Stops accepting, lets open sessions finish for up to the drain timeout,
+   * then ends the rest with ERROR 6.
+   */
+  async shutdown(): Promise<void> {
+    if (this.#draining) return await this.stopped;
+    this.#draining = true;
+    this.#listener.close();
+    await this.stopped;
+    for (const { conn, session } of this.#connections.values()) {
+      if (!session) closeQuietly(conn);
+    }
+    const open = [...this.#connections.values()];
+    if (open.length > 0) {
+      this.#log.info("draining", {
+        sessions: open.length,
+        drain_timeout_ms: this.#options.drainTimeoutMs,
+      });
+    }
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<"timeout">((resolve) => {
+      timer = setTimeout(
+        () => resolve("timeout"),
+        this.#options.drainTimeoutMs,
+      );
+    });
+    const all = Promise.all(open.map((c) => c.done));
+    if (
+      await Promise.race([all.then(() => "done" as const), timeout]) ===
+        "timeout"
+    ) {
+      for (const { session } of this.#connections.values()) {
+        session?.abort(ErrorCode.internal, "server shutting down");
+      }
+      await all;
+    }
+    clearTimeout(timer);
+    this.#log.info("stopped");
+  }
+
+  get #log(): Logger {
+    return this.#options.logger;
+  }
+
+  async #acceptLoop(): Promise<void> {
+    for (;;) {
+      let conn: Deno.TcpConn;
+      try {
+        conn = await this.#listener.accept();
+      } catch (err) {
+        if (this.#draining || err instanceof Deno.errors.BadResource) return;
+        this.#log.error("accept failed", { error: (err as Error).message });
+        continue;
+      }
+      this.stats.connectionsAccepted++;
+      if (this.#connections.size >= this.#options.maxConns) {
+        this.stats.connectionsRejectedBusy++;
+        closeQuietly(conn);
+        this.#log.warn("connection refused: max-conns reached", {
+          peer: peerOf(conn),
+          max_conns: this.#options.maxConns,
+          refused_total: this.stats.connectionsRejectedBusy,
+        });
+        continue;
+      }
+      const id = ++this.#nextId;
+      const entry: Connection = {
+        conn,
+        session: null,
+        done: Promise.resolve(),
+      };
+      this.#connections.set(id, entry);
+      entry.done = this.#serve(id, entry).finally(() => this.#connections.delete(id));
+    }
+  }
+
+  async #serve(id: number, entry: Connection): Promise<void> {
+    const { conn } = entry;
+    const peer = peerOf(conn);
+    conn.setNoDelay(true);
+    let timedOut = false;
+    const deadline = setTimeout(() => {
+      timedOut = true;
+      closeQuietly(conn);
+    }, this.#options.handshakeTimeoutMs);
+    let channel: SecureChannel;
+    let target: Target;
+    const started = performance.now();
+    try {
+      channel = await SecureChannel.handshake(
+        conn,
+        this.#options.key,
+        "responder",
+        {
+          rekeyBytes: this.#options.rekeyBytes,
+        },
+      );
+      target = await receiveOpen(channel);
+    } catch (err) {
+      if (!timedOut) closeQuietly(conn);
+      this.#logHandshakeFailure(id, peer, timedOut ? "timeout" : err);
+      return;
+    } finally {
+      clearTimeout(deadline);
+    }
+    if (this.#draining) {
+      await Session.reject(channel, ErrorCode.internal, "server shutting down");
+      return;
+    }
+    this.stats.handshakesOk++;
+    this.#log.debug("handshake ok", {
+      session: id,
+      peer,
+      ms: Math.round(performance.now() - started),
+    });
+    const summary = await this.#dispatch(id, peer, channel, target, entry);
+    if (summary) this.#logSessionEnd(id, peer, summary);
+  }
+
+  async #dispatch(
+    id: number,
+    peer: string,
+    channel: SecureChannel,
+    target: Target,
+    entry: Connection,
+  ): Promise<SessionSummary | null> {
+    let upstream: Deno.TcpConn | null = null;
+    let targetText = "echo";
+    if (target.kind === "address" || this.#options.forward) {
+      const wanted = target.kind === "address" ? target : this.#options.forward!;
+      targetText = formatHostPort(wanted);
+      let host: string | null = wanted.host;
+      if (target.kind === "address") {
+        host = await this.#options.allow.decide(wanted.host, wanted.port);
+        if (host === null) {
+          this.#log.warn("open refused by policy", {
+            session: id,
+            peer,
+            target: targetText,
+          });
+          await Session.reject(
+            channel,
+            ErrorCode.refused,
+            `target ${targetText} is not allowed`,
+          );
+          return null;
+        }
+      }
+      try {
+        upstream = await Deno.connect({ hostname: host, port: wanted.port });
+        upstream.setNoDelay(true);
+      } catch (err) {
+        this.#log.warn("target unreachable", {
+          session: id,
+          peer,
+          target: targetText,
+          error: (err as Error).message,
+        });
+        // The SOCKS client maps "refused" to reply 0x05, anything else to 0x04.
+        const why = err instanceof Deno.errors.ConnectionRefused
+          ? `connection refused by ${targetText}`
+          : `cannot reach ${targetText}`;
+        await Session.reject(channel, ErrorCode.unreachable, why);
+        return null;
+      }
+    }
+    let session: Session;
+    try {
+      session = await Session.accept(channel, this.#sessionOptions);
+    } catch {
+      if (upstream) closeQuietly(upstream);
+      channel.close();
+      return null;
+    }
+    entry.session = session;
+    this.stats.sessionsOpen++;
+    this.stats.sessionsTotal++;
+    this.#log.info("session open", { session: id, peer, target: targetText });
+    try {
+      return upstream ? await splice(session, upstream) : await echo(session);
+    } finally {
+      this.stats.sessionsOpen--;
+      this.stats.bytesIn += session.bytes.in;
+      this.stats.bytesOut += session.bytes.out;
+    }
+  }
+
+  #logHandshakeFailure(id: number, peer: string, failure: unknown): void {
+    if (failure === "timeout") {
+      this.stats.handshakesTimedOut++;
+      this.#log.info("handshake timed out", { session: id, peer });
+      return;
+    }
+    this.stats.handshakesFailed++;
+    const reason = failure instanceof Error ? failure.message : String(failure);
+    if (failure instanceof LegacyProtocolError) {
+      this.#log.warn(
+        "dropped a legacy version-1 packet (the Python prototype format)",
+        { session: id, peer },
+      );
+    } else if (
+      failure instanceof AuthenticationError || failure instanceof ProtocolError
+    ) {
+      this.#log.info("handshake failed", { session: id, peer, error: reason });
+    } else if (
+      failure instanceof TruncationError || failure instanceof CipherlinkError
+    ) {
+      this.#log.debug("connection ended during handshake", {
+        session: id,
+        peer,
+        error: reason,
+      });
+    } else {
+      this.#log.info("handshake failed", { session: id, peer, error: reason });
+    }
+  }
+
+  #logSessionEnd(id: number, peer: string, summary: SessionSummary): void {
+    const fields = {
+      session: id,
+      peer,
+      bytes_in: summary.bytesIn,
+      bytes_out: summary.bytesOut,
+      outcome: summary.error ? "error" : "ok",
+      error: summary.error?.message,
+    };
+    if (summary.error) this.#log.warn("session end", fields);
+    else this.#log.info("session end", fields);
+  }
+}
+
+function peerOf(conn: Deno.Conn): string {
+  const addr = conn.remoteAddr as Deno.NetAddr;
+  return formatHostPort({ host: addr.hostname, port: addr.port });
+}

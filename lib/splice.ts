@@ -1,0 +1,54 @@
+/**
+ * Session services: echo, and splicing a session to a plain TCP connection
+ * (the server's forward target, or a client's local application).
+ *
+ * Both directions run at once and carry half-closes through: the TCP side's
+ * EOF becomes CLOSE, the peer's CLOSE becomes a TCP FIN (`closeWrite`).
+ * Backpressure crosses too: nothing is read from one side faster than the
+ * other side accepts it.
+ *
+ * @example
+ * ```ts
+ * import { splice } from "./splice.ts";
+ * // session: a Session from Session.open or Session.accept
+ * // const upstream = await Deno.connect({ hostname: "127.0.0.1", port: 6379 });
+ * // await splice(session, upstream);
+ * ```
+ * @module
+ */
+
+import { closeQuietly, type Connection, readableOf, writableOf } from "./conn.ts";
+import type { Session, SessionSummary } from "./session.ts";
+
+/**
+ * Echo service: every DATA comes back in order; the peer's CLOSE is answered
+ * with CLOSE after the echoes.
+ */
+export async function echo(session: Session): Promise<SessionSummary> {
+  await session.readable.pipeTo(session.writable).catch(() => {});
+  return await session.ended;
+}
+
+/**
+ * Splices a session and a TCP connection until both directions are done or
+ * either fails; closes the TCP connection at the end. Resolves how the
+ * session ended.
+ */
+export async function splice(
+  session: Session,
+  conn: Connection,
+): Promise<SessionSummary> {
+  const toTunnel = session.pumpFrom(readableOf(conn));
+  const fromTunnel = session.readable
+    .pipeTo(writableOf(conn))
+    .then(() => conn.closeWrite());
+  const outcome = await Promise.allSettled([toTunnel, fromTunnel]);
+  const summary = outcome.some((o) => o.status === "rejected") ? null : await session.ended;
+  closeQuietly(conn);
+  if (summary) return summary;
+  const failure = outcome.find((o) => o.status === "rejected") as PromiseRejectedResult;
+  session.drop(
+    failure.reason instanceof Error ? failure.reason : new Error(String(failure.reason)),
+  );
+  return await session.ended;
+}

@@ -1,0 +1,172 @@
+/**
+ * OPEN targets: the body of an OPEN message, and `HOST:PORT` strings.
+ *
+ * `0x00` asks for the server's own service; `0x01 ATYP ADDR PORT` names a
+ * host the SOCKS5 way (ATYP 1 IPv4, 3 domain name, 4 IPv6).
+ *
+ * @example
+ * ```ts
+ * import { encodeTarget, decodeTarget, parseHostPort } from "./target.ts";
+ * const body = encodeTarget(parseHostPort("example.internal:5432"));
+ * decodeTarget(body); // { kind: "address", host: "example.internal", port: 5432 }
+ * ```
+ * @module
+ */
+
+import { ProtocolError, UsageError } from "./errors.ts";
+
+/** What an OPEN asks for. */
+export type Target =
+  | { kind: "service" }
+  | { kind: "address"; host: string; port: number };
+
+/** A host and port, as given on the command line. */
+export interface HostPort {
+  host: string;
+  port: number;
+}
+
+/** The server's own service (echo or its fixed forward). */
+export const SERVICE_TARGET: Target = { kind: "service" };
+
+const ATYP_IPV4 = 1;
+const ATYP_DOMAIN = 3;
+const ATYP_IPV6 = 4;
+
+/**
+ * Parses `HOST:PORT`, `[IPv6]:PORT`. Throws {@linkcode UsageError}.
+ *
+ * @example
+ * ```ts
+ * parseHostPort("[::1]:8888"); // { host: "::1", port: 8888 }
+ * ```
+ */
+export function parseHostPort(text: string, allowPortZero = false): HostPort {
+  const match = /^(?:\[([0-9A-Fa-f:.]+)\]|([^:\[\]\s]+)):(\d{1,5})$/.exec(text);
+  const port = match ? Number(match[3]) : NaN;
+  if (!match || port > 65535 || (port === 0 && !allowPortZero)) {
+    throw new UsageError(`'${text}' is not HOST:PORT`);
+  }
+  return { host: match[1] ?? match[2], port };
+}
+
+/** Formats a host and port, bracketing IPv6. */
+export function formatHostPort({ host, port }: HostPort): string {
+  return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+/** Encodes a target as an OPEN body. */
+export function encodeTarget(target: Target | HostPort): Uint8Array {
+  if ("kind" in target && target.kind === "service") return Uint8Array.of(0);
+  const { host, port } = target as HostPort;
+  const ipv4 = parseIPv4(host);
+  const ipv6 = ipv4 ? null : parseIPv6(host);
+  let address: Uint8Array;
+  if (ipv4) address = Uint8Array.of(ATYP_IPV4, ...ipv4);
+  else if (ipv6) address = Uint8Array.of(ATYP_IPV6, ...ipv6);
+  else {
+    const name = new TextEncoder().encode(host);
+    if (name.byteLength < 1 || name.byteLength > 255) {
+      throw new UsageError(`host name '${host}' must be 1 to 255 bytes`);
+    }
+    address = Uint8Array.of(ATYP_DOMAIN, name.byteLength, ...name);
+  }
+  return Uint8Array.of(1, ...address, port >> 8, port & 0xff);
+}
+
+/** Decodes an OPEN body; throws {@linkcode ProtocolError} when malformed. */
+export function decodeTarget(body: Uint8Array): Target {
+  if (body.byteLength === 1 && body[0] === 0) return SERVICE_TARGET;
+  if (body[0] !== 1 || body.byteLength < 2) {
+    throw new ProtocolError("malformed OPEN target");
+  }
+  const decoded = decodeSocksAddress(body.subarray(1));
+  if (!decoded || decoded.length !== body.byteLength - 1) {
+    throw new ProtocolError("malformed OPEN target");
+  }
+  return { kind: "address", host: decoded.host, port: decoded.port };
+}
+
+/**
+ * Decodes `ATYP ADDR PORT` (shared with SOCKS5 requests). Returns null when
+ * the bytes are incomplete or malformed; `length` is how many were used.
+ */
+export function decodeSocksAddress(
+  bytes: Uint8Array,
+): { host: string; port: number; length: number } | null {
+  let host: string;
+  let at: number;
+  switch (bytes[0]) {
+    case ATYP_IPV4:
+      if (bytes.byteLength < 7) return null;
+      host = Array.from(bytes.subarray(1, 5)).join(".");
+      at = 5;
+      break;
+    case ATYP_IPV6:
+      if (bytes.byteLength < 19) return null;
+      host = formatIPv6(bytes.subarray(1, 17));
+      at = 17;
+      break;
+    case ATYP_DOMAIN: {
+      const length = bytes[1];
+      if (!length || bytes.byteLength < 2 + length + 2) return null;
+      try {
+        host = new TextDecoder("utf-8", { fatal: true }).decode(
+          bytes.subarray(2, 2 + length),
+        );
+      } catch {
+        return null;
+      }
+      at = 2 + length;
+      break;
+    }
+    default:
+      return null;
+  }
+  return { host, port: (bytes[at] << 8) | bytes[at + 1], length: at + 2 };
+}
+
+/** The four bytes of a dotted IPv4 address, or null. */
+export function parseIPv4(text: string): number[] | null {
+  const parts = text.split(".");
+  if (parts.length !== 4) return null;
+  const bytes = parts.map((p) => (/^\d{1,3}$/.test(p) ? Number(p) : 256));
+  return bytes.every((b) => b <= 255) ? bytes : null;
+}
+
+/** The sixteen bytes of an IPv6 address (with `::` and a dotted tail), or null. */
+export function parseIPv6(text: string): number[] | null {
+  if (!text.includes(":")) return null;
+  const halves = text.split("::");
+  if (halves.length > 2) return null;
+  const groups = (s: string): number[] | null => {
+    if (s === "") return [];
+    const out: number[] = [];
+    const parts = s.split(":");
+    for (const [i, part] of parts.entries()) {
+      if (i === parts.length - 1 && part.includes(".")) {
+        const v4 = parseIPv4(part);
+        if (!v4) return null;
+        out.push((v4[0] << 8) | v4[1], (v4[2] << 8) | v4[3]);
+      } else if (/^[0-9A-Fa-f]{1,4}$/.test(part)) out.push(parseInt(part, 16));
+      else return null;
+    }
+    return out;
+  };
+  const head = groups(halves[0]);
+  const tail = halves.length === 2 ? groups(halves[1]) : [];
+  if (!head || !tail) return null;
+  const missing = 8 - head.length - tail.length;
+  if (halves.length === 2 ? missing < 1 : missing !== 0) return null;
+  const all = [...head, ...new Array(missing).fill(0), ...tail];
+  return all.flatMap((g) => [g >> 8, g & 0xff]);
+}
+
+/** Formats 16 bytes as a (non-compressed) IPv6 address. */
+export function formatIPv6(bytes: Uint8Array): string {
+  const groups: string[] = [];
+  for (let i = 0; i < 16; i += 2) {
+    groups.push(((bytes[i] << 8) | bytes[i + 1]).toString(16));
+  }
+  return groups.join(":");
+}
