@@ -15,7 +15,7 @@ import { TunnelServer } from "../lib/server.ts";
 const MESSAGE = "Hello from the Cipherlink demo: this sentence is the secret.";
 
 /** Records both directions of one TCP connection passing through it. */
-async function startTap(targetPort: number) {
+function startTap(targetPort: number) {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const recorded = { toServer: [] as Uint8Array[], toClient: [] as Uint8Array[] };
   const done = (async () => {
@@ -86,7 +86,7 @@ const server = await TunnelServer.start({
   key,
   logger: new Logger("warn"),
 });
-const tap = await startTap(server.addr.port);
+const tap = startTap(server.addr.port);
 
 console.log("Cipherlink demo: an echo server and one client round trip on 127.0.0.1");
 console.log(`  throwaway key ${await fingerprint(key)} (the key itself is never printed)`);
