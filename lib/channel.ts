@@ -179,16 +179,19 @@ export class SecureChannel {
     if (plaintext.byteLength < 1 || plaintext.byteLength > MAX_PLAINTEXT_SIZE) {
       throw new RangeError(`plaintext of ${plaintext.byteLength} bytes`);
     }
-    const sent = this.#sealAndQueue(plaintext);
-    this.#sentUnderKey += plaintext.byteLength;
-    if (this.#sentUnderKey >= this.#rekeyBytes) {
-      // REKEY goes out under the old key; the swap is synchronous, so every
-      // frame queued after this one is sealed under the new key.
+    // Rekey before a frame that would take this key past the limit, so no
+    // key ever protects more than rekeyBytes (a single frame larger than a
+    // tiny test limit still goes out whole, under a fresh key).
+    if (this.#sentUnderKey > 0 && this.#sentUnderKey + plaintext.byteLength > this.#rekeyBytes) {
+      // REKEY goes out under the old key; the swap is synchronous, so this
+      // frame and every later one is sealed under the new key.
       this.#sealAndQueue(Uint8Array.of(MessageType.rekey)).catch(() => {});
       this.#send.rekey();
       this.#sentUnderKey = 0;
       this.#rekeysSent++;
     }
+    this.#sentUnderKey += plaintext.byteLength;
+    const sent = this.#sealAndQueue(plaintext);
     return sent;
   }
 

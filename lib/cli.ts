@@ -63,6 +63,7 @@ Prints the path and the key's fingerprint; never the key.
   --idle-timeout SECS         close sessions silent for this long (default 0: off)
   --keepalive SECS            PING after this much silence; drop after 3 unanswered (default 0: off)
   --drain-timeout SECS        on SIGINT/SIGTERM, time open sessions get to finish (default 10)
+  --rekey-bytes N             plaintext bytes sent under one key before REKEY (default 2^30)
   --log-level LEVEL           debug, info (default), warn, error
   --log-format FORMAT         text (default) or json
 `,
@@ -76,6 +77,7 @@ Prints the path and the key's fingerprint; never the key.
   --max-conns N               concurrent local connections (default 100)
   --keepalive SECS            PING after this much silence; drop after 3 unanswered (default 0: off)
   --drain-timeout SECS        on SIGINT/SIGTERM, time open sessions get to finish (default 10)
+  --rekey-bytes N             plaintext bytes sent under one key before REKEY (default 2^30)
   --handshake-timeout SECS    time the server gets to answer the handshake (default 5)
   --log-level LEVEL, --log-format FORMAT   as for the server
 

@@ -36,10 +36,16 @@ export class ProtocolError extends CipherlinkError {
 }
 
 /**
+ * A frame header that fails its checks (version, nonce_size, data_size):
+ * the connection is dropped after those 9 bytes, with no reply.
+ */
+export class FrameHeaderError extends ProtocolError {}
+
+/**
  * A version-1 packet: the Python prototype's PyNaCl SecretBox format, which
  * this version does not speak. Named separately so logs can say so.
  */
-export class LegacyProtocolError extends ProtocolError {
+export class LegacyProtocolError extends FrameHeaderError {
   constructor() {
     super(
       "version-1 packet (the legacy Python prototype format) is not supported; upgrade the peer to protocol version 2",

@@ -215,6 +215,8 @@ export class LocalForwarder {
       target: targetText,
       bytes_in: summary.bytesIn,
       bytes_out: summary.bytesOut,
+      rekeys_sent: summary.rekeysSent,
+      rekeys_received: summary.rekeysReceived,
       outcome: summary.error ? "error" : "ok",
       error: summary.error?.message,
     };

@@ -15,7 +15,7 @@
  * @module
  */
 
-import { LegacyProtocolError, ProtocolError } from "./errors.ts";
+import { FrameHeaderError, LegacyProtocolError } from "./errors.ts";
 
 /** The protocol version this implementation speaks. */
 export const PROTOCOL_VERSION = 2;
@@ -70,7 +70,7 @@ export function encodeHeader(
 
 /**
  * Checks a header against what the connection expects at this point and
- * returns its sizes. Throws {@linkcode ProtocolError} (or
+ * returns its sizes. Throws {@linkcode FrameHeaderError} (or
  * {@linkcode LegacyProtocolError} for a version-1 packet) so that the caller
  * drops the connection before reading or allocating anything more.
  *
@@ -92,22 +92,22 @@ export function parseHeader(
   const version = view.getUint8(0);
   if (version === LEGACY_VERSION) throw new LegacyProtocolError();
   if (version !== PROTOCOL_VERSION) {
-    throw new ProtocolError(`unsupported protocol version ${version}`);
+    throw new FrameHeaderError(`unsupported protocol version ${version}`);
   }
   const nonceSize = view.getUint32(1);
   if (nonceSize !== expectedNonceSize) {
-    throw new ProtocolError(
+    throw new FrameHeaderError(
       `nonce_size ${nonceSize} where ${expectedNonceSize} was expected`,
     );
   }
   const dataSize = view.getUint32(5);
   if (dataSize > MAX_DATA_SIZE) {
-    throw new ProtocolError(
+    throw new FrameHeaderError(
       `data_size ${dataSize} exceeds the limit of ${MAX_DATA_SIZE}`,
     );
   }
   if (dataSize < minDataSize) {
-    throw new ProtocolError(
+    throw new FrameHeaderError(
       `data_size ${dataSize} is below the minimum of ${minDataSize}`,
     );
   }

@@ -97,6 +97,10 @@ export async function loadKey(path: string): Promise<LoadedKey> {
  */
 export function parseKey(bytes: Uint8Array): Uint8Array | null {
   if (bytes.byteLength === KEY_SIZE) return bytes.slice();
+  // Raw key + "\n" first: a key whose last byte is 0x0d must not lose it as a "\r".
+  if (bytes.byteLength === KEY_SIZE + 1 && bytes[KEY_SIZE] === 0x0a) {
+    return bytes.slice(0, KEY_SIZE);
+  }
   const body = stripNewline(bytes);
   if (body.byteLength === KEY_SIZE && body.byteLength !== bytes.byteLength) {
     return body.slice();

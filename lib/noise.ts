@@ -300,7 +300,9 @@ export interface EphemeralKey {
 
 /** Generates a fresh X25519 ephemeral key pair. */
 export async function generateEphemeral(): Promise<EphemeralKey> {
-  const pair = await subtle.generateKey({ name: "X25519" }, true, [
+  // Not extractable: the private half never leaves Web Crypto; the public
+  // half is always exportable.
+  const pair = await subtle.generateKey({ name: "X25519" }, false, [
     "deriveBits",
   ]) as CryptoKeyPair;
   return {

@@ -64,6 +64,9 @@ export interface ServerStats {
   bytesOut: number;
 }
 
+/** How long the server waits for a target to accept its connection. */
+export const UPSTREAM_CONNECT_TIMEOUT_MS = 10_000;
+
 interface Connection {
   conn: Deno.TcpConn;
   session: Session | null;
@@ -287,20 +290,29 @@ export class TunnelServer {
         }
       }
       try {
-        upstream = await Deno.connect({ hostname: host, port: wanted.port });
+        upstream = await Deno.connect({
+          hostname: host,
+          port: wanted.port,
+          signal: AbortSignal.timeout(UPSTREAM_CONNECT_TIMEOUT_MS),
+        });
         upstream.setNoDelay(true);
       } catch (err) {
+        const timedOut = err instanceof DOMException && err.name === "TimeoutError";
         this.#log.warn("target unreachable", {
           session: id,
           peer,
           target: targetText,
-          error: (err as Error).message,
+          error: timedOut ? "connect timed out" : (err as Error).message,
         });
         // The SOCKS client maps "refused" to reply 0x05, anything else to 0x04.
         const why = err instanceof Deno.errors.ConnectionRefused
           ? `connection refused by ${targetText}`
           : `cannot reach ${targetText}`;
-        await Session.reject(channel, ErrorCode.unreachable, why);
+        await Session.reject(
+          channel,
+          timedOut ? ErrorCode.timedOut : ErrorCode.unreachable,
+          timedOut ? `timed out connecting to ${targetText}` : why,
+        );
         return null;
       }
     }
@@ -361,6 +373,8 @@ export class TunnelServer {
       peer,
       bytes_in: summary.bytesIn,
       bytes_out: summary.bytesOut,
+      rekeys_sent: summary.rekeysSent,
+      rekeys_received: summary.rekeysReceived,
       outcome: summary.error ? "error" : "ok",
       error: summary.error?.message,
     };

@@ -27,6 +27,7 @@ import { MessageType, type SecureChannel } from "./channel.ts";
 import {
   CipherlinkError,
   ErrorCode,
+  FrameHeaderError,
   ProtocolError,
   RemoteError,
   TimeoutError,
@@ -50,6 +51,8 @@ export const READ_QUEUE_BYTES = 4 * MAX_DATA_BODY;
 /** Unanswered PINGs after which the peer is considered gone. */
 export const KEEPALIVE_MISSES = 3;
 const MAX_PING_BODY = 8;
+/** How long a last frame may take to leave before the connection is closed anyway. */
+const GOODBYE_GRACE_MS = 1000;
 
 /**
  * Waits for the client's OPEN, the first transport message, and decodes its
@@ -72,6 +75,8 @@ export async function receiveOpen(channel: SecureChannel): Promise<Target> {
 export interface SessionSummary {
   bytesIn: number;
   bytesOut: number;
+  rekeysSent: number;
+  rekeysReceived: number;
   error: Error | null;
 }
 
@@ -230,14 +235,9 @@ export class Session {
    */
   abort(code: number, message: string, cause?: Error): void {
     if (this.#finished) return;
-    const error = cause ?? new CipherlinkError(message);
-    const goodbye = this.channel.send(
-      MessageType.error,
-      errorBody(code, message),
-    )
+    const goodbye = this.channel.send(MessageType.error, errorBody(code, message))
       .then(() => this.channel.flush());
-    goodbye.catch(() => {}).finally(() => this.channel.close());
-    this.#finish(error);
+    this.#finish(cause ?? new CipherlinkError(message), this.#closeAfter(goodbye));
   }
 
   /** Closes the connection without a word: for peers that broke the protocol. */
@@ -381,19 +381,34 @@ export class Session {
   #fail(err: unknown): void {
     if (this.#finished) return;
     const error = err instanceof Error ? err : new Error(String(err));
-    if (error instanceof ProtocolError) {
+    // A bad frame header is dropped without a word (protocol section 1); a
+    // frame that arrived whole but broke the rules may be answered ERROR 1.
+    if (error instanceof ProtocolError && !(error instanceof FrameHeaderError)) {
       this.abort(ErrorCode.protocolViolation, "protocol violation", error);
     } else this.drop(error);
   }
 
   #maybeFinish(): void {
     if (this.#sentClose && this.#receivedClose && !this.#finished) {
-      this.channel.flush().catch(() => {}).finally(() => this.channel.close());
-      this.#finish(null);
+      this.#finish(null, this.#closeAfter(this.channel.flush()));
     }
   }
 
-  #finish(error: Error | null): void {
+  /**
+   * Closes the connection once `flushing` is done, or after a short grace
+   * period for a peer that stopped reading: a last frame (CLOSE, ERROR) is
+   * delivered before `ended` resolves, so a process may exit right after.
+   */
+  #closeAfter(flushing: Promise<unknown>): Promise<void> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const grace = new Promise((resolve) => (timer = setTimeout(resolve, GOODBYE_GRACE_MS)));
+    return Promise.race([flushing.catch(() => {}), grace]).then(() => {
+      clearTimeout(timer);
+      this.channel.close();
+    });
+  }
+
+  #finish(error: Error | null, closed: Promise<void> = Promise.resolve()): void {
     if (this.#finished) return;
     this.#finished = true;
     clearInterval(this.#timer);
@@ -409,11 +424,15 @@ export class Session {
         new CipherlinkError("the session ended before OPEN_OK"),
       );
     }
-    this.#resolveEnded({
-      bytesIn: this.#bytesIn,
-      bytesOut: this.#bytesOut,
-      error,
-    });
+    closed.then(() =>
+      this.#resolveEnded({
+        bytesIn: this.#bytesIn,
+        bytesOut: this.#bytesOut,
+        rekeysSent: this.channel.rekeys.sent,
+        rekeysReceived: this.channel.rekeys.received,
+        error,
+      })
+    );
   }
 
   #startTimers({ keepaliveMs = 0, idleTimeoutMs = 0 }: SessionOptions): void {

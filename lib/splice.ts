@@ -34,21 +34,19 @@ export async function echo(session: Session): Promise<SessionSummary> {
  * either fails; closes the TCP connection at the end. Resolves how the
  * session ended.
  */
-export async function splice(
-  session: Session,
-  conn: Connection,
-): Promise<SessionSummary> {
+export async function splice(session: Session, conn: Connection): Promise<SessionSummary> {
+  // A failed session ends both directions at once: closing the socket wakes
+  // a read that would otherwise wait for a local application that is idle.
+  session.ended.then(({ error }) => error && closeQuietly(conn));
   const toTunnel = session.pumpFrom(readableOf(conn));
-  const fromTunnel = session.readable
-    .pipeTo(writableOf(conn))
-    .then(() => conn.closeWrite());
+  const fromTunnel = session.readable.pipeTo(writableOf(conn)).then(() => conn.closeWrite());
   const outcome = await Promise.allSettled([toTunnel, fromTunnel]);
-  const summary = outcome.some((o) => o.status === "rejected") ? null : await session.ended;
+  const failure = outcome.find((o): o is PromiseRejectedResult => o.status === "rejected");
+  if (failure) {
+    session.drop(
+      failure.reason instanceof Error ? failure.reason : new Error(String(failure.reason)),
+    );
+  }
   closeQuietly(conn);
-  if (summary) return summary;
-  const failure = outcome.find((o) => o.status === "rejected") as PromiseRejectedResult;
-  session.drop(
-    failure.reason instanceof Error ? failure.reason : new Error(String(failure.reason)),
-  );
   return await session.ended;
 }

@@ -44,7 +44,10 @@ const ATYP_IPV6 = 4;
 export function parseHostPort(text: string, allowPortZero = false): HostPort {
   const match = /^(?:\[([0-9A-Fa-f:.]+)\]|([^:\[\]\s]+)):(\d{1,5})$/.exec(text);
   const port = match ? Number(match[3]) : NaN;
-  if (!match || port > 65535 || (port === 0 && !allowPortZero)) {
+  if (
+    !match || port > 65535 || (port === 0 && !allowPortZero) ||
+    (match[1] !== undefined && !parseIPv6(match[1]))
+  ) {
     throw new UsageError(`'${text}' is not HOST:PORT`);
   }
   return { host: match[1] ?? match[2], port };
@@ -139,12 +142,12 @@ export function parseIPv6(text: string): number[] | null {
   if (!text.includes(":")) return null;
   const halves = text.split("::");
   if (halves.length > 2) return null;
-  const groups = (s: string): number[] | null => {
+  const groups = (s: string, last: boolean): number[] | null => {
     if (s === "") return [];
     const out: number[] = [];
     const parts = s.split(":");
     for (const [i, part] of parts.entries()) {
-      if (i === parts.length - 1 && part.includes(".")) {
+      if (last && i === parts.length - 1 && part.includes(".")) {
         const v4 = parseIPv4(part);
         if (!v4) return null;
         out.push((v4[0] << 8) | v4[1], (v4[2] << 8) | v4[3]);
@@ -153,8 +156,9 @@ export function parseIPv6(text: string): number[] | null {
     }
     return out;
   };
-  const head = groups(halves[0]);
-  const tail = halves.length === 2 ? groups(halves[1]) : [];
+  // A dotted IPv4 tail may only end the address, never precede "::".
+  const head = groups(halves[0], halves.length === 1);
+  const tail = halves.length === 2 ? groups(halves[1], true) : [];
   if (!head || !tail) return null;
   const missing = 8 - head.length - tail.length;
   if (halves.length === 2 ? missing < 1 : missing !== 0) return null;

@@ -114,7 +114,7 @@ export async function startDaemon(args: string[], env?: Record<string, string>):
       throw new Error(`cipherlink ${args.join(" ")} exited with ${s.code}:\n${lines.join("\n")}`);
     }),
   ]);
-  const port = Number(/listening on .*:(\d+)/.exec(ready)![1]);
+  const port = Number(/listening on \S*:(\d+)/.exec(ready)![1]);
   return {
     process,
     port,
@@ -139,4 +139,51 @@ export async function tempKey(): Promise<{ dir: string; path: string; cleanup():
   const path = `${dir}/shared.key`;
   await Deno.writeFile(path, crypto.getRandomValues(new Uint8Array(32)), { mode: 0o600 });
   return { dir, path, cleanup: () => Deno.remove(dir, { recursive: true }) };
+}
+
+/**
+ * The argv that runs `cipherlink ARGS` from source (the deno executable
+ * first), for spawning with other stdio or handing to another program such
+ * as ssh's ProxyCommand.
+ */
+export function cipherlinkArgv(args: string[]): string[] {
+  return [Deno.execPath(), ...denoArgs(args)];
+}
+
+/**
+ * A TCP port on 127.0.0.1 that was free a moment ago (bound, then released),
+ * for services that must be told their port in advance or for a target where
+ * nothing listens.
+ */
+export function freePort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0, transport: "tcp" });
+  const { port } = listener.addr;
+  listener.close();
+  return port;
+}
+
+/**
+ * `daemon.waitForLine(pattern)`, but rejects with the lines so far after
+ * `ms`: a bound against a hang when the line never comes, never a pacing.
+ */
+export async function waitForLineWithin(
+  daemon: Daemon,
+  pattern: RegExp,
+  ms = 5000,
+): Promise<string> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () =>
+        reject(
+          new Error(`no line matching ${pattern} within ${ms} ms:\n${daemon.lines.join("\n")}`),
+        ),
+      ms,
+    );
+  });
+  try {
+    return await Promise.race([daemon.waitForLine(pattern), timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
