@@ -299,3 +299,48 @@ Deno.test("forward: SIGTERM drains a transfer in flight without losing a byte; e
     await t.stop();
   }
 });
+
+Deno.test("forward: the client's --max-conns closes excess local connections at once and logs them", async () => {
+  const t = await tunnel([], ["--max-conns", "2"]);
+  try {
+    const held = [await connectTo(t.port), await connectTo(t.port)];
+    // Both sessions are open once each has echoed a byte.
+    for (const conn of held) {
+      await writeAll(conn, Uint8Array.of(7));
+      assert.equal(await conn.read(new Uint8Array(1)), 1);
+    }
+    const excess = await connectTo(t.port);
+    assert.equal(await excess.read(new Uint8Array(1)).catch(() => null), null);
+    excess.close();
+    assert.match(
+      await t.client.waitForLine(/local connection refused/),
+      /max_conns=2 refused_total=1/,
+    );
+    for (const conn of held) conn.close();
+  } finally {
+    await t.stop();
+  }
+});
+
+Deno.test("forward: an upstream refusal (ERROR 3) closes the local connection and is logged", async () => {
+  const closed = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const deadPort = closed.addr.port;
+  closed.close();
+  const t = await tunnel(["--forward", `127.0.0.1:${deadPort}`]);
+  try {
+    const conn = await connectTo(t.port);
+    await writeAll(conn, new TextEncoder().encode("anyone there?"));
+    assert.equal(await conn.read(new Uint8Array(16)).catch(() => null), null);
+    conn.close();
+    assert.match(
+      await t.server.waitForLine(/target unreachable/),
+      new RegExp(`127\\.0\\.0\\.1:${deadPort}`),
+    );
+    assert.match(
+      await t.client.waitForLine(/session end/),
+      /server error 3 \(target unreachable\)/,
+    );
+  } finally {
+    await t.stop();
+  }
+});
