@@ -58,6 +58,8 @@ const MIN_HANDSHAKE_DATA = 32 + TAG_SIZE;
 /** Smallest transport data field: the type byte and the tag. */
 const MIN_TRANSPORT_DATA = 1 + TAG_SIZE;
 const FRAME_PREFIX = HEADER_SIZE + TRANSPORT_NONCE_SIZE;
+/** Frames read and being decrypted ahead of the receiver. */
+export const RECEIVE_WINDOW = 8;
 
 /** One decrypted transport message. */
 export interface TransportMessage {
@@ -84,6 +86,12 @@ export class SecureChannel {
   #rekeysSent = 0;
   #rekeysReceived = 0;
   #closed = false;
+  #readAhead: Promise<void> | null = null;
+  #decrypted: Promise<Uint8Array | null>[] = [];
+  #wakeReceiver: (() => void) | null = null;
+  #wakeReader: (() => void) | null = null;
+  /** EOF or the failure that stopped the reader: every later receive() gets it. */
+  #ended: Promise<null> | Promise<Uint8Array | null> | null = null;
 
   private constructor(
     conn: Connection,
@@ -199,36 +207,72 @@ export class SecureChannel {
    * Resolves the next message, handling REKEY itself; `null` when the
    * connection ended cleanly between frames (whether that is a clean end of
    * the session is the caller's call: before CLOSE it is a truncation).
+   *
+   * Frames are read and decrypted ahead, up to RECEIVE_WINDOW at once, so
+   * several decryptions run in parallel while messages come out in order.
    */
   async receive(): Promise<TransportMessage | null> {
+    if (!this.#readAhead) this.#readAhead = this.#readFrames();
     for (;;) {
-      const frame = await this.#frames.next(
-        TRANSPORT_NONCE_SIZE,
-        MIN_TRANSPORT_DATA,
-      );
-      if (!frame) return null;
-      const expected = this.#receive.nonce;
-      if (!nonceIs(frame.nonce, expected)) {
-        throw new ProtocolError(
-          `frame counter out of order (expected ${expected})`,
-        );
-      }
-      const plaintext = await this.#receive.decryptAt(
-        expected,
-        frame.header,
-        frame.data,
-      );
-      this.#receive.advance();
+      const plaintext = await this.#takeDecrypted();
+      if (plaintext === null) return null;
       const type = plaintext[0];
       if (type === MessageType.rekey) {
-        if (plaintext.byteLength !== 1) {
-          throw new ProtocolError("REKEY with a body");
-        }
-        this.#receive.rekey();
+        // A bare REKEY was applied by the reader; one with a body is invalid.
+        if (plaintext.byteLength !== 1) throw new ProtocolError("REKEY with a body");
         this.#rekeysReceived++;
         continue;
       }
       return { type, body: plaintext.subarray(1) };
+    }
+  }
+
+  /** The next decrypted plaintext in order, or null at a clean EOF. */
+  async #takeDecrypted(): Promise<Uint8Array | null> {
+    while (this.#decrypted.length === 0) {
+      if (this.#ended) return await this.#ended;
+      await new Promise<void>((resolve) => (this.#wakeReceiver = resolve));
+    }
+    const next = this.#decrypted.shift()!;
+    this.#wakeReader?.();
+    return await next;
+  }
+
+  #deliver(result: Promise<Uint8Array | null>, final = false): void {
+    result.catch(() => {}); // the receiver observes it; nobody may be waiting after a failure
+    if (final) this.#ended = result;
+    this.#decrypted.push(result);
+    this.#wakeReceiver?.();
+  }
+
+  /**
+   * Reads frames and starts their decryption, staying at most
+   * RECEIVE_WINDOW frames ahead of the receiver. A frame that can only be a
+   * bare control message (data_size 17) might be REKEY, which changes the key
+   * for every later frame: nothing after it is started until it decrypted.
+   */
+  async #readFrames(): Promise<void> {
+    try {
+      for (;;) {
+        while (this.#decrypted.length >= RECEIVE_WINDOW) {
+          await new Promise<void>((resolve) => (this.#wakeReader = resolve));
+        }
+        const frame = await this.#frames.next(TRANSPORT_NONCE_SIZE, MIN_TRANSPORT_DATA);
+        if (!frame) return this.#deliver(Promise.resolve(null), true);
+        const expected = this.#receive.nonce;
+        if (!nonceIs(frame.nonce, expected)) {
+          throw new ProtocolError(`frame counter out of order (expected ${expected})`);
+        }
+        const plaintext = this.#receive.decryptAt(expected, frame.header, frame.data);
+        this.#receive.advance();
+        this.#deliver(plaintext);
+        if (frame.data.byteLength === MIN_TRANSPORT_DATA) {
+          const bare = await plaintext;
+          if (bare[0] === MessageType.rekey) this.#receive.rekey();
+        }
+      }
+    } catch (err) {
+      this.#deliver(Promise.reject(err), true);
     }
   }
 

@@ -107,10 +107,13 @@ function concat(...parts: Uint8Array[]): Uint8Array {
  */
 export class CipherState {
   #key: Promise<CryptoKey>;
+  /** The key once imported: lets a call start (and copy its input) at once. */
+  #ready: CryptoKey | null = null;
   #n = 0;
 
   private constructor(key: Promise<CryptoKey>) {
     this.#key = key;
+    this.#watch(key);
   }
 
   /** A CipherState with key `k` and n = 0. */
@@ -140,10 +143,7 @@ export class CipherState {
    * Decrypts under the next counter; throws {@linkcode AuthenticationError}
    * when the tag does not verify. The counter advances only on success.
    */
-  async decryptWithAd(
-    ad: Uint8Array,
-    ciphertext: Uint8Array,
-  ): Promise<Uint8Array> {
+  async decryptWithAd(ad: Uint8Array, ciphertext: Uint8Array): Promise<Uint8Array> {
     const n = this.#n;
     const plaintext = await this.decryptAt(n, ad, ciphertext);
     this.#n = n + 1;
@@ -158,54 +158,24 @@ export class CipherState {
     return this.#n++;
   }
 
-  /** Encrypts with an explicit counter (one claimed with claimNonce). */
-  async encryptAt(
-    n: number,
-    ad: Uint8Array,
-    plaintext: Uint8Array,
-  ): Promise<Uint8Array> {
-    const key = await this.#key;
-    return new Uint8Array(
-      await subtle.encrypt(
-        {
-          name: "AES-GCM",
-          iv: counterNonce(n) as BufferSource,
-          additionalData: ad as BufferSource,
-        },
-        key,
-        plaintext as BufferSource,
-      ),
-    );
+  /**
+   * Encrypts with an explicit counter (one claimed with claimNonce). The
+   * inputs are read before this returns, so the caller may reuse them.
+   */
+  encryptAt(n: number, ad: Uint8Array, plaintext: Uint8Array): Promise<Uint8Array> {
+    return this.#run("encrypt", n, ad, plaintext).then((sealed) => new Uint8Array(sealed));
   }
 
   /**
-   * Decrypts with an explicit counter without advancing n. The input is
-   * copied when the call starts, so the caller may reuse its buffer at once.
+   * Decrypts with an explicit counter without advancing n (see advance()).
+   * The inputs are read before this returns, so the caller may reuse its
+   * buffer at once. Rejects with {@linkcode AuthenticationError}.
    */
-  decryptAt(
-    n: number,
-    ad: Uint8Array,
-    ciphertext: Uint8Array,
-  ): Promise<Uint8Array> {
-    const key = this.#key;
-    const iv = counterNonce(n);
-    // Web Crypto copies its inputs synchronously; start the call before any await.
-    return key.then((k) =>
-      subtle.decrypt(
-        {
-          name: "AES-GCM",
-          iv: iv as BufferSource,
-          additionalData: ad as BufferSource,
-        },
-        k,
-        ciphertext as BufferSource,
-      )
-    ).then(
+  decryptAt(n: number, ad: Uint8Array, ciphertext: Uint8Array): Promise<Uint8Array> {
+    return this.#run("decrypt", n, ad, ciphertext).then(
       (plain) => new Uint8Array(plain),
       (err) => {
-        throw new AuthenticationError("a message did not decrypt", {
-          cause: err,
-        });
+        throw new AuthenticationError("a message did not decrypt", { cause: err });
       },
     );
   }
@@ -220,8 +190,7 @@ export class CipherState {
    * Takes effect synchronously for every call started afterwards.
    */
   rekey(): void {
-    const old = this.#key;
-    this.#key = old.then(async (k) => {
+    const next = this.#key.then(async (k) => {
       const sealed = await subtle.encrypt(
         {
           name: "AES-GCM",
@@ -233,6 +202,40 @@ export class CipherState {
       );
       return importAesKey(new Uint8Array(sealed, 0, KEY_LEN));
     });
+    this.#key = next;
+    this.#ready = null;
+    this.#watch(next);
+  }
+
+  #watch(key: Promise<CryptoKey>): void {
+    key.then((k) => {
+      if (this.#key === key) this.#ready = k;
+    }, () => {});
+  }
+
+  #run(
+    op: "encrypt" | "decrypt",
+    n: number,
+    ad: Uint8Array,
+    input: Uint8Array,
+  ): Promise<ArrayBuffer> {
+    const params = {
+      name: "AES-GCM",
+      iv: counterNonce(n) as BufferSource,
+      additionalData: ad as BufferSource,
+    };
+    // Web Crypto copies its inputs when the call starts; when the key is not
+    // imported yet (right after a REKEY) copy them here instead.
+    if (this.#ready) return subtle[op](params, this.#ready, input as BufferSource);
+    const adCopy = ad.slice();
+    const inputCopy = input.slice();
+    return this.#key.then((k) =>
+      subtle[op](
+        { ...params, additionalData: adCopy as BufferSource },
+        k,
+        inputCopy as BufferSource,
+      )
+    );
   }
 }
 
