@@ -20,6 +20,7 @@ import { CipherlinkError, UsageError } from "./errors.ts";
 import { LocalForwarder } from "./forwarder.ts";
 import { DEFAULT_KEY_PATH, generateKeyFile, KEY_FORMATS, type KeyFormat, loadKey } from "./keys.ts";
 import { LOG_FORMATS, LOG_LEVELS, type LogFormat, Logger, type LogLevel } from "./log.ts";
+import { serveMetrics } from "./metrics.ts";
 import { TunnelServer } from "./server.ts";
 import { formatHostPort, type HostPort, parseHostPort } from "./target.ts";
 
@@ -64,6 +65,7 @@ Prints the path and the key's fingerprint; never the key.
   --keepalive SECS            PING after this much silence; drop after 3 unanswered (default 0: off)
   --drain-timeout SECS        on SIGINT/SIGTERM, time open sessions get to finish (default 10)
   --rekey-bytes N             plaintext bytes sent under one key before REKEY (default 2^30)
+  --metrics HOST:PORT         serve GET /metrics (Prometheus) and GET /healthz there
   --log-level LEVEL           debug, info (default), warn, error
   --log-format FORMAT         text (default) or json
 `,
@@ -79,6 +81,7 @@ Prints the path and the key's fingerprint; never the key.
   --drain-timeout SECS        on SIGINT/SIGTERM, time open sessions get to finish (default 10)
   --rekey-bytes N             plaintext bytes sent under one key before REKEY (default 2^30)
   --handshake-timeout SECS    time the server gets to answer the handshake (default 5)
+  --metrics HOST:PORT         with --listen/--socks: serve GET /metrics and GET /healthz there
   --log-level LEVEL, --log-format FORMAT   as for the server
 
 Without --listen/--socks: with MESSAGE, sends it, prints the reply, exits after the
@@ -96,6 +99,7 @@ const commonOptions = {
   "drain-timeout": { type: "string" },
   "rekey-bytes": { type: "string" },
   "handshake-timeout": { type: "string" },
+  metrics: { type: "string" },
   help: { type: "boolean", short: "h" },
 } as const;
 
@@ -322,6 +326,9 @@ async function server(args: string[], io: Io): Promise<number> {
     ),
     logger: log,
   };
+  const metricsAddress = values.metrics === undefined
+    ? undefined
+    : parseHostPort(values.metrics, true);
   const key = await readKey(values.key, log);
   const shutdown = onShutdownSignal();
   let running: TunnelServer;
@@ -333,9 +340,15 @@ async function server(args: string[], io: Io): Promise<number> {
       `cannot listen on ${formatHostPort(options.listen)}: ${(err as Error).message}`,
     );
   }
+  const endpoint = metricsAddress &&
+    serveMetrics(metricsAddress, {
+      sources: () => [{ stats: running.stats, labels: { role: "server" } }],
+      healthy: () => !running.draining,
+    }, log);
   const name = await shutdown.signal;
   log.info("shutting down", { signal: name });
   await running.shutdown();
+  await endpoint?.shutdown();
   shutdown.remove();
   return ExitCode.ok;
 }
@@ -387,6 +400,10 @@ async function client(args: string[], io: Io): Promise<number> {
   const listenAddress: HostPort | undefined = listen === undefined
     ? undefined
     : parseHostPort(listen, true);
+  const metricsAddress = values.metrics === undefined
+    ? undefined
+    : parseHostPort(values.metrics, true);
+  if (metricsAddress && !listenAddress) throw new UsageError("--metrics needs --listen or --socks");
   const key = await readKey(values.key, log);
   const options: ConnectOptions = { ...connectOptions, key };
   if (listenAddress) {
@@ -407,9 +424,15 @@ async function client(args: string[], io: Io): Promise<number> {
         `cannot listen on ${formatHostPort(listenAddress)}: ${(err as Error).message}`,
       );
     }
+    const endpoint = metricsAddress &&
+      serveMetrics(metricsAddress, {
+        sources: () => [{ stats: forwarder.stats, labels: { role: "client" } }],
+        healthy: () => !forwarder.draining,
+      }, log);
     const name = await shutdown.signal;
     log.info("shutting down", { signal: name });
     await forwarder.shutdown();
+    await endpoint?.shutdown();
     shutdown.remove();
     return ExitCode.ok;
   }

@@ -73,6 +73,12 @@ export class TruncationError extends CipherlinkError {
 /** A deadline passed (handshake, idle, keepalive). */
 export class TimeoutError extends CipherlinkError {}
 
+/** The peer answered none of the keepalive PINGs. */
+export class KeepaliveTimeoutError extends TimeoutError {}
+
+/** No frame crossed in either direction for the idle timeout. */
+export class IdleTimeoutError extends TimeoutError {}
+
 /** The peer sent an ERROR frame; `code` is the protocol's ERROR code. */
 export class RemoteError extends CipherlinkError {
   readonly code: number;

@@ -19,11 +19,19 @@
 
 import { connect, type ConnectOptions } from "./client.ts";
 import { closeQuietly } from "./conn.ts";
-import { ErrorCode } from "./errors.ts";
+import {
+  AuthenticationError,
+  ErrorCode,
+  ProtocolError,
+  RemoteError,
+  TimeoutError,
+  TruncationError,
+} from "./errors.ts";
 import { Logger } from "./log.ts";
 import type { Session } from "./session.ts";
 import { acceptSocks, replySocks, SocksError, SocksReply, socksReplyFor } from "./socks.ts";
 import { splice } from "./splice.ts";
+import { openOutcomeFor, TunnelStats } from "./stats.ts";
 import { formatHostPort, type HostPort } from "./target.ts";
 
 /** Local listener settings; times in milliseconds. */
@@ -37,15 +45,6 @@ export interface ForwarderOptions {
   logger?: Logger;
 }
 
-/** Counters of the local side. */
-export interface ForwarderStats {
-  accepted: number;
-  rejectedBusy: number;
-  sessionsOpen: number;
-  sessionsTotal: number;
-  failed: number;
-}
-
 interface Local {
   conn: Deno.TcpConn;
   session: Session | null;
@@ -55,13 +54,8 @@ interface Local {
 /** A running local listener. */
 export class LocalForwarder {
   readonly addr: Deno.NetAddr;
-  readonly stats: ForwarderStats = {
-    accepted: 0,
-    rejectedBusy: 0,
-    sessionsOpen: 0,
-    sessionsTotal: 0,
-    failed: 0,
-  };
+  /** Counters for logs and the metrics endpoint. */
+  readonly stats: TunnelStats = new TunnelStats();
   readonly stopped: Promise<void>;
   #listener: Deno.TcpListener;
   #options: ForwarderOptions;
@@ -97,6 +91,11 @@ export class LocalForwarder {
       { mode: options.mode, server: formatHostPort({ host, port }) },
     );
     return forwarder;
+  }
+
+  /** Whether shutdown() has begun. */
+  get draining(): boolean {
+    return this.#draining;
   }
 
   /** Stops accepting, drains open sessions, then aborts the rest (ERROR 6). */
@@ -140,13 +139,13 @@ export class LocalForwarder {
         this.#log.error("accept failed", { error: (err as Error).message });
         continue;
       }
-      this.stats.accepted++;
+      this.stats.connectionsAccepted++;
       if (this.#locals.size >= maxConns) {
-        this.stats.rejectedBusy++;
+        this.stats.connectionsRejectedBusy++;
         closeQuietly(conn);
         this.#log.warn("local connection refused: max-conns reached", {
           max_conns: maxConns,
-          refused_total: this.stats.rejectedBusy,
+          refused_total: this.stats.connectionsRejectedBusy,
         });
         continue;
       }
@@ -184,14 +183,24 @@ export class LocalForwarder {
     }
     const targetText = target && "host" in target ? formatHostPort(target) : "service";
     let session: Session;
+    const started = performance.now();
     try {
       session = await connect({ ...this.#options.connect, target });
+      this.stats.handshake("ok", (performance.now() - started) / 1000);
+      session.opened.then(
+        () => this.stats.open("ok"),
+        (err) => err instanceof RemoteError && this.stats.open(openOutcomeFor(err.code)),
+      );
       if (this.#options.mode === "socks") {
         await session.opened;
         await replySocks(conn, SocksReply.succeeded);
       }
     } catch (err) {
-      this.stats.failed++;
+      if (err instanceof AuthenticationError) this.stats.handshake("bad_key");
+      else if (err instanceof TimeoutError) this.stats.handshake("timeout");
+      else if (err instanceof ProtocolError || err instanceof TruncationError) {
+        this.stats.handshake("malformed");
+      }
       this.#log.warn("tunnel open failed", {
         local: id,
         peer,
@@ -204,11 +213,10 @@ export class LocalForwarder {
       return;
     }
     local.session = session;
-    this.stats.sessionsOpen++;
-    this.stats.sessionsTotal++;
+    this.stats.sessionStarted(session);
     this.#log.info("session open", { local: id, peer, target: targetText });
     const summary = await splice(session, conn);
-    this.stats.sessionsOpen--;
+    this.stats.sessionEnded(session, summary);
     const fields = {
       local: id,
       peer,

@@ -33,6 +33,7 @@ import {
 import { Logger } from "./log.ts";
 import { receiveOpen, Session, type SessionOptions, type SessionSummary } from "./session.ts";
 import { echo, splice } from "./splice.ts";
+import { openOutcomeFor, TunnelStats } from "./stats.ts";
 import { formatHostPort, type HostPort, type Target } from "./target.ts";
 
 /** Everything the server needs; times in milliseconds. */
@@ -51,19 +52,6 @@ export interface ServerOptions {
   logger?: Logger;
 }
 
-/** Counters the server keeps; a metrics endpoint can read them. */
-export interface ServerStats {
-  connectionsAccepted: number;
-  connectionsRejectedBusy: number;
-  handshakesOk: number;
-  handshakesFailed: number;
-  handshakesTimedOut: number;
-  sessionsOpen: number;
-  sessionsTotal: number;
-  bytesIn: number;
-  bytesOut: number;
-}
-
 /** How long the server waits for a target to accept its connection. */
 export const UPSTREAM_CONNECT_TIMEOUT_MS = 10_000;
 
@@ -77,17 +65,8 @@ interface Connection {
 export class TunnelServer {
   /** The bound address, with the real port. */
   readonly addr: Deno.NetAddr;
-  readonly stats: ServerStats = {
-    connectionsAccepted: 0,
-    connectionsRejectedBusy: 0,
-    handshakesOk: 0,
-    handshakesFailed: 0,
-    handshakesTimedOut: 0,
-    sessionsOpen: 0,
-    sessionsTotal: 0,
-    bytesIn: 0,
-    bytesOut: 0,
-  };
+  /** Counters for logs and the metrics endpoint. */
+  readonly stats: TunnelStats = new TunnelStats();
   /** Resolves when the accept loop has stopped. */
   readonly stopped: Promise<void>;
 
@@ -247,15 +226,12 @@ export class TunnelServer {
       clearTimeout(deadline);
     }
     if (this.#draining) {
-      await Session.reject(channel, ErrorCode.internal, "server shutting down");
+      await this.#reject(channel, ErrorCode.internal, "server shutting down");
       return;
     }
-    this.stats.handshakesOk++;
-    this.#log.debug("handshake ok", {
-      session: id,
-      peer,
-      ms: Math.round(performance.now() - started),
-    });
+    const seconds = (performance.now() - started) / 1000;
+    this.stats.handshake("ok", seconds);
+    this.#log.debug("handshake ok", { session: id, peer, ms: Math.round(seconds * 1000) });
     const summary = await this.#dispatch(id, peer, channel, target, entry);
     if (summary) this.#logSessionEnd(id, peer, summary);
   }
@@ -276,16 +252,8 @@ export class TunnelServer {
       if (target.kind === "address") {
         host = await this.#options.allow.decide(wanted.host, wanted.port);
         if (host === null) {
-          this.#log.warn("open refused by policy", {
-            session: id,
-            peer,
-            target: targetText,
-          });
-          await Session.reject(
-            channel,
-            ErrorCode.refused,
-            `target ${targetText} is not allowed`,
-          );
+          this.#log.warn("open refused by policy", { session: id, peer, target: targetText });
+          await this.#reject(channel, ErrorCode.refused, `target ${targetText} is not allowed`);
           return null;
         }
       }
@@ -308,7 +276,7 @@ export class TunnelServer {
         const why = err instanceof Deno.errors.ConnectionRefused
           ? `connection refused by ${targetText}`
           : `cannot reach ${targetText}`;
-        await Session.reject(
+        await this.#reject(
           channel,
           timedOut ? ErrorCode.timedOut : ErrorCode.unreachable,
           timedOut ? `timed out connecting to ${targetText}` : why,
@@ -325,25 +293,27 @@ export class TunnelServer {
       return null;
     }
     entry.session = session;
-    this.stats.sessionsOpen++;
-    this.stats.sessionsTotal++;
+    this.stats.open("ok");
+    this.stats.sessionStarted(session);
     this.#log.info("session open", { session: id, peer, target: targetText });
-    try {
-      return upstream ? await splice(session, upstream) : await echo(session);
-    } finally {
-      this.stats.sessionsOpen--;
-      this.stats.bytesIn += session.bytes.in;
-      this.stats.bytesOut += session.bytes.out;
-    }
+    const summary = upstream ? await splice(session, upstream) : await echo(session);
+    this.stats.sessionEnded(session, summary);
+    return summary;
+  }
+
+  /** Answers an OPEN with ERROR `code`, counting the outcome. */
+  #reject(channel: SecureChannel, code: number, message: string): Promise<void> {
+    this.stats.open(openOutcomeFor(code));
+    return Session.reject(channel, code, message);
   }
 
   #logHandshakeFailure(id: number, peer: string, failure: unknown): void {
     if (failure === "timeout") {
-      this.stats.handshakesTimedOut++;
+      this.stats.handshake("timeout");
       this.#log.info("handshake timed out", { session: id, peer });
       return;
     }
-    this.stats.handshakesFailed++;
+    this.stats.handshake(failure instanceof AuthenticationError ? "bad_key" : "malformed");
     const reason = failure instanceof Error ? failure.message : String(failure);
     if (failure instanceof LegacyProtocolError) {
       this.#log.warn(

@@ -28,9 +28,10 @@ import {
   CipherlinkError,
   ErrorCode,
   FrameHeaderError,
+  IdleTimeoutError,
+  KeepaliveTimeoutError,
   ProtocolError,
   RemoteError,
-  TimeoutError,
   TruncationError,
 } from "./errors.ts";
 import { MAX_DATA_BODY } from "./frame.ts";
@@ -297,7 +298,7 @@ export class Session {
       } finally {
         this.#receiving = false;
       }
-      if (!message) return this.#fail(new TruncationError());
+      if (!message) { this.#receivedClose = true; this.#readController.close(); this.#maybeFinish(); return; }
       this.#lastReceived = this.#lastActivity = Date.now();
       this.#unansweredPings = 0;
       const delivered = this.#handle(message.type, message.body);
@@ -446,7 +447,7 @@ export class Session {
         return this.abort(
           ErrorCode.timedOut,
           "idle timeout",
-          new TimeoutError("idle timeout: no traffic"),
+          new IdleTimeoutError("idle timeout: no traffic"),
         );
       }
       // A reader that is not reading (backpressure) cannot see the peer's
@@ -459,7 +460,7 @@ export class Session {
           return this.abort(
             ErrorCode.timedOut,
             "keepalive timeout",
-            new TimeoutError(
+            new KeepaliveTimeoutError(
               `keepalive: the peer answered none of ${KEEPALIVE_MISSES} PINGs`,
             ),
           );
