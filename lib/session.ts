@@ -46,7 +46,7 @@ export interface SessionOptions {
 }
 
 /** Frames a session may have encrypting or waiting for the wire at once. */
-export const MAX_FRAMES_IN_FLIGHT = 8;
+export const MAX_FRAMES_IN_FLIGHT = 4;
 /** Received bytes a session queues for a reader that is not reading. */
 export const READ_QUEUE_BYTES = 4 * MAX_DATA_BODY;
 /** Unanswered PINGs after which the peer is considered gone. */
