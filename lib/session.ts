@@ -298,7 +298,7 @@ export class Session {
       } finally {
         this.#receiving = false;
       }
-      if (!message) { this.#receivedClose = true; this.#readController.close(); this.#maybeFinish(); return; }
+      if (!message) return this.#fail(new TruncationError());
       this.#lastReceived = this.#lastActivity = Date.now();
       this.#unansweredPings = 0;
       const delivered = this.#handle(message.type, message.body);
