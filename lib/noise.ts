@@ -57,33 +57,19 @@ async function sha256(...parts: Uint8Array[]): Promise<Uint8Array> {
   );
 }
 
-async function hmac(
-  key: Uint8Array,
-  ...parts: Uint8Array[]
-): Promise<Uint8Array> {
-  const k = await subtle.importKey(
-    "raw",
-    key as BufferSource,
-    { name: "HMAC", hash: "SHA-256" },
-    false,
-    ["sign"],
+/**
+ * Noise HKDF: `count` (2 or 3) outputs of HASHLEN bytes. Noise's HKDF is
+ * RFC 5869 HKDF with the chaining key as salt and an empty info (its
+ * outputs are T(1), T(2), T(3)), so Web Crypto computes it in one call.
+ */
+async function hkdf(chainingKey: Uint8Array, ikm: Uint8Array, count: 2 | 3): Promise<Uint8Array[]> {
+  const key = await subtle.importKey("raw", ikm as BufferSource, "HKDF", false, ["deriveBits"]);
+  const bits = await subtle.deriveBits(
+    { name: "HKDF", hash: "SHA-256", salt: chainingKey as BufferSource, info: new Uint8Array(0) },
+    key,
+    count * HASH_LEN * 8,
   );
-  return new Uint8Array(
-    await subtle.sign("HMAC", k, concat(...parts) as BufferSource),
-  );
-}
-
-/** Noise HKDF: `count` (2 or 3) outputs of HASHLEN bytes. */
-async function hkdf(
-  chainingKey: Uint8Array,
-  ikm: Uint8Array,
-  count: 2 | 3,
-): Promise<Uint8Array[]> {
-  const tempKey = await hmac(chainingKey, ikm);
-  const out1 = await hmac(tempKey, Uint8Array.of(1));
-  const out2 = await hmac(tempKey, out1, Uint8Array.of(2));
-  if (count === 2) return [out1, out2];
-  return [out1, out2, await hmac(tempKey, out2, Uint8Array.of(3))];
+  return Array.from({ length: count }, (_, i) => new Uint8Array(bits, i * HASH_LEN, HASH_LEN));
 }
 
 function concat(...parts: Uint8Array[]): Uint8Array {
