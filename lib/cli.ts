@@ -15,6 +15,7 @@ import { parseArgs } from "node:util";
 import { AllowList } from "./allow.ts";
 import { DEFAULT_REKEY_BYTES } from "./channel.ts";
 import { connect, type ConnectOptions, forward as _forward } from "./client.ts";
+import { checkConfigCommand } from "./config.ts";
 import { readableOf, writableOf } from "./conn.ts";
 import { CipherlinkError, UsageError } from "./errors.ts";
 import { LocalForwarder } from "./forwarder.ts";
@@ -22,6 +23,7 @@ import { DEFAULT_KEY_PATH, generateKeyFile, KEY_FORMATS, type KeyFormat, loadKey
 import { LOG_FORMATS, LOG_LEVELS, type LogFormat, Logger, type LogLevel } from "./log.ts";
 import { serveMetrics } from "./metrics.ts";
 import { TunnelServer } from "./server.ts";
+import { runConfig } from "./supervisor.ts";
 import { formatHostPort, type HostPort, parseHostPort } from "./target.ts";
 
 /** The program version. */
@@ -40,6 +42,7 @@ commands:
   keygen    write a fresh 32-byte key file
   server    accept tunnels: echo service, a fixed forward target, allowed addresses
   client    one session (MESSAGE or stdin/stdout), a port forward, or a SOCKS5 proxy
+  check-config FILE   validate a --config file and its key files without starting
 
 cipherlink COMMAND --help shows a command's options.
 environment: CIPHERLINK_KEY_FILE, CIPHERLINK_SERVER_HOST, CIPHERLINK_SERVER_PORT supply defaults.
@@ -68,6 +71,8 @@ Prints the path and the key's fingerprint; never the key.
   --metrics HOST:PORT         serve GET /metrics (Prometheus) and GET /healthz there
   --log-level LEVEL           debug, info (default), warn, error
   --log-format FORMAT         text (default) or json
+  --config FILE               run every tunnel of a config file instead (docs/config.md);
+                              SIGHUP reloads it; only --log-level/--log-format may be added
 `,
   client: `usage: cipherlink client [options] [MESSAGE...]
 
@@ -83,10 +88,19 @@ Prints the path and the key's fingerprint; never the key.
   --handshake-timeout SECS    time the server gets to answer the handshake (default 5)
   --metrics HOST:PORT         with --listen/--socks: serve GET /metrics and GET /healthz there
   --log-level LEVEL, --log-format FORMAT   as for the server
+  --config FILE               run every tunnel of a config file instead (docs/config.md);
+                              SIGHUP reloads it; only --log-level/--log-format may be added
 
 Without --listen/--socks: with MESSAGE, sends it, prints the reply, exits after the
 server's CLOSE; without MESSAGE, pipes stdin/stdout through one session (usable as an
 ssh ProxyCommand with --connect %h:%p).
+`,
+  "check-config": `usage: cipherlink check-config FILE
+
+Validates a --config FILE (JSON; // and /* */ comments and trailing commas allowed) and
+loads every tunnel's key file, without starting anything. Prints
+"config FILE: ok (N tunnels)" and exits 0; otherwise prints one error line naming the
+file, the tunnel and the field, and exits 1. The format is in docs/config.md.
 `,
 };
 
@@ -129,6 +143,8 @@ export async function main(
         return await server(rest, io);
       case "client":
         return await client(rest, io);
+      case "check-config":
+        return await checkConfigCommand(rest, io, HELP["check-config"]);
       case "--version":
       case "-V":
         io.stdout(`cipherlink ${VERSION} (protocol 2)\n`);
@@ -297,9 +313,11 @@ async function server(args: string[], io: Io): Promise<number> {
       forward: { type: "string" },
       allow: { type: "string", multiple: true },
       "idle-timeout": { type: "string" },
+      config: { type: "string" },
     },
   });
   if (values.help) return help(io, "server");
+  if (values.config !== undefined) return await runConfig(values.config, values);
   const log = logger(values);
   const options = {
     listen: parseHostPort(
@@ -364,9 +382,11 @@ async function client(args: string[], io: Io): Promise<number> {
       connect: { type: "string" },
       listen: { type: "string" },
       socks: { type: "string" },
+      config: { type: "string" },
     },
   });
   if (values.help) return help(io, "client");
+  if (values.config !== undefined) return await runConfig(values.config, values, positionals);
   if (values.listen && values.socks) {
     throw new UsageError("--listen and --socks cannot be combined");
   }

@@ -98,6 +98,11 @@ export class LocalForwarder {
     return this.#draining;
   }
 
+  /** Replaces the key for sessions opened from now on; open sessions keep theirs. */
+  setKey(key: Uint8Array): void {
+    this.#options = { ...this.#options, connect: { ...this.#options.connect, key } };
+  }
+
   /** Stops accepting, drains open sessions, then aborts the rest (ERROR 6). */
   async shutdown(): Promise<void> {
     if (this.#draining) return await this.stopped;

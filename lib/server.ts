@@ -120,6 +120,11 @@ export class TunnelServer {
     return this.#draining;
   }
 
+  /** Replaces the key for connections accepted from now on; open sessions keep theirs. */
+  setKey(key: Uint8Array): void {
+    this.#options.key = key;
+  }
+
   /**
    * Stops accepting, lets open sessions finish for up to the drain timeout,
    * then ends the rest with ERROR 6.

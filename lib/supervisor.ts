@@ -1,0 +1,367 @@
+/**
+ * Runs the tunnels of a config file in one process (`cipherlink server
+ * --config FILE` or `cipherlink client --config FILE`): a TunnelServer or a
+ * LocalForwarder per tunnel, each logging with a `tunnel` field.
+ *
+ * SIGHUP re-reads the file. An invalid file is logged and changes nothing.
+ * Otherwise new tunnels start, removed ones stop accepting and drain, a
+ * tunnel whose key (file path or contents) is all that changed gets the new
+ * key for new sessions while open ones go on, and a tunnel with any other
+ * change is drained and started again. SIGINT/SIGTERM drain every tunnel and
+ * exit 0.
+ *
+ * @example
+ * ```ts
+ * import { Supervisor } from "./supervisor.ts";
+ * const supervisor = await Supervisor.start("tunnels.json");
+ * console.log(supervisor.addresses());
+ * await supervisor.reload(); // what SIGHUP does
+ * await supervisor.shutdown();
+ * ```
+ * @module
+ */
+
+import { AllowList } from "./allow.ts";
+import { type Config, ConfigError, loadConfig, type TunnelConfig } from "./config.ts";
+import { UsageError } from "./errors.ts";
+import { LocalForwarder } from "./forwarder.ts";
+import { fingerprint, type LoadedKey } from "./keys.ts";
+import {
+  LOG_FORMATS,
+  LOG_LEVELS,
+  type LogFields,
+  type LogFormat,
+  Logger,
+  type LogLevel,
+  type LogSink,
+} from "./log.ts";
+import { TunnelServer } from "./server.ts";
+import { formatHostPort } from "./target.ts";
+
+/** What the supervisor needs of a running tunnel. */
+interface Runner {
+  readonly addr: Deno.NetAddr;
+  /** Resolves once the listener is closed and the accept loop ended. */
+  readonly stopped: Promise<void>;
+  shutdown(): Promise<void>;
+  setKey(key: Uint8Array): void;
+}
+
+interface Running {
+  config: TunnelConfig;
+  key: Uint8Array;
+  runner: Runner;
+  log: Logger;
+}
+
+/** A logger that adds `tunnel=NAME` to every event of one tunnel. */
+class TunnelLogger extends Logger {
+  #base: Logger;
+  #tunnel: string;
+
+  constructor(base: Logger, tunnel: string) {
+    super(base.level, base.format);
+    this.#base = base;
+    this.#tunnel = tunnel;
+  }
+
+  override debug(event: string, fields: LogFields = {}): void {
+    this.#base.debug(event, { tunnel: this.#tunnel, ...fields });
+  }
+  override info(event: string, fields: LogFields = {}): void {
+    this.#base.info(event, { tunnel: this.#tunnel, ...fields });
+  }
+  override warn(event: string, fields: LogFields = {}): void {
+    this.#base.warn(event, { tunnel: this.#tunnel, ...fields });
+  }
+  override error(event: string, fields: LogFields = {}): void {
+    this.#base.error(event, { tunnel: this.#tunnel, ...fields });
+  }
+}
+
+/** Log settings from the command line; they win over the file's `log`. */
+export interface SupervisorOptions {
+  level?: LogLevel;
+  format?: LogFormat;
+  /** Where log lines go (stderr by default); tests capture them. */
+  sink?: LogSink;
+}
+
+/** Everything but the key path: what decides between a key swap and a restart. */
+function settingsOf(tunnel: TunnelConfig): string {
+  return JSON.stringify({ ...tunnel, key: undefined });
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.byteLength === b.byteLength && a.every((byte, i) => byte === b[i]);
+}
+
+function messageOf(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** The tunnels of one config file, running. */
+export class Supervisor {
+  /** The config file as given. */
+  readonly file: string;
+  /** The process-wide logger (events without a `tunnel` field). */
+  readonly log: Logger;
+  #logSettings: Config["log"];
+  #running = new Map<string, Running>();
+  #draining = new Set<Promise<void>>();
+  #queue: Promise<unknown> = Promise.resolve();
+  #queuedReload: Promise<boolean> | null = null;
+  #shutdown: Promise<void> | null = null;
+  #reloads = 0;
+
+  private constructor(file: string, log: Logger, logSettings: Config["log"]) {
+    this.file = file;
+    this.log = log;
+    this.#logSettings = logSettings;
+  }
+
+  /**
+   * Reads and validates the file, loads every key, and starts every tunnel.
+   * Throws {@linkcode ConfigError} (after stopping what it started) when the
+   * file is invalid or a tunnel cannot listen.
+   */
+  static async start(file: string, options: SupervisorOptions = {}): Promise<Supervisor> {
+    const { config, keys } = await loadConfig(file);
+    const log = new Logger(
+      options.level ?? config.log.level ?? "info",
+      options.format ?? config.log.format ?? "text",
+      options.sink,
+    );
+    const supervisor = new Supervisor(file, log, config.log);
+    log.info("config loaded", { config: file, tunnels: config.tunnels.length });
+    try {
+      for (const tunnel of config.tunnels) await supervisor.#start(tunnel, keys.get(tunnel.name)!);
+    } catch (err) {
+      await supervisor.shutdown();
+      throw err;
+    }
+    return supervisor;
+  }
+
+  /** The bound address of every running tunnel, by name. */
+  addresses(): Map<string, Deno.NetAddr> {
+    return new Map([...this.#running].map(([name, { runner }]) => [name, runner.addr]));
+  }
+
+  /**
+   * Re-reads the file and applies it (what SIGHUP does). Resolves false when
+   * the file was invalid (nothing changed) or a tunnel failed to start (the
+   * others were applied); both are logged. Reloads run one at a time.
+   */
+  reload(): Promise<boolean> {
+    if (this.#shutdown) return Promise.resolve(false);
+    if (this.#queuedReload) return this.#queuedReload;
+    const run = this.#queue.then(() => {
+      this.#queuedReload = null;
+      return this.#reloadNow();
+    });
+    this.#queuedReload = run;
+    this.#queue = run.catch(() => {});
+    return run;
+  }
+
+  /** Stops every tunnel: stop accepting, drain open sessions, end the rest. */
+  shutdown(): Promise<void> {
+    this.#shutdown ??= this.#queue.then(async () => {
+      for (const running of [...this.#running.values()]) this.#stop(running);
+      await Promise.all(this.#draining);
+    });
+    return this.#shutdown;
+  }
+
+  async #start(tunnel: TunnelConfig, loaded: LoadedKey): Promise<void> {
+    const log = new TunnelLogger(this.log, tunnel.name);
+    if (loaded.warning) log.warn(loaded.warning);
+    let runner: Runner;
+    try {
+      runner = tunnel.role === "server"
+        ? await TunnelServer.start({
+          listen: tunnel.listen,
+          key: loaded.key,
+          forward: tunnel.forward,
+          allow: AllowList.parse(tunnel.allow),
+          maxConns: tunnel.maxConns,
+          handshakeTimeoutMs: tunnel.handshakeTimeoutMs,
+          idleTimeoutMs: tunnel.idleTimeoutMs,
+          keepaliveMs: tunnel.keepaliveMs,
+          drainTimeoutMs: tunnel.drainTimeoutMs,
+          rekeyBytes: tunnel.rekeyBytes,
+          logger: log,
+        })
+        : LocalForwarder.start({
+          listen: tunnel.listen,
+          mode: tunnel.mode,
+          connect: {
+            server: tunnel.server,
+            key: loaded.key,
+            target: tunnel.connect,
+            keepaliveMs: tunnel.keepaliveMs,
+            handshakeTimeoutMs: tunnel.handshakeTimeoutMs,
+            rekeyBytes: tunnel.rekeyBytes,
+          },
+          maxConns: tunnel.maxConns,
+          drainTimeoutMs: tunnel.drainTimeoutMs,
+          logger: log,
+        });
+    } catch (err) {
+      throw new ConfigError(
+        this.file,
+        `cannot listen on ${formatHostPort(tunnel.listen)}: ${messageOf(err)}`,
+        { tunnel: tunnel.name, field: "listen" },
+      );
+    }
+    this.#running.set(tunnel.name, { config: tunnel, key: loaded.key, runner, log });
+  }
+
+  /** Begins draining; resolves once its listener is closed (its port is free). */
+  #stop(running: Running): Promise<void> {
+    this.#running.delete(running.config.name);
+    const drained = running.runner.shutdown().catch((err) => {
+      running.log.error("shutdown failed", { error: messageOf(err) });
+    });
+    this.#draining.add(drained);
+    drained.finally(() => this.#draining.delete(drained));
+    return running.runner.stopped;
+  }
+
+  async #reloadNow(): Promise<boolean> {
+    if (this.#shutdown) return false;
+    const reload = ++this.#reloads;
+    let loaded: Awaited<ReturnType<typeof loadConfig>>;
+    try {
+      loaded = await loadConfig(this.file);
+    } catch (err) {
+      this.log.error("config reload failed; the running tunnels are unchanged", {
+        reload,
+        error: messageOf(err),
+      });
+      return false;
+    }
+    const { config, keys } = loaded;
+    if (JSON.stringify(config.log) !== JSON.stringify(this.#logSettings)) {
+      this.log.warn("the log settings changed; they apply after a restart");
+    }
+    const wanted = new Map(config.tunnels.map((tunnel) => [tunnel.name, tunnel]));
+    const counts = { added: 0, removed: 0, restarted: 0, key_changed: 0, failed: 0 };
+    const toStart: TunnelConfig[] = [];
+    const closing: Promise<void>[] = [];
+    for (const running of [...this.#running.values()]) {
+      const next = wanted.get(running.config.name);
+      if (!next) {
+        running.log.info("tunnel removed from the config; draining");
+        closing.push(this.#stop(running));
+        counts.removed++;
+      } else if (settingsOf(next) !== settingsOf(running.config)) {
+        running.log.info("tunnel settings changed; draining and starting again");
+        closing.push(this.#stop(running));
+        toStart.push(next);
+        counts.restarted++;
+      } else {
+        const { key, warning } = keys.get(next.name)!;
+        running.config = next;
+        if (!sameBytes(key, running.key)) {
+          running.runner.setKey(key);
+          running.key = key;
+          if (warning) running.log.warn(warning);
+          running.log.info("key changed; new sessions use it", {
+            fingerprint: await fingerprint(key),
+          });
+          counts.key_changed++;
+        }
+      }
+    }
+    for (const tunnel of config.tunnels) {
+      if (this.#running.has(tunnel.name) || toStart.includes(tunnel)) continue;
+      toStart.push(tunnel);
+      counts.added++;
+    }
+    // Listeners first: a restarted or renamed tunnel may reuse its old port.
+    await Promise.all(closing);
+    for (const tunnel of toStart) {
+      try {
+        await this.#start(tunnel, keys.get(tunnel.name)!);
+      } catch (err) {
+        this.log.error("tunnel failed to start; the next reload tries again", {
+          tunnel: tunnel.name,
+          error: messageOf(err),
+        });
+        counts.failed++;
+      }
+    }
+    this.log.info("config reloaded", { reload, tunnels: this.#running.size, ...counts });
+    return counts.failed === 0;
+  }
+}
+
+const CONFIG_OPTIONS = ["config", "log-level", "log-format"];
+
+function optionOneOf<T extends string>(
+  name: string,
+  value: unknown,
+  allowed: readonly T[],
+): T | undefined {
+  if (value === undefined) return undefined;
+  if (!(allowed as readonly unknown[]).includes(value)) {
+    throw new UsageError(`--${name} takes one of ${allowed.join(", ")}, not '${value}'`);
+  }
+  return value as T;
+}
+
+/**
+ * The CLI's `--config FILE` mode for `server` and `client`: the only other
+ * options it takes are --log-level and --log-format (they win over the
+ * file's `log`). Runs until SIGINT/SIGTERM, reloading on SIGHUP; resolves
+ * the exit code. Throws {@linkcode UsageError} for a bad command line and
+ * {@linkcode ConfigError} for a bad file or a tunnel that cannot listen.
+ */
+export async function runConfig(
+  file: string,
+  values: Record<string, unknown>,
+  positionals: string[] = [],
+): Promise<number> {
+  const other = Object.keys(values).find((name) =>
+    values[name] !== undefined && !CONFIG_OPTIONS.includes(name)
+  );
+  if (other) {
+    throw new UsageError(
+      `--config cannot be combined with --${other} (each tunnel's settings live in the file)`,
+    );
+  }
+  if (positionals.length > 0) throw new UsageError("MESSAGE cannot be combined with --config");
+  const level = optionOneOf("log-level", values["log-level"], LOG_LEVELS);
+  const format = optionOneOf("log-format", values["log-format"], LOG_FORMATS);
+
+  let supervisor: Supervisor | null = null;
+  let hangupDuringStart = false;
+  const reload = (running: Supervisor) =>
+    running.reload().catch((err) => {
+      running.log.error("config reload failed", { error: messageOf(err) });
+    });
+  const onHangup = () => {
+    if (supervisor) reload(supervisor);
+    else hangupDuringStart = true;
+  };
+  let onStop = (_signal: string) => {};
+  const stopSignal = new Promise<string>((resolve) => (onStop = resolve));
+  const handlers = (["SIGINT", "SIGTERM"] as const).map((name) =>
+    [name, () => onStop(name)] as const
+  );
+  Deno.addSignalListener("SIGHUP", onHangup);
+  for (const [name, handler] of handlers) Deno.addSignalListener(name, handler);
+  try {
+    supervisor = await Supervisor.start(file, { level, format });
+    if (hangupDuringStart) reload(supervisor);
+    const signal = await stopSignal;
+    supervisor.log.info("shutting down", { signal });
+    await supervisor.shutdown();
+    return 0;
+  } finally {
+    Deno.removeSignalListener("SIGHUP", onHangup);
+    for (const [name, handler] of handlers) Deno.removeSignalListener(name, handler);
+  }
+}
