@@ -35,8 +35,10 @@ import {
   type LogLevel,
   type LogSink,
 } from "./log.ts";
+import { serveMetrics } from "./metrics.ts";
+import type { MetricsSource, TunnelStats } from "./stats.ts";
 import { TunnelServer } from "./server.ts";
-import { formatHostPort } from "./target.ts";
+import { formatHostPort, parseHostPort } from "./target.ts";
 
 /** What the supervisor needs of a running tunnel. */
 interface Runner {
@@ -45,6 +47,7 @@ interface Runner {
   readonly stopped: Promise<void>;
   shutdown(): Promise<void>;
   setKey(key: Uint8Array): void;
+  readonly stats: TunnelStats;
 }
 
 interface Running {
@@ -163,6 +166,19 @@ export class Supervisor {
     this.#queuedReload = run;
     this.#queue = run.catch(() => {});
     return run;
+  }
+
+  /** The running tunnels' counters, labelled by role and tunnel name. */
+  metricsSources(): MetricsSource[] {
+    return [...this.#running.values()].map(({ config, runner }) => ({
+      stats: runner.stats,
+      labels: { role: config.role, tunnel: config.name },
+    }));
+  }
+
+  /** Whether shutdown() has begun (the health check answers 503 then). */
+  get draining(): boolean {
+    return this.#shutdown !== null;
   }
 
   /** Stops every tunnel: stop accepting, drain open sessions, end the rest. */
@@ -298,7 +314,7 @@ export class Supervisor {
   }
 }
 
-const CONFIG_OPTIONS = ["config", "log-level", "log-format"];
+const CONFIG_OPTIONS = ["config", "log-level", "log-format", "metrics"];
 
 function optionOneOf<T extends string>(
   name: string,
@@ -355,10 +371,18 @@ export async function runConfig(
   for (const [name, handler] of handlers) Deno.addSignalListener(name, handler);
   try {
     supervisor = await Supervisor.start(file, { level, format });
+    const running = supervisor;
+    const endpoint = typeof values.metrics === "string"
+      ? serveMetrics(parseHostPort(values.metrics, true), {
+        sources: () => running.metricsSources(),
+        healthy: () => !running.draining,
+      }, running.log)
+      : null;
     if (hangupDuringStart) reload(supervisor);
     const signal = await stopSignal;
     supervisor.log.info("shutting down", { signal });
     await supervisor.shutdown();
+    await endpoint?.shutdown();
     return 0;
   } finally {
     Deno.removeSignalListener("SIGHUP", onHangup);

@@ -198,3 +198,43 @@ Deno.test("logs: --log-format json gives one JSON object per line with stable fi
     assert.equal(typeof record.msg, "string");
   }
 });
+
+Deno.test("metrics: a config file's tunnels are labelled by name in one valid exposition", async () => {
+  const key = await tempKey();
+  const config = `${key.dir}/tunnels.jsonc`;
+  await Deno.writeTextFile(
+    config,
+    `{ // two echo servers in one process
+      "tunnels": [
+        { "name": "alpha", "role": "server", "listen": "127.0.0.1:0", "key": "${key.path}" },
+        { "name": "beta", "role": "server", "listen": "127.0.0.1:0", "key": "${key.path}" },
+      ] }`,
+  );
+  const server = await startDaemon(["server", "--config", config, "--metrics", "127.0.0.1:0"]);
+  try {
+    const port = metricsPort(await server.waitForLine(/metrics on /));
+    const alpha = Number(
+      /listening on \S*:(\d+).*tunnel=alpha/.exec(
+        await server.waitForLine(/listening on .*tunnel=alpha/),
+      )![1],
+    );
+    await server.waitForLine(/listening on .*tunnel=beta/);
+    const reply = await runCipherlink([
+      "client",
+      "--key",
+      key.path,
+      "--server",
+      `127.0.0.1:${alpha}`,
+      "abc",
+    ]);
+    assert.equal(reply.stdout, "abc", reply.stderr);
+    const body = (await scrape(port)).body;
+    assert.equal(sample(body, 'cipherlink_sessions_total{role="server",tunnel="alpha"}'), 1);
+    assert.equal(sample(body, 'cipherlink_sessions_total{role="server",tunnel="beta"}'), 0);
+    const check = await promtoolCheck(body);
+    assert.equal(check.code, 0, check.output);
+  } finally {
+    await server.stop();
+    await key.cleanup();
+  }
+});
