@@ -31,7 +31,8 @@ export const VERSION = "0.2.0";
 /** Exit codes of the CLI contract. */
 export const ExitCode = { ok: 0, failure: 1, usage: 2 } as const;
 
-const USAGE = "usage: cipherlink <keygen|server|client> [options]   (cipherlink --help for more)";
+const USAGE =
+  "usage: cipherlink <keygen|server|client|check-config> [options]   (cipherlink --help for more)";
 
 const HELP = {
   main: `cipherlink ${VERSION}: an encrypted TCP tunnel and proxy around one pre-shared key
