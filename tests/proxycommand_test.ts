@@ -1,0 +1,483 @@
+/**
+ * `cipherlink client --connect HOST:PORT` in pipe mode as ssh's ProxyCommand,
+ * with real processes on 127.0.0.1: stdin/stdout carry the stream, stdin's
+ * EOF half-closes it while the reply keeps flowing, a ProxyCommand killed the
+ * way ssh kills it on exit releases the server's session and the target, and
+ * a real OpenSSH client logs in to a real sshd through the tunnel (needs
+ * openssh-server and openssh-client).
+ * @module
+ */
+
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import {
+  cipherlinkArgv,
+  type Daemon,
+  freePort,
+  startDaemon,
+  tempKey,
+  waitForLineWithin,
+} from "./process.ts";
+import { randomBytes, sha256Hex } from "./helpers.ts";
+
+const SSHD = "/usr/sbin/sshd";
+const SSH = "/usr/bin/ssh";
+const SSH_KEYGEN = "/usr/bin/ssh-keygen";
+const encoder = new TextEncoder();
+
+/** Rejects with `what` if `promise` has not settled within `ms`: a bound, never a pacing. */
+async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: not within ${ms} ms`)), ms);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** A process's stderr, collected as lines. */
+class LineLog {
+  readonly lines: string[] = [];
+  readonly drained: Promise<void>;
+  #reader: ReadableStreamDefaultReader<string>;
+  #waiters: { pattern: RegExp; resolve: (line: string) => void }[] = [];
+
+  constructor(stream: ReadableStream<Uint8Array>) {
+    this.#reader = stream.pipeThrough(new TextDecoderStream()).getReader();
+    this.drained = this.#drain();
+  }
+
+  async #drain(): Promise<void> {
+    let pending = "";
+    for (;;) {
+      const { value, done } = await this.#reader.read().catch(() => ({ value: "", done: true }));
+      if (done) return;
+      pending += value;
+      const parts = pending.split("\n");
+      pending = parts.pop()!;
+      for (const line of parts) {
+        this.lines.push(line);
+        for (const waiter of this.#waiters.filter((w) => w.pattern.test(line))) {
+          this.#waiters.splice(this.#waiters.indexOf(waiter), 1);
+          waiter.resolve(line);
+        }
+      }
+    }
+  }
+
+  /** The first line matching `pattern`, past or future, within `ms`. */
+  waitFor(pattern: RegExp, ms = 5000): Promise<string> {
+    const seen = this.lines.find((l) => pattern.test(l));
+    if (seen) return Promise.resolve(seen);
+    const { promise, resolve } = Promise.withResolvers<string>();
+    this.#waiters.push({ pattern, resolve });
+    return within(promise, ms, `a line matching ${pattern} in:\n${this.lines.join("\n")}`);
+  }
+
+  /**
+   * Waits for EOF for up to `ms`, then stops reading: a grandchild that
+   * inherited the stream must not keep the test waiting.
+   */
+  async close(ms = 2000): Promise<void> {
+    await within(this.drained, ms, "stderr EOF").catch(() => this.#reader.cancel());
+    await this.drained;
+  }
+}
+
+/** What the banner-and-hash service saw of its one connection. */
+interface Seen {
+  bytes: number;
+  sha: string;
+}
+
+/**
+ * A one-connection TCP service shaped like an ssh server's first moves: it
+ * sends `banner`, reads until EOF, then replies with the SHA-256 (hex and a
+ * newline) of what it read, and closes. The reply can only exist if the
+ * peer half-closed and kept reading.
+ */
+function bannerHashService(banner: string): {
+  port: number;
+  seen: Promise<Seen>;
+  close(): void;
+} {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0, transport: "tcp" });
+  const seen = (async () => {
+    const conn = await listener.accept();
+    try {
+      await writeAll(conn, encoder.encode(banner));
+      const hash = createHash("sha256");
+      const buffer = new Uint8Array(256 * 1024);
+      let bytes = 0;
+      for (let n; (n = await conn.read(buffer)) !== null;) {
+        hash.update(buffer.subarray(0, n));
+        bytes += n;
+      }
+      const sha = hash.digest("hex");
+      await writeAll(conn, encoder.encode(`${sha}\n`));
+      return { bytes, sha };
+    } finally {
+      conn.close();
+    }
+  })();
+  return {
+    port: listener.addr.port,
+    seen,
+    close: () => listener.close(),
+  };
+}
+
+async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
+  for (let at = 0; at < bytes.byteLength;) at += await conn.write(bytes.subarray(at));
+}
+
+/** How a bounded run ended. */
+interface RunOutput {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * Runs `argv` to completion, feeding `stdin` (or none), and kills it if it has
+ * not exited within `ms`: a bound against a hang, never a pacing.
+ */
+async function runBounded(
+  argv: string[],
+  stdin: Uint8Array | null,
+  ms = 20_000,
+): Promise<RunOutput> {
+  const [command, ...args] = argv;
+  const child = new Deno.Command(command, {
+    args,
+    stdin: stdin ? "piped" : "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const writing = stdin
+    ? (async () => {
+      const writer = child.stdin.getWriter();
+      await writer.write(stdin);
+      await writer.close();
+    })()
+    : Promise.resolve();
+  const output = child.output();
+  try {
+    const { code, stdout, stderr } = await within(output, ms, argv.join(" "));
+    const decoder = new TextDecoder();
+    return { code, stdout: decoder.decode(stdout), stderr: decoder.decode(stderr) };
+  } finally {
+    try {
+      child.kill("SIGKILL");
+    } catch {
+      // Already exited.
+    }
+    await output.catch(() => {});
+    await writing.catch(() => {});
+  }
+}
+
+Deno.test("proxycommand: pipe mode carries banner, 6 MiB up, and the reply sent after stdin's EOF", async () => {
+  const banner = "SSH-2.0-banner-hash-service\r\n";
+  const service = bannerHashService(banner);
+  const key = await tempKey();
+  let server: Daemon | undefined;
+  try {
+    server = await startDaemon([
+      "server",
+      "--key",
+      key.path,
+      "--listen",
+      "127.0.0.1:0",
+      "--allow",
+      `127.0.0.1:${service.port}`,
+    ]);
+    const upload = randomBytes(6 * 1024 * 1024 + 5);
+    const result = await runBounded(
+      cipherlinkArgv([
+        "client",
+        "--key",
+        key.path,
+        "--server",
+        `127.0.0.1:${server.port}`,
+        "--connect",
+        `127.0.0.1:${service.port}`,
+      ]),
+      upload,
+    );
+    const seen = await within(service.seen, 5000, "the service's reply");
+    // The service saw stdin's EOF and every byte before it; the EOF was a
+    // half-close, since the reply it sent afterwards still reached stdout
+    // before the client exited 0.
+    assert.equal(seen.bytes, upload.byteLength);
+    assert.equal(seen.sha, await sha256Hex(upload));
+    assert.equal(result.stdout, `${banner}${seen.sha}\n`);
+    assert.equal(result.code, 0, result.stderr);
+    assert.doesNotMatch(result.stderr, /error/);
+    await waitForLineWithin(
+      server,
+      new RegExp(`session end .*bytes_in=${upload.byteLength} .*outcome=ok`),
+    );
+  } finally {
+    service.close();
+    await server?.stop();
+    await service.seen.catch(() => {});
+    await key.cleanup();
+  }
+});
+
+Deno.test("proxycommand: a ProxyCommand killed by SIGHUP (as ssh does on exit) ends the server's session and the target's connection", async () => {
+  // The target sends a banner, then only listens: nothing it does would end
+  // the session, so the server must end it when the tunnel dies.
+  const banner = "SSH-2.0-idle-target\r\n";
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0, transport: "tcp" });
+  const targetEnded = (async () => {
+    const conn = await listener.accept();
+    try {
+      await writeAll(conn, encoder.encode(banner));
+      const buffer = new Uint8Array(65536);
+      while (await conn.read(buffer) !== null) {
+        // Discard; only the end matters.
+      }
+      return "eof";
+    } catch {
+      return "reset";
+    } finally {
+      conn.close();
+    }
+  })();
+  const key = await tempKey();
+  let server: Daemon | undefined;
+  let client: Deno.ChildProcess | undefined;
+  let clientLog: LineLog | undefined;
+  try {
+    server = await startDaemon([
+      "server",
+      "--key",
+      key.path,
+      "--listen",
+      "127.0.0.1:0",
+      "--allow",
+      `127.0.0.1:${listener.addr.port}`,
+    ]);
+    const [command, ...args] = cipherlinkArgv([
+      "client",
+      "--key",
+      key.path,
+      "--server",
+      `127.0.0.1:${server.port}`,
+      "--connect",
+      `127.0.0.1:${listener.addr.port}`,
+    ]);
+    client = new Deno.Command(command, { args, stdin: "piped", stdout: "piped", stderr: "piped" })
+      .spawn();
+    clientLog = new LineLog(client.stderr);
+    const stdout = client.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    let received = "";
+    while (received.length < banner.length) {
+      const { value, done } = await stdout.read();
+      if (done) break;
+      received += value;
+    }
+    await stdout.cancel();
+    assert.equal(received, banner, "the session is up before the client is killed");
+
+    client.kill("SIGHUP");
+    assert.equal((await client.status).signal, "SIGHUP");
+    assert.match(await within(targetEnded, 5000, "the target's connection ends"), /^(eof|reset)$/);
+    await waitForLineWithin(
+      server,
+      new RegExp(`session end .*outcome=error error="stream truncated`),
+    );
+  } finally {
+    if (client) {
+      await client.stdin.close().catch(() => {});
+      try {
+        client.kill("SIGKILL");
+      } catch {
+        // Already exited.
+      }
+      await client.status;
+      await clientLog?.close();
+    }
+    listener.close();
+    // Killed outright: if this test failed, the server may be the stuck part.
+    await server?.stop("SIGKILL");
+    await targetEnded.catch(() => {});
+    await key.cleanup();
+  }
+});
+
+/** Fails with the package to install when an OpenSSH program is missing. */
+async function requireOpenSsh(): Promise<void> {
+  const programs = [[SSHD, "openssh-server"], [SSH, "openssh-client"], [
+    SSH_KEYGEN,
+    "openssh-client",
+  ]];
+  for (const [path, pkg] of programs) {
+    try {
+      await Deno.stat(path);
+    } catch {
+      throw new Error(`${path} is missing; install it with: apt-get install -y ${pkg}`);
+    }
+  }
+}
+
+/** Runs a helper program to completion; asserts it succeeded; resolves its stdout. */
+async function run(command: string, args: string[]): Promise<string> {
+  const { code, stdout, stderr } = await new Deno.Command(command, {
+    args,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const decoder = new TextDecoder();
+  assert.equal(code, 0, `${command} ${args.join(" ")}: ${decoder.decode(stderr)}`);
+  return decoder.decode(stdout);
+}
+
+/** Single-quotes `word` for the POSIX shell ssh runs ProxyCommand with. */
+function shellQuote(word: string): string {
+  return `'${word.replaceAll("'", `'\\''`)}'`;
+}
+
+/** A foreground sshd on 127.0.0.1 and its log. */
+interface Sshd {
+  port: number;
+  log: LineLog;
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts `sshd -D -e` with a throwaway config in `dir` that admits only
+ * `userPublicKey`; resolves once it logged "Server listening".
+ */
+async function startSshd(dir: string, userPublicKey: string): Promise<Sshd> {
+  const port = freePort();
+  await run(SSH_KEYGEN, ["-q", "-t", "ed25519", "-N", "", "-f", `${dir}/host_key`]);
+  await Deno.writeTextFile(`${dir}/authorized_keys`, userPublicKey, { mode: 0o600 });
+  await Deno.writeTextFile(
+    `${dir}/sshd_config`,
+    [
+      "ListenAddress 127.0.0.1",
+      `Port ${port}`,
+      `HostKey ${dir}/host_key`,
+      `AuthorizedKeysFile ${dir}/authorized_keys`,
+      `PidFile ${dir}/sshd.pid`,
+      "UsePAM no",
+      "StrictModes no",
+      "PermitRootLogin prohibit-password",
+      "PubkeyAuthentication yes",
+      "PasswordAuthentication no",
+      "KbdInteractiveAuthentication no",
+      // VERBOSE: sshd logs a connection that closes without a disconnect message.
+      "LogLevel VERBOSE",
+      "",
+    ].join("\n"),
+  );
+  // The privilege-separation directory sshd insists on when it runs as root.
+  if (Deno.uid() === 0) await Deno.mkdir("/run/sshd", { recursive: true, mode: 0o755 });
+  const process = new Deno.Command(SSHD, {
+    args: ["-D", "-e", "-f", `${dir}/sshd_config`],
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  const log = new LineLog(process.stderr);
+  const stop = async () => {
+    try {
+      process.kill("SIGTERM");
+    } catch {
+      // Already exited.
+    }
+    await process.status;
+    await log.close();
+  };
+  const exited = process.status.then((status) => {
+    throw new Error(`sshd exited with ${status.code} before listening:\n${log.lines.join("\n")}`);
+  });
+  exited.catch(() => {});
+  try {
+    await Promise.race([log.waitFor(/Server listening on 127\.0\.0\.1 port/), exited]);
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  return { port, log, stop };
+}
+
+Deno.test("proxycommand: a real ssh logs in to a real sshd through the tunnel", async () => {
+  await requireOpenSsh();
+  const dir = await Deno.makeTempDir({ prefix: "cipherlink-ssh-" });
+  const key = await tempKey();
+  let sshd: Sshd | undefined;
+  let server: Daemon | undefined;
+  try {
+    await run(SSH_KEYGEN, ["-q", "-t", "ed25519", "-N", "", "-f", `${dir}/user_key`]);
+    sshd = await startSshd(dir, await Deno.readTextFile(`${dir}/user_key.pub`));
+    server = await startDaemon([
+      "server",
+      "--key",
+      key.path,
+      "--listen",
+      "127.0.0.1:0",
+      "--allow",
+      `127.0.0.1:${sshd.port}`,
+    ]);
+    const proxyCommand = [
+      ...cipherlinkArgv(["client", "--key", key.path, "--server", `127.0.0.1:${server.port}`])
+        .map(shellQuote),
+      "--connect",
+      "%h:%p",
+    ].join(" ");
+    const user = (await run("id", ["-un"])).trim();
+    const ssh = await runBounded(
+      [
+        SSH,
+        "-F",
+        "/dev/null",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        `ProxyCommand=${proxyCommand}`,
+        "-i",
+        `${dir}/user_key`,
+        "-p",
+        String(sshd.port),
+        `${user}@127.0.0.1`,
+        "echo tunnelled-ok",
+      ],
+      null,
+    );
+    assert.equal(ssh.code, 0, `ssh: ${ssh.stderr}\nsshd:\n${sshd.log.lines.join("\n")}`);
+    assert.equal(ssh.stdout, "tunnelled-ok\n");
+    // It went through the tunnel: the server opened the session to sshd
+    // (ssh never connects by itself when it has a ProxyCommand)...
+    const target = `target=127.0.0.1:${sshd.port}`;
+    assert.ok(
+      server.lines.some((l) => l.includes("session open") && l.includes(target)),
+      server.lines.join("\n"),
+    );
+    await sshd.log.waitFor(/Accepted publickey for \S+ from 127\.0\.0\.1 /);
+    // ...and both ends let go once ssh was done. ssh SIGHUPs its ProxyCommand
+    // as it exits, so the session may end truncated rather than with CLOSE.
+    await waitForLineWithin(server, /session end .*outcome=(ok|error)/);
+    await sshd.log.waitFor(/(Disconnected from|Connection closed by|Connection reset by) /);
+  } finally {
+    await server?.stop();
+    await sshd?.stop();
+    await key.cleanup();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
