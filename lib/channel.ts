@@ -71,6 +71,34 @@ export interface TransportMessage {
 export interface ChannelOptions {
   /** Plaintext bytes sent under one key before REKEY (at most 2^30). */
   rekeyBytes?: number;
+  /**
+   * Responder: the ephemeral keys of message 1s accepted before. A message 1
+   * that carries one of them is a replay, refused before any crypto is spent.
+   */
+  replays?: ReplayGuard;
+}
+
+/**
+ * Remembers the ephemeral public keys of the last `capacity` message 1s a
+ * responder accepted. A client makes a fresh ephemeral key per handshake, so
+ * a key seen twice is a recorded message 1 played again: refusing it up front
+ * keeps a replay flood from costing a key exchange each.
+ */
+export class ReplayGuard {
+  #seen = new Set<string>();
+  #capacity: number;
+  constructor(capacity = 65536) {
+    this.#capacity = capacity;
+  }
+  has(ephemeral: Uint8Array): boolean {
+    return this.#seen.has(String.fromCharCode(...ephemeral));
+  }
+  add(ephemeral: Uint8Array): void {
+    if (this.#seen.size >= this.#capacity) {
+      this.#seen.delete(this.#seen.values().next().value!);
+    }
+    this.#seen.add(String.fromCharCode(...ephemeral));
+  }
 }
 
 /** The encrypted, framed transport over one connection. */
@@ -125,8 +153,8 @@ export class SecureChannel {
     options: ChannelOptions = {},
   ): Promise<SecureChannel> {
     const frames = new FrameReader(readableOf(conn));
-    const hs = await NNpsk0Handshake.create(role, psk, PROLOGUE);
     if (role === "initiator") {
+      const hs = await NNpsk0Handshake.create(role, psk, PROLOGUE);
       await writeAll(conn, handshakeFrame(await hs.writeMessage1()));
       const reply = await frames.next(HANDSHAKE_NONCE_SIZE, MIN_HANDSHAKE_DATA);
       if (!reply) {
@@ -150,6 +178,13 @@ export class SecureChannel {
         "the client closed the connection before the handshake",
       );
     }
+    const ephemeral = hello.data.slice(0, 32);
+    if (options.replays?.has(ephemeral)) {
+      throw new AuthenticationError("message 1 was replayed (its ephemeral key was seen before)");
+    }
+    // The ephemeral key is made once message 1 is here: a connection that
+    // sends nothing, or drips bytes, costs the server no crypto.
+    const hs = await NNpsk0Handshake.create(role, psk, PROLOGUE);
     try {
       await hs.readMessage1(hello.data);
     } catch (err) {
@@ -157,6 +192,7 @@ export class SecureChannel {
         cause: err,
       });
     }
+    options.replays?.add(ephemeral);
     await writeAll(conn, handshakeFrame(await hs.writeMessage2()));
     const [receive, send] = await hs.split();
     return new SecureChannel(conn, frames, send, receive, options);

@@ -19,8 +19,9 @@
  * @module
  */
 
+import { lookup } from "node:dns/promises";
 import { AllowList } from "./allow.ts";
-import { SecureChannel } from "./channel.ts";
+import { ReplayGuard, SecureChannel } from "./channel.ts";
 import { closeQuietly } from "./conn.ts";
 import {
   AuthenticationError,
@@ -34,7 +35,7 @@ import { Logger } from "./log.ts";
 import { receiveOpen, Session, type SessionOptions, type SessionSummary } from "./session.ts";
 import { echo, splice } from "./splice.ts";
 import { openOutcomeFor, TunnelStats } from "./stats.ts";
-import { formatHostPort, type HostPort, type Target } from "./target.ts";
+import { formatHostPort, type HostPort, parseIPv4, parseIPv6, type Target } from "./target.ts";
 
 /** Everything the server needs; times in milliseconds. */
 export interface ServerOptions {
@@ -74,6 +75,8 @@ export class TunnelServer {
   #options: Required<Omit<ServerOptions, "forward">> & { forward?: HostPort };
   #sessionOptions: SessionOptions;
   #connections = new Map<number, Connection>();
+  /** Message 1s seen: a replayed one is refused before any crypto. */
+  #replays = new ReplayGuard();
   #nextId = 0;
   #draining = false;
 
@@ -220,6 +223,7 @@ export class TunnelServer {
         "responder",
         {
           rekeyBytes: this.#options.rekeyBytes,
+          replays: this.#replays,
         },
       );
       target = await receiveOpen(channel);
@@ -263,11 +267,7 @@ export class TunnelServer {
         }
       }
       try {
-        upstream = await Deno.connect({
-          hostname: host,
-          port: wanted.port,
-          signal: AbortSignal.timeout(UPSTREAM_CONNECT_TIMEOUT_MS),
-        });
+        upstream = await connectUpstream(host, wanted.port);
         upstream.setNoDelay(true);
       } catch (err) {
         const timedOut = err instanceof DOMException && err.name === "TimeoutError";
@@ -356,6 +356,29 @@ export class TunnelServer {
     if (summary.error) this.#log.warn("session end", fields);
     else this.#log.info("session end", fields);
   }
+}
+
+/**
+ * Connects to a target. A name is resolved the way the system does it
+ * (/etc/hosts included) and every address is tried in turn, so `localhost`
+ * works whether it lists ::1 or 127.0.0.1 first. One deadline covers all.
+ */
+async function connectUpstream(host: string, port: number): Promise<Deno.TcpConn> {
+  const signal = AbortSignal.timeout(UPSTREAM_CONNECT_TIMEOUT_MS);
+  if (parseIPv4(host) || parseIPv6(host)) {
+    return await Deno.connect({ hostname: host, port, signal });
+  }
+  const addresses = await lookup(host, { all: true, verbatim: true });
+  let failure: unknown = new Deno.errors.NotFound(`${host} has no address`);
+  for (const { address } of addresses) {
+    try {
+      return await Deno.connect({ hostname: address, port, signal });
+    } catch (err) {
+      failure = err;
+      if (signal.aborted) break;
+    }
+  }
+  throw failure;
 }
 
 function peerOf(conn: Deno.Conn): string {
