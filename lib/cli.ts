@@ -484,11 +484,22 @@ async function oneShot(
 /** Pipe mode: stdin into the tunnel, the tunnel to stdout; stdin EOF half-closes. */
 async function pipe(options: ConnectOptions): Promise<number> {
   const session = await connect(options);
-  const upload = session.pumpFrom(readableOf(Deno.stdin));
-  upload.catch(() => {});
-  await session.readable.pipeTo(writableOf(Deno.stdout));
-  await upload;
-  const { error } = await session.ended;
-  if (error) throw error;
-  return ExitCode.ok;
+  // ssh ends its ProxyCommand with SIGHUP when the connection is done: take
+  // it as the end of stdin, so the session still closes cleanly (CLOSE both
+  // ways) instead of the server seeing a truncated stream.
+  let hangUp = () => {};
+  const hungUp = new Promise<null>((resolve) => (hangUp = () => resolve(null)));
+  Deno.addSignalListener("SIGHUP", hangUp);
+  const stdin = { read: (into: Uint8Array) => Promise.race([Deno.stdin.read(into), hungUp]) };
+  try {
+    const upload = session.pumpFrom(readableOf(stdin));
+    upload.catch(() => {});
+    await session.readable.pipeTo(writableOf(Deno.stdout));
+    await upload;
+    const { error } = await session.ended;
+    if (error) throw error;
+    return ExitCode.ok;
+  } finally {
+    Deno.removeSignalListener("SIGHUP", hangUp);
+  }
 }

@@ -229,7 +229,7 @@ Deno.test("proxycommand: pipe mode carries banner, 6 MiB up, and the reply sent 
   }
 });
 
-Deno.test("proxycommand: a ProxyCommand killed by SIGHUP (as ssh does on exit) ends the server's session and the target's connection", async () => {
+async function endProxyCommandWith(signal: "SIGHUP" | "SIGKILL"): Promise<void> {
   // The target sends a banner, then only listens: nothing it does would end
   // the session, so the server must end it when the tunnel dies.
   const banner = "SSH-2.0-idle-target\r\n";
@@ -285,13 +285,21 @@ Deno.test("proxycommand: a ProxyCommand killed by SIGHUP (as ssh does on exit) e
     await stdout.cancel();
     assert.equal(received, banner, "the session is up before the client is killed");
 
-    client.kill("SIGHUP");
-    assert.equal((await client.status).signal, "SIGHUP");
-    assert.match(await within(targetEnded, 5000, "the target's connection ends"), /^(eof|reset)$/);
-    await waitForLineWithin(
-      server,
-      new RegExp(`session end .*outcome=error error="stream truncated`),
-    );
+    client.kill(signal);
+    if (signal === "SIGHUP") {
+      // Hung up like ssh does: a clean end, CLOSE both ways, exit 0.
+      assert.equal((await client.status).code, 0);
+      assert.equal(await within(targetEnded, 5000, "the target's connection ends"), "eof");
+      await waitForLineWithin(server, /session end .*outcome=ok/);
+    } else {
+      // Killed outright: the server sees a truncated stream and lets the target go.
+      assert.equal((await client.status).signal, "SIGKILL");
+      assert.match(
+        await within(targetEnded, 5000, "the target's connection ends"),
+        /^(eof|reset)$/,
+      );
+      await waitForLineWithin(server, /session end .*outcome=error error="stream truncated/);
+    }
   } finally {
     if (client) {
       await client.stdin.close().catch(() => {});
@@ -309,7 +317,13 @@ Deno.test("proxycommand: a ProxyCommand killed by SIGHUP (as ssh does on exit) e
     await targetEnded.catch(() => {});
     await key.cleanup();
   }
-});
+}
+
+Deno.test("proxycommand: SIGHUP (ssh ending its ProxyCommand) closes the session cleanly, exit 0", () =>
+  endProxyCommandWith("SIGHUP"));
+
+Deno.test("proxycommand: a ProxyCommand killed outright ends the server's session and the target's connection", () =>
+  endProxyCommandWith("SIGKILL"));
 
 /** Fails with the package to install when an OpenSSH program is missing. */
 async function requireOpenSsh(): Promise<void> {
