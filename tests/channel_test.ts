@@ -1,0 +1,812 @@
+/**
+ * The secure channel and sessions end to end over real TCP on 127.0.0.1:
+ * echo through TunnelServer at the DATA-frame size edges (frames counted on
+ * the wire) and in bulk, many concurrent sessions, the counter rules (gaps
+ * and replays), truncation on both sides, REKEY and PING/PONG.
+ * @module
+ */
+
+import assert from "node:assert/strict";
+import { MessageType, PROLOGUE, SecureChannel } from "../lib/channel.ts";
+import { connect, forward } from "../lib/client.ts";
+import { closeQuietly, readableOf, writeAll } from "../lib/conn.ts";
+import { ErrorCode, ProtocolError, TruncationError } from "../lib/errors.ts";
+import {
+  encodeHeader,
+  HANDSHAKE_NONCE_SIZE,
+  HEADER_SIZE,
+  MAX_DATA_BODY,
+  MAX_DATA_SIZE,
+  TAG_SIZE,
+  TRANSPORT_NONCE_SIZE,
+} from "../lib/frame.ts";
+import { FrameReader } from "../lib/framer.ts";
+import { Logger } from "../lib/log.ts";
+import { type CipherState, counterNonce, NNpsk0Handshake } from "../lib/noise.ts";
+import { type ServerOptions, TunnelServer } from "../lib/server.ts";
+import { receiveOpen, Session } from "../lib/session.ts";
+import type { HostPort } from "../lib/target.ts";
+import { randomBytes, sha256Hex } from "./helpers.ts";
+
+const LOCAL = "127.0.0.1";
+const MiB = 1024 * 1024;
+const encoder = new TextEncoder();
+/** data_size of a transport frame carrying `body`: type byte, body, tag. */
+const sealedSize = (body: number) => 1 + body + TAG_SIZE;
+
+/** Collects a logger's lines (at the server's default level); tests await the lines they expect. */
+class LogCapture {
+  readonly lines: string[] = [];
+  readonly logger: Logger;
+  #waiters: { pattern: RegExp; resolve: (line: string) => void }[] = [];
+
+  constructor() {
+    this.logger = new Logger("info", "text", (line) => {
+      this.lines.push(line);
+      for (const waiter of this.#waiters.filter((w) => w.pattern.test(line))) {
+        this.#waiters.splice(this.#waiters.indexOf(waiter), 1);
+        waiter.resolve(line);
+      }
+    });
+  }
+
+  /**
+   * Resolves the first line, logged already or later, matching `pattern`;
+   * rejects after `boundMs` so that a missing line fails instead of hanging.
+   */
+  waitFor(pattern: RegExp, boundMs = 5000): Promise<string> {
+    const seen = this.lines.find((line) => pattern.test(line));
+    return seen ? Promise.resolve(seen) : this.#next(pattern, boundMs);
+  }
+
+  /** The next line to be logged that matches `pattern`, within `boundMs`. */
+  #next(pattern: RegExp, boundMs: number): Promise<string> {
+    return new Promise((resolve, reject) => {
+      const waiter = {
+        pattern,
+        resolve: (line: string) => {
+          clearTimeout(timer);
+          resolve(line);
+        },
+      };
+      const timer = setTimeout(() => {
+        this.#waiters.splice(this.#waiters.indexOf(waiter), 1);
+        reject(
+          new Error(
+            `no log line matched ${pattern} within ${boundMs} ms:\n${this.lines.join("\n")}`,
+          ),
+        );
+      }, boundMs);
+      this.#waiters.push(waiter);
+    });
+  }
+}
+
+interface Fixture {
+  server: TunnelServer;
+  log: LogCapture;
+  key: Uint8Array;
+  address: HostPort;
+}
+
+/** A TunnelServer on 127.0.0.1 with a fresh key, once it logged `listening on`. */
+async function startServer(
+  options: Omit<ServerOptions, "listen" | "key"> = {},
+): Promise<Fixture> {
+  const log = new LogCapture();
+  const key = randomBytes(32);
+  const server = await TunnelServer.start({
+    listen: { host: LOCAL, port: 0 },
+    key,
+    logger: log.logger,
+    ...options,
+  });
+  await log.waitFor(/listening on /);
+  return { server, log, key, address: { host: LOCAL, port: server.addr.port } };
+}
+
+/** Rejects with `what` if `promise` has not settled within `ms`: a bound, not a wait. */
+async function within<T>(ms: number, what: string, promise: Promise<T>): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const bound = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: not within ${ms} ms`)), ms);
+  });
+  try {
+    return await Promise.race([promise, bound]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+function concat(chunks: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(chunks.reduce((n, c) => n + c.byteLength, 0));
+  let at = 0;
+  for (const chunk of chunks) {
+    out.set(chunk, at);
+    at += chunk.byteLength;
+  }
+  return out;
+}
+
+async function readAll(readable: ReadableStream<Uint8Array>): Promise<Uint8Array> {
+  const chunks: Uint8Array[] = [];
+  for await (const chunk of readable) chunks.push(chunk);
+  return concat(chunks);
+}
+
+/** The header sizes of each frame in a recorded byte stream, which must end on a frame. */
+function frameSizes(stream: Uint8Array): { nonceSize: number; dataSize: number }[] {
+  const sizes = [];
+  let at = 0;
+  while (at < stream.byteLength) {
+    const view = new DataView(stream.buffer, stream.byteOffset + at, HEADER_SIZE);
+    assert.equal(view.getUint8(0), 2, `version byte of the frame at ${at}`);
+    const nonceSize = view.getUint32(1);
+    const dataSize = view.getUint32(5);
+    sizes.push({ nonceSize, dataSize });
+    at += HEADER_SIZE + nonceSize + dataSize;
+  }
+  assert.equal(at, stream.byteLength, "the recording ends on a frame boundary");
+  return sizes;
+}
+
+/** Copies `from` to `to` and records it, then passes the EOF on as a half-close. */
+async function relayOneWay(from: Deno.TcpConn, to: Deno.TcpConn, record: Uint8Array[]) {
+  const buffer = new Uint8Array(64 * 1024);
+  try {
+    for (;;) {
+      const n = await from.read(buffer);
+      if (n === null) break;
+      record.push(buffer.slice(0, n));
+      await writeAll(to, buffer.subarray(0, n));
+    }
+    await to.closeWrite();
+  } catch {
+    closeQuietly(from);
+    closeQuietly(to);
+  }
+}
+
+/** A TCP relay on 127.0.0.1 that records both directions of every connection it carries. */
+class RecordingRelay {
+  readonly recordings: { up: Uint8Array[]; down: Uint8Array[] }[] = [];
+  readonly #listener = Deno.listen({ hostname: LOCAL, port: 0 });
+  readonly #targetPort: number;
+  readonly #relays: Promise<void>[] = [];
+  readonly #accepting: Promise<void>;
+
+  constructor(targetPort: number) {
+    this.#targetPort = targetPort;
+    this.#accepting = this.#accept();
+  }
+
+  get address(): HostPort {
+    return { host: LOCAL, port: this.#listener.addr.port };
+  }
+
+  /** Resolves once every connection so far has ended in both directions. */
+  async idle(): Promise<void> {
+    await Promise.all(this.#relays);
+  }
+
+  async close(): Promise<void> {
+    this.#listener.close();
+    await this.#accepting;
+    await this.idle();
+  }
+
+  async #accept(): Promise<void> {
+    for (;;) {
+      let client: Deno.TcpConn;
+      try {
+        client = await this.#listener.accept();
+      } catch {
+        return; // closed
+      }
+      const recording = { up: [], down: [] };
+      this.recordings.push(recording);
+      this.#relays.push(this.#relay(client, recording));
+    }
+  }
+
+  async #relay(client: Deno.TcpConn, recording: { up: Uint8Array[]; down: Uint8Array[] }) {
+    const server = await Deno.connect({ hostname: LOCAL, port: this.#targetPort });
+    await Promise.all([
+      relayOneWay(client, server, recording.up),
+      relayOneWay(server, client, recording.down),
+    ]);
+    closeQuietly(client);
+    closeQuietly(server);
+  }
+}
+
+/**
+ * A forward target on 127.0.0.1 that records what each connection sent and
+ * echoes it back, or stays silent (answers nothing, waits for EOF).
+ */
+class Upstream {
+  readonly received: Uint8Array[][] = [];
+  readonly #echo: boolean;
+  readonly #listener = Deno.listen({ hostname: LOCAL, port: 0 });
+  readonly #open = new Set<Deno.TcpConn>();
+  readonly #served: Promise<void>[] = [];
+  readonly #accepting: Promise<void>;
+
+  constructor(mode: "echo" | "silent") {
+    this.#echo = mode === "echo";
+    this.#accepting = this.#accept();
+  }
+
+  get address(): HostPort {
+    return { host: LOCAL, port: this.#listener.addr.port };
+  }
+
+  /** Resolves once every connection so far has ended. */
+  async idle(): Promise<void> {
+    await Promise.all(this.#served);
+  }
+
+  async close(): Promise<void> {
+    this.#listener.close();
+    await this.#accepting;
+    for (const conn of this.#open) closeQuietly(conn);
+    await Promise.all(this.#served);
+  }
+
+  async #accept(): Promise<void> {
+    for (;;) {
+      let conn: Deno.TcpConn;
+      try {
+        conn = await this.#listener.accept();
+      } catch {
+        return; // closed
+      }
+      const chunks: Uint8Array[] = [];
+      this.received.push(chunks);
+      this.#open.add(conn);
+      this.#served.push(this.#serve(conn, chunks));
+    }
+  }
+
+  async #serve(conn: Deno.TcpConn, chunks: Uint8Array[]): Promise<void> {
+    const buffer = new Uint8Array(64 * 1024);
+    try {
+      for (;;) {
+        const n = await conn.read(buffer);
+        if (n === null) break;
+        chunks.push(buffer.slice(0, n));
+        if (this.#echo) await writeAll(conn, buffer.subarray(0, n));
+      }
+      await conn.closeWrite();
+    } catch {
+      // Reset or closed by close(): the connection is over either way.
+    } finally {
+      this.#open.delete(conn);
+      closeQuietly(conn);
+    }
+  }
+}
+
+/**
+ * A client driven by hand from lib/noise.ts and lib/frame.ts, so that a test
+ * chooses each frame's counter: the lib's channel never skips or repeats one.
+ */
+class HandDrivenClient {
+  readonly conn: Deno.TcpConn;
+  readonly #frames: FrameReader;
+  readonly #send: CipherState;
+  readonly #receive: CipherState;
+
+  private constructor(
+    conn: Deno.TcpConn,
+    frames: FrameReader,
+    send: CipherState,
+    receive: CipherState,
+  ) {
+    this.conn = conn;
+    this.#frames = frames;
+    this.#send = send;
+    this.#receive = receive;
+  }
+
+  /** Connects and completes the handshake. */
+  static async connect(port: number, key: Uint8Array): Promise<HandDrivenClient> {
+    const conn = await Deno.connect({ hostname: LOCAL, port });
+    const frames = new FrameReader(readableOf(conn));
+    const handshake = await NNpsk0Handshake.create("initiator", key, PROLOGUE);
+    const message1 = await handshake.writeMessage1();
+    const frame = new Uint8Array(HEADER_SIZE + message1.byteLength);
+    encodeHeader(frame, HANDSHAKE_NONCE_SIZE, message1.byteLength);
+    frame.set(message1, HEADER_SIZE);
+    await writeAll(conn, frame);
+    const reply = await frames.next(HANDSHAKE_NONCE_SIZE, 48);
+    assert.ok(reply, "the server answered message 1");
+    await handshake.readMessage2(reply.data);
+    const [send, receive] = await handshake.split();
+    return new HandDrivenClient(conn, frames, send, receive);
+  }
+
+  /** The wire bytes of `type || body` sealed under counter `n` (not sent). */
+  async seal(n: number, type: number, body = new Uint8Array(0)): Promise<Uint8Array> {
+    const plaintext = Uint8Array.of(type, ...body);
+    const prefix = HEADER_SIZE + TRANSPORT_NONCE_SIZE;
+    const frame = new Uint8Array(prefix + plaintext.byteLength + TAG_SIZE);
+    encodeHeader(frame, TRANSPORT_NONCE_SIZE, plaintext.byteLength + TAG_SIZE);
+    counterNonce(n, frame.subarray(HEADER_SIZE, prefix));
+    const sealed = await this.#send.encryptAt(n, frame.subarray(0, HEADER_SIZE), plaintext);
+    frame.set(sealed, prefix);
+    return frame;
+  }
+
+  send(frame: Uint8Array): Promise<void> {
+    return writeAll(this.conn, frame);
+  }
+
+  /** The server's next message (its counter checked), or null at EOF. */
+  async receive(): Promise<{ type: number; body: Uint8Array } | null> {
+    const frame = await this.#frames.next(TRANSPORT_NONCE_SIZE, sealedSize(0));
+    if (!frame) return null;
+    assert.deepEqual(frame.nonce, counterNonce(this.#receive.nonce), "server counter in order");
+    const plaintext = await this.#receive.decryptWithAd(frame.header, frame.data);
+    return { type: plaintext[0], body: plaintext.slice(1) };
+  }
+
+  close(): void {
+    closeQuietly(this.conn);
+  }
+}
+
+/** A SecureChannel responder on a test-owned listener with a hand-driven client connected. */
+async function handDrivenPair(): Promise<{ responder: SecureChannel; client: HandDrivenClient }> {
+  const key = randomBytes(32);
+  const listener = Deno.listen({ hostname: LOCAL, port: 0 });
+  try {
+    const accepted = listener.accept().then((conn) =>
+      SecureChannel.handshake(conn, key, "responder")
+    );
+    const client = await HandDrivenClient.connect(listener.addr.port, key);
+    return { responder: await accepted, client };
+  } finally {
+    listener.close();
+  }
+}
+
+/** A lib initiator channel to `address` that has sent OPEN 0x00 and received OPEN_OK. */
+async function openedChannel(address: HostPort, key: Uint8Array): Promise<SecureChannel> {
+  const conn = await Deno.connect({ hostname: address.host, port: address.port });
+  const channel = await SecureChannel.handshake(conn, key, "initiator");
+  await channel.send(MessageType.open, Uint8Array.of(0));
+  assert.equal((await channel.receive())?.type, MessageType.openOk);
+  return channel;
+}
+
+/**
+ * An idle timeout for sessions in tests that expect an error: it only bounds
+ * a regression (which would otherwise wait forever) and never fires when the
+ * behaviour under test holds.
+ */
+const BOUND = { idleTimeoutMs: 5000 };
+
+/** Every message type a channel receives until the connection ends (or fails). */
+async function typesUntilEnd(channel: SecureChannel): Promise<number[]> {
+  const types: number[] = [];
+  try {
+    for (let message; (message = await channel.receive());) types.push(message.type);
+  } catch (err) {
+    assert.ok(err instanceof TruncationError, `the end is an EOF or reset, not ${err}`);
+  }
+  return types;
+}
+
+Deno.test("echo: 0, 1 and 65518 bytes take at most one DATA frame, 65519 takes two, all echoed whole", async () => {
+  const { server, key } = await startServer();
+  const relay = new RecordingRelay(server.addr.port);
+  try {
+    const cases: [number, number[]][] = [
+      [0, []],
+      [1, [sealedSize(1)]],
+      [MAX_DATA_BODY, [MAX_DATA_SIZE]],
+      [MAX_DATA_BODY + 1, [MAX_DATA_SIZE, sealedSize(1)]],
+    ];
+    for (const [size, dataFrames] of cases) {
+      const payload = randomBytes(size);
+      const reply = await forward(payload, { server: relay.address, key });
+      assert.equal(reply.byteLength, size);
+      assert.equal(await sha256Hex(reply), await sha256Hex(payload), `${size} bytes echoed`);
+      await relay.idle();
+      const { up, down } = relay.recordings.at(-1)!;
+      const handshake = { nonceSize: HANDSHAKE_NONCE_SIZE, dataSize: 48 };
+      const transport = (dataSize: number) => ({ nonceSize: TRANSPORT_NONCE_SIZE, dataSize });
+      // Client: message 1, OPEN 0x00, the DATA frames, CLOSE.
+      assert.deepEqual(frameSizes(concat(up)), [
+        handshake,
+        transport(sealedSize(1)),
+        ...dataFrames.map(transport),
+        transport(sealedSize(0)),
+      ], `client frames for ${size} bytes`);
+      // Server: message 2, OPEN_OK, the echoes frame for frame, CLOSE.
+      assert.deepEqual(frameSizes(concat(down)), [
+        handshake,
+        transport(sealedSize(0)),
+        ...dataFrames.map(transport),
+        transport(sealedSize(0)),
+      ], `server frames for ${size} bytes`);
+    }
+  } finally {
+    await relay.close();
+    await server.shutdown();
+  }
+});
+
+Deno.test("echo: 8 MiB comes back with the same SHA-256", async () => {
+  const { server, key, address } = await startServer();
+  try {
+    const payload = randomBytes(8 * MiB);
+    const reply = await forward(payload, { server: address, key });
+    assert.equal(reply.byteLength, payload.byteLength);
+    assert.equal(await sha256Hex(reply), await sha256Hex(payload));
+  } finally {
+    await server.shutdown();
+  }
+});
+
+Deno.test("echo: 60 concurrent sessions each get their own random payload back", async () => {
+  const { server, key, address } = await startServer();
+  try {
+    const payloads = Array.from(
+      { length: 60 },
+      (_, i) => randomBytes(i === 0 ? 0 : Math.floor(Math.random() * 150_000)),
+    );
+    const replies = await Promise.all(payloads.map((p) => forward(p, { server: address, key })));
+    for (const [i, reply] of replies.entries()) {
+      assert.equal(await sha256Hex(reply), await sha256Hex(payloads[i]), `session ${i}`);
+    }
+    assert.equal(server.stats.sessionsTotal, 60);
+  } finally {
+    await server.shutdown();
+  }
+});
+
+Deno.test("counter: a frame that skips counter 1 is a ProtocolError at the receiving channel", async () => {
+  const { responder, client } = await handDrivenPair();
+  try {
+    await client.send(await client.seal(0, MessageType.open, Uint8Array.of(0)));
+    await client.send(await client.seal(2, MessageType.data, encoder.encode("n=1 skipped")));
+    await client.conn.closeWrite(); // were the frame accepted, nothing would be left to wait for
+    assert.deepEqual(await responder.receive(), {
+      type: MessageType.open,
+      body: Uint8Array.of(0),
+    });
+    await assert.rejects(responder.receive(), (err) => {
+      assert.ok(err instanceof ProtocolError);
+      assert.match(err.message, /counter out of order \(expected 1\)/);
+      return true;
+    });
+  } finally {
+    client.close();
+    responder.close();
+  }
+});
+
+Deno.test("counter: a frame repeated with n=0 is a ProtocolError at the receiving channel", async () => {
+  const { responder, client } = await handDrivenPair();
+  try {
+    const open = await client.seal(0, MessageType.open, Uint8Array.of(0));
+    await client.send(open);
+    await client.send(open);
+    await client.conn.closeWrite();
+    assert.equal((await responder.receive())?.type, MessageType.open);
+    await assert.rejects(responder.receive(), /counter out of order \(expected 1\)/);
+  } finally {
+    client.close();
+    responder.close();
+  }
+});
+
+Deno.test("counter: the server answers a gap or a replayed DATA with ERROR 1 and echoes none of it", async () => {
+  const { server, key, log } = await startServer();
+  try {
+    for (const variant of ["gap", "replay"]) {
+      const client = await HandDrivenClient.connect(server.addr.port, key);
+      try {
+        await client.send(await client.seal(0, MessageType.open, Uint8Array.of(0)));
+        assert.equal((await client.receive())?.type, MessageType.openOk);
+        const first = await client.seal(1, MessageType.data, encoder.encode("first"));
+        await client.send(first);
+        assert.deepEqual(await client.receive(), {
+          type: MessageType.data,
+          body: encoder.encode("first"),
+        });
+        await client.send(
+          variant === "gap"
+            ? await client.seal(3, MessageType.data, encoder.encode("after a gap"))
+            : first,
+        );
+        await client.conn.closeWrite(); // an accepted frame would be echoed, not waited on
+        const answer = await client.receive();
+        assert.equal(answer?.type, MessageType.error, `${variant}: ERROR, not an echo`);
+        assert.equal(answer.body[0], ErrorCode.protocolViolation);
+        assert.equal(await client.receive(), null, `${variant}: then the server closes`);
+      } finally {
+        client.close();
+      }
+    }
+    assert.match(await log.waitFor(/session end .*expected 2/), /outcome=error/);
+    assert.equal(log.lines.filter((l) => /counter out of order/.test(l)).length, 2);
+  } finally {
+    await server.shutdown();
+  }
+});
+
+Deno.test("truncation: the server's TCP EOF before CLOSE errors the client's reader with TruncationError after the data", async () => {
+  const key = randomBytes(32);
+  const listener = Deno.listen({ hostname: LOCAL, port: 0 });
+  const fakeServer = (async () => {
+    const conn = await listener.accept();
+    const channel = await SecureChannel.handshake(conn, key, "responder");
+    try {
+      await receiveOpen(channel);
+      await channel.send(MessageType.openOk);
+      await channel.send(MessageType.data, encoder.encode("partial"));
+      await conn.closeWrite(); // TCP FIN without a CLOSE frame
+      await typesUntilEnd(channel);
+    } finally {
+      channel.close();
+    }
+  })();
+  try {
+    const session = await connect({
+      server: { host: LOCAL, port: listener.addr.port },
+      key,
+      ...BOUND,
+    });
+    const reader = session.readable.getReader();
+    assert.deepEqual(await reader.read(), { done: false, value: encoder.encode("partial") });
+    await assert.rejects(reader.read(), TruncationError);
+    assert.ok((await session.ended).error instanceof TruncationError);
+  } finally {
+    await fakeServer;
+    listener.close();
+  }
+});
+
+Deno.test("truncation: an EOF inside a frame fails the client's forward() with TruncationError", async () => {
+  const key = randomBytes(32);
+  const listener = Deno.listen({ hostname: LOCAL, port: 0 });
+  const fakeServer = (async () => {
+    const conn = await listener.accept();
+    const channel = await SecureChannel.handshake(conn, key, "responder");
+    try {
+      await receiveOpen(channel);
+      await channel.send(MessageType.openOk);
+      const halfFrame = new Uint8Array(HEADER_SIZE + 5);
+      encodeHeader(halfFrame, TRANSPORT_NONCE_SIZE, sealedSize(100));
+      await writeAll(conn, halfFrame);
+      await conn.closeWrite();
+      await typesUntilEnd(channel);
+    } finally {
+      channel.close();
+    }
+  })();
+  try {
+    await assert.rejects(
+      forward(encoder.encode("hello"), {
+        server: { host: LOCAL, port: listener.addr.port },
+        key,
+        ...BOUND,
+      }),
+      (err) => {
+        assert.ok(err instanceof TruncationError);
+        assert.match(err.message, /inside a frame/);
+        return true;
+      },
+    );
+  } finally {
+    await fakeServer;
+    listener.close();
+  }
+});
+
+Deno.test("truncation: the client's TCP EOF before CLOSE errors the server session's reader with TruncationError", async () => {
+  const key = randomBytes(32);
+  const listener = Deno.listen({ hostname: LOCAL, port: 0 });
+  const client = (async () => {
+    const conn = await Deno.connect({ hostname: LOCAL, port: listener.addr.port });
+    const channel = await SecureChannel.handshake(conn, key, "initiator");
+    try {
+      await channel.send(MessageType.open, Uint8Array.of(0));
+      await channel.send(MessageType.data, encoder.encode("partial"));
+      await conn.closeWrite();
+      await typesUntilEnd(channel);
+    } finally {
+      channel.close();
+    }
+  })();
+  try {
+    const conn = await listener.accept();
+    const channel = await SecureChannel.handshake(conn, key, "responder");
+    assert.deepEqual(await receiveOpen(channel), { kind: "service" });
+    const session = await Session.accept(channel, BOUND);
+    const reader = session.readable.getReader();
+    assert.deepEqual(await reader.read(), { done: false, value: encoder.encode("partial") });
+    await assert.rejects(reader.read(), TruncationError);
+    assert.ok((await session.ended).error instanceof TruncationError);
+  } finally {
+    await client;
+    listener.close();
+  }
+});
+
+Deno.test("truncation: the echo server ends a session cut by TCP EOF as an error and sends no CLOSE", async () => {
+  const { server, key, address, log } = await startServer(BOUND);
+  try {
+    const conn = await Deno.connect({ hostname: LOCAL, port: address.port });
+    const channel = await SecureChannel.handshake(conn, key, "initiator");
+    try {
+      await channel.send(MessageType.open, Uint8Array.of(0));
+      await channel.send(MessageType.data, encoder.encode("partial"));
+      await conn.closeWrite();
+      const types = await typesUntilEnd(channel);
+      assert.equal(types[0], MessageType.openOk);
+      assert.ok(!types.includes(MessageType.close), `no CLOSE among ${types}`);
+    } finally {
+      channel.close();
+    }
+    const end = await log.waitFor(/session end/);
+    assert.match(end, /outcome=error/);
+    assert.match(end, /stream truncated/);
+  } finally {
+    await server.shutdown();
+  }
+});
+
+Deno.test("truncation: in forward mode a cut session ends and its silent upstream is closed", async () => {
+  const upstream = new Upstream("silent");
+  const { server, key, address, log } = await startServer({ forward: upstream.address });
+  try {
+    const conn = await Deno.connect({ hostname: LOCAL, port: address.port });
+    const channel = await SecureChannel.handshake(conn, key, "initiator");
+    try {
+      await channel.send(MessageType.open, Uint8Array.of(0));
+      await channel.send(MessageType.data, encoder.encode("partial"));
+      await conn.closeWrite();
+      assert.ok(!(await typesUntilEnd(channel)).includes(MessageType.close));
+    } finally {
+      channel.close();
+    }
+    const end = await within(5000, "session end", log.waitFor(/session end/));
+    assert.match(end, /stream truncated/);
+    assert.equal(server.stats.sessionsOpen, 0);
+    await within(5000, "upstream closed", upstream.idle());
+    assert.deepEqual(concat(upstream.received[0]), encoder.encode("partial"));
+  } finally {
+    await server.shutdown();
+    await upstream.close();
+  }
+});
+
+Deno.test("rekey: with rekeyBytes 4096 a 3 MiB echo stays intact and both sides rekey in step", async () => {
+  const { server, key, address, log } = await startServer({ rekeyBytes: 4096 });
+  try {
+    const session = await connect({ server: address, key, rekeyBytes: 4096 });
+    const payload = randomBytes(3 * MiB);
+    const writing = (async () => {
+      const writer = session.writable.getWriter();
+      await writer.write(payload);
+      await writer.close();
+    })();
+    const reply = await readAll(session.readable);
+    await writing;
+    assert.equal((await session.ended).error, null);
+    assert.equal(await sha256Hex(reply), await sha256Hex(payload));
+
+    const client = session.channel.rekeys;
+    const dataFrames = Math.ceil(payload.byteLength / MAX_DATA_BODY);
+    assert.ok(client.sent >= dataFrames, `client sent ${client.sent} REKEYs`);
+    assert.ok(client.received >= dataFrames, `client received ${client.received} REKEYs`);
+    const end = await log.waitFor(/session end/);
+    assert.match(end, /outcome=ok/);
+    assert.equal(Number(/rekeys_sent=(\d+)/.exec(end)?.[1]), client.received);
+    assert.equal(Number(/rekeys_received=(\d+)/.exec(end)?.[1]), client.sent);
+  } finally {
+    await server.shutdown();
+  }
+});
+
+Deno.test("rekey: a REKEY with a body is a ProtocolError at the channel and ERROR 1 from the server", async () => {
+  const { responder, client } = await handDrivenPair();
+  try {
+    await client.send(await client.seal(0, MessageType.open, Uint8Array.of(0)));
+    await client.send(await client.seal(1, MessageType.rekey, Uint8Array.of(0)));
+    await client.conn.closeWrite();
+    assert.equal((await responder.receive())?.type, MessageType.open);
+    await assert.rejects(responder.receive(), (err) => {
+      assert.ok(err instanceof ProtocolError);
+      assert.match(err.message, /REKEY with a body/);
+      return true;
+    });
+  } finally {
+    client.close();
+    responder.close();
+  }
+
+  const { server, key, address } = await startServer();
+  try {
+    const channel = await openedChannel(address, key);
+    try {
+      // send() does not rekey its own side: this is a bare REKEY frame with a body.
+      await channel.send(MessageType.rekey, Uint8Array.of(0));
+      await channel.conn.closeWrite();
+      const answer = await channel.receive();
+      assert.equal(answer?.type, MessageType.error);
+      assert.equal(answer.body[0], ErrorCode.protocolViolation);
+      assert.equal(await channel.receive(), null);
+      assert.equal(channel.rekeys.received, 0);
+    } finally {
+      channel.close();
+    }
+  } finally {
+    await server.shutdown();
+  }
+});
+
+Deno.test("ping: the server answers PING with PONG of the same body; a 9-byte PING is ERROR 1", async () => {
+  const { server, key, address } = await startServer(BOUND);
+  try {
+    const channel = await openedChannel(address, key);
+    try {
+      for (const body of [Uint8Array.of(1, 2, 3, 4, 5, 6, 7, 8), new Uint8Array(0)]) {
+        await channel.send(MessageType.ping, body);
+        assert.deepEqual(await channel.receive(), { type: MessageType.pong, body });
+      }
+      await channel.send(MessageType.data, encoder.encode("still echoing"));
+      assert.deepEqual(await channel.receive(), {
+        type: MessageType.data,
+        body: encoder.encode("still echoing"),
+      });
+      await channel.send(MessageType.ping, new Uint8Array(9));
+      await channel.conn.closeWrite();
+      const answer = await channel.receive();
+      assert.equal(answer?.type, MessageType.error, "ERROR, not PONG");
+      assert.equal(answer.body[0], ErrorCode.protocolViolation);
+      assert.equal(await channel.receive(), null);
+    } finally {
+      channel.close();
+    }
+  } finally {
+    await server.shutdown();
+  }
+});
+
+Deno.test("ping: a client session answers the server's PING with PONG of the same body", async () => {
+  const key = randomBytes(32);
+  const listener = Deno.listen({ hostname: LOCAL, port: 0 });
+  const fakeServer = (async () => {
+    const conn = await listener.accept();
+    const channel = await SecureChannel.handshake(conn, key, "responder");
+    try {
+      await receiveOpen(channel);
+      await channel.send(MessageType.openOk);
+      const body = Uint8Array.of(8, 7, 6, 5, 4, 3, 2, 1);
+      await channel.send(MessageType.ping, body);
+      assert.deepEqual(await channel.receive(), { type: MessageType.pong, body });
+      await channel.send(MessageType.close);
+      assert.equal((await channel.receive())?.type, MessageType.close);
+    } finally {
+      channel.close();
+    }
+  })();
+  try {
+    const session = await connect({
+      server: { host: LOCAL, port: listener.addr.port },
+      key,
+      ...BOUND,
+    });
+    assert.equal((await readAll(session.readable)).byteLength, 0);
+    await session.writable.close();
+    assert.equal((await session.ended).error, null);
+  } finally {
+    await fakeServer;
+    listener.close();
+  }
+});
