@@ -77,6 +77,7 @@ for (const target of targets) {
     ],
     stdout: "inherit",
     stderr: "piped",
+    env: { NO_COLOR: "1" },
   }).output();
   if (!result.success) {
     const detail = new TextDecoder().decode(result.stderr).split("\n").find((l) =>
@@ -87,7 +88,7 @@ for (const target of targets) {
         denort
           ? ` with DENORT_BIN=${denort}`
           : " (it downloads the denort runtime; set DENORT_BIN to a local one)"
-      }: ${detail.replace(/\x1b\[[0-9;]*m/g, "").trim()}`,
+      }: ${detail.trim()}`,
     );
     Deno.exit(1);
   }
