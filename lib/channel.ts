@@ -217,7 +217,8 @@ export class SecureChannel {
 
   /**
    * Sends a plaintext whose first byte is already the type: saves a copy for
-   * callers that read their data in at offset 1.
+   * callers that read their data in at offset 1. The plaintext has been
+   * copied when this returns, so the caller may reuse its buffer at once.
    */
   sendPlaintext(plaintext: Uint8Array): Promise<void> {
     if (plaintext.byteLength < 1 || plaintext.byteLength > MAX_PLAINTEXT_SIZE) {
@@ -346,7 +347,14 @@ export class SecureChannel {
     const written = this.#writeChain.then(async () => {
       if (this.#writeFailure) throw this.#writeFailure;
       frame.set(await sealed, FRAME_PREFIX);
-      await writeAll(this.conn, frame);
+      await writeAll(this.conn, frame).catch((err) => {
+        // A reset or closed socket means the stream was cut: say so, like a failed read does.
+        throw new TruncationError(
+          `the connection failed before the peer's CLOSE (${
+            err instanceof Error ? err.message : String(err)
+          })`,
+        );
+      });
     });
     this.#writeChain = written.catch((err) => {
       this.#writeFailure ??= err;

@@ -41,6 +41,7 @@ export class FrameReader {
   #end = 0;
   #consumed = 0;
   #eof = false;
+  #initialCapacity: number;
 
   /**
    * @param readable a byte stream (`Deno.Conn.readable` is one)
@@ -51,6 +52,7 @@ export class FrameReader {
     initialCapacity = INITIAL_READ_CAPACITY,
   ) {
     this.#reader = readable.getReader({ mode: "byob" });
+    this.#initialCapacity = initialCapacity;
     this.#buffer = new ArrayBuffer(initialCapacity);
   }
 
@@ -69,9 +71,17 @@ export class FrameReader {
     expectedNonceSize: number,
     minDataSize: number,
   ): Promise<Frame | null> {
-    this.#start += this.#consumed;
+    const previous = this.#consumed;
+    this.#start += previous;
     this.#consumed = 0;
-    if (this.#start === this.#end) this.#start = this.#end = 0;
+    if (this.#start === this.#end) {
+      this.#start = this.#end = 0;
+      // Back to a small buffer once traffic is small again, so an idle
+      // connection does not keep a full frame's worth of memory.
+      if (previous < this.#initialCapacity && this.#buffer.byteLength > this.#initialCapacity) {
+        this.#buffer = new ArrayBuffer(this.#initialCapacity);
+      }
+    }
     if (!await this.#fill(HEADER_SIZE)) return null;
     const { nonceSize, dataSize } = parseHeader(
       new Uint8Array(this.#buffer, this.#start, HEADER_SIZE),

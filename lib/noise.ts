@@ -387,11 +387,12 @@ export class NNpsk0Handshake {
   readonly role: Role;
   #state: SymmetricState;
   #psk: Uint8Array;
-  #e: EphemeralKey;
+  /** The responder's is made only when message 2 is written (see create). */
+  #e: EphemeralKey | null;
   #re: Uint8Array | null = null;
   #step = 0;
 
-  private constructor(role: Role, psk: Uint8Array, e: EphemeralKey) {
+  private constructor(role: Role, psk: Uint8Array, e: EphemeralKey | null) {
     this.role = role;
     this.#state = new SymmetricState(PROTOCOL_NAME);
     this.#psk = psk;
@@ -409,10 +410,12 @@ export class NNpsk0Handshake {
     ephemeral?: EphemeralKey,
   ): Promise<NNpsk0Handshake> {
     if (psk.byteLength !== 32) throw new RangeError("the psk must be 32 bytes");
+    // A responder makes its key pair only for a message 1 that decrypted:
+    // garbage and wrong keys cost it no key generation.
     const hs = new NNpsk0Handshake(
       role,
       psk,
-      ephemeral ?? await generateEphemeral(),
+      ephemeral ?? (role === "initiator" ? await generateEphemeral() : null),
     );
     await hs.#state.mixHash(prologue);
     return hs;
@@ -429,10 +432,11 @@ export class NNpsk0Handshake {
   ): Promise<Uint8Array> {
     this.#expect("initiator", 0);
     const s = this.#state;
+    const e = await this.#ephemeral();
     await s.mixKeyAndHash(this.#psk);
-    await s.mixHash(this.#e.publicKey);
-    await s.mixKey(this.#e.publicKey);
-    return concat(this.#e.publicKey, await s.encryptAndHash(payload));
+    await s.mixHash(e.publicKey);
+    await s.mixKey(e.publicKey);
+    return concat(e.publicKey, await s.encryptAndHash(payload));
   }
 
   /** Responder: reads message 1, returns its payload. */
@@ -454,10 +458,11 @@ export class NNpsk0Handshake {
   ): Promise<Uint8Array> {
     this.#expect("responder", 1);
     const s = this.#state;
-    await s.mixHash(this.#e.publicKey);
-    await s.mixKey(this.#e.publicKey);
-    await s.mixKey(await dh(this.#e, this.#re!));
-    return concat(this.#e.publicKey, await s.encryptAndHash(payload));
+    const e = await this.#ephemeral();
+    await s.mixHash(e.publicKey);
+    await s.mixKey(e.publicKey);
+    await s.mixKey(await dh(e, this.#re!));
+    return concat(e.publicKey, await s.encryptAndHash(payload));
   }
 
   /** Initiator: reads message 2, returns its payload. */
@@ -468,7 +473,7 @@ export class NNpsk0Handshake {
     const re = message.slice(0, DH_LEN);
     await s.mixHash(re);
     await s.mixKey(re);
-    await s.mixKey(await dh(this.#e, re));
+    await s.mixKey(await dh(await this.#ephemeral(), re));
     return await s.decryptAndHash(message.subarray(DH_LEN));
   }
 
@@ -478,6 +483,10 @@ export class NNpsk0Handshake {
       throw new Error("split() before the handshake finished");
     }
     return this.#state.split();
+  }
+
+  async #ephemeral(): Promise<EphemeralKey> {
+    return this.#e ??= await generateEphemeral();
   }
 
   #expect(role: Role, step: number): void {

@@ -47,6 +47,8 @@ export interface SessionOptions {
 
 /** Frames a session may have encrypting or waiting for the wire at once. */
 export const MAX_FRAMES_IN_FLIGHT = 4;
+/** Read size of a quiet source; it grows to a full frame while data flows. */
+export const QUIET_READ_SIZE = 4096;
 /** Received bytes a session queues for a reader that is not reading. */
 export const READ_QUEUE_BYTES = 4 * MAX_DATA_BODY;
 /** Unanswered PINGs after which the peer is considered gone. */
@@ -192,27 +194,31 @@ export class Session {
    */
   async pumpFrom(source: ReadableStream<Uint8Array>): Promise<void> {
     const reader = source.getReader({ mode: "byob" });
-    const pool: ArrayBuffer[] = [];
+    // One buffer, handed back by each BYOB read and reused: Web Crypto has
+    // copied a plaintext by the time sendPlaintext returns. It is small while
+    // the source is quiet (an idle session's pending read holds 4 KiB) and a
+    // full frame while data flows, so bulk data goes out in 64 KiB frames and
+    // interactive data in small ones, without waiting to fill a frame.
+    let buffer = new ArrayBuffer(1 + QUIET_READ_SIZE);
     try {
       for (;;) {
-        if (this.#inFlight.length >= MAX_FRAMES_IN_FLIGHT) {
-          await this.#settleOldest();
-        }
-        const buffer = pool.pop() ?? new ArrayBuffer(1 + MAX_DATA_BODY);
-        const { value, done } = await reader.read(
-          new Uint8Array(buffer, 1, MAX_DATA_BODY),
-        );
+        if (this.#inFlight.length >= MAX_FRAMES_IN_FLIGHT) await this.#settleOldest();
+        const capacity = buffer.byteLength - 1;
+        const { value, done } = await reader.read(new Uint8Array(buffer, 1, capacity));
         if (done || !value) break;
         const plaintext = new Uint8Array(value.buffer, 0, 1 + value.byteLength);
         plaintext[0] = MessageType.data;
         this.#bytesOut += value.byteLength;
-        const sent = this.#sendData(plaintext);
-        sent.then(() => pool.push(value.buffer as ArrayBuffer), () => {});
+        this.#sendData(plaintext);
+        buffer = value.buffer as ArrayBuffer;
+        if (value.byteLength === capacity && capacity < MAX_DATA_BODY) {
+          buffer = new ArrayBuffer(1 + MAX_DATA_BODY);
+        } else if (value.byteLength < QUIET_READ_SIZE && capacity > QUIET_READ_SIZE) {
+          buffer = new ArrayBuffer(1 + QUIET_READ_SIZE);
+        }
       }
     } catch (err) {
-      if (!this.#finished) {
-        this.abort(ErrorCode.internal, "reading the local stream failed");
-      }
+      if (!this.#finished) this.abort(ErrorCode.internal, "reading the local stream failed");
       throw err;
     } finally {
       reader.releaseLock();
