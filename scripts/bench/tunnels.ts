@@ -1,0 +1,343 @@
+/**
+ * The tunnels under test and how to run each as a port forward on
+ * 127.0.0.1 (local port -> tunnel client -> tunnel server -> target):
+ * Cipherlink from source, stunnel4 (TLS), spiped and shadowsocks-libev
+ * (ss-tunnel + ss-server, aes-256-gcm). Each knows whether it is installed,
+ * its version, and how to start its two processes and wait until they accept.
+ * @module
+ */
+
+import { capture, type Child, freePort, type Registry, waitForPort, which } from "./procs.ts";
+
+const MAIN = new URL("../../main.ts", import.meta.url).pathname;
+
+/** What a tunnel's processes need to know. */
+export interface TunnelContext {
+  registry: Registry;
+  /** A private temporary folder for keys, certificates and configuration. */
+  tmp: string;
+  /** Where the tunnel server forwards to. */
+  targetPort: number;
+  /** Connection limit to configure on both sides (idle sessions plus headroom). */
+  maxConns: number;
+  /** Open-file limit to ask for where a program takes one. */
+  fileLimit: number;
+}
+
+/** Two running tunnel processes and the local port that enters the tunnel. */
+export interface RunningTunnel {
+  localPort: number;
+  server: Child;
+  client: Child;
+  /** Stops both processes (client first) and awaits their exit. */
+  stop(): Promise<void>;
+}
+
+/** Whether a tunnel can run here: its programs and version, or why not. */
+export type Detection =
+  | { available: true; version: string; programs: Record<string, string> }
+  | { available: false; reason: string };
+
+/** One tunnel implementation. */
+export interface Tunnel {
+  /** Short name for --only, the JSON and the chart. */
+  name: string;
+  /** What the table calls it. */
+  label: string;
+  detect(): Promise<Detection>;
+  start(ctx: TunnelContext, programs: Record<string, string>): Promise<RunningTunnel>;
+}
+
+function running(server: Child, client: Child, localPort: number): RunningTunnel {
+  return {
+    localPort,
+    server,
+    client,
+    async stop() {
+      await client.stop();
+      await server.stop();
+    },
+  };
+}
+
+/** Starts the server-side process, then the client-side one; stops the first if the second fails. */
+async function startPair(
+  startServer: () => Promise<Child>,
+  startClient: () => Promise<{ child: Child; port: number }>,
+): Promise<RunningTunnel> {
+  const server = await startServer();
+  try {
+    const { child, port } = await startClient();
+    return running(server, child, port);
+  } catch (err) {
+    await server.stop();
+    throw err;
+  }
+}
+
+/** Spawns and waits for the port to accept; stops the process if it never does. */
+async function spawnListening(
+  ctx: TunnelContext,
+  name: string,
+  argv: string[],
+  port: number,
+): Promise<Child> {
+  const child = ctx.registry.spawn(name, argv, { cwd: ctx.tmp });
+  try {
+    await waitForPort(port, child);
+  } catch (err) {
+    await child.stop();
+    throw err;
+  }
+  return child;
+}
+
+async function writeKey(path: string, bytes = 32): Promise<void> {
+  await Deno.writeFile(path, crypto.getRandomValues(new Uint8Array(bytes)), { mode: 0o600 });
+}
+
+const cipherlink: Tunnel = {
+  name: "cipherlink",
+  label: "Cipherlink",
+  async detect() {
+    const output = await capture([Deno.execPath(), "run", "--quiet", "-A", MAIN, "--version"]);
+    const version = /cipherlink (\S+)/.exec(output)?.[1];
+    if (!version) return { available: false, reason: `main.ts --version said: ${output.trim()}` };
+    return { available: true, version: `cipherlink ${version}`, programs: {} };
+  },
+  async start(ctx) {
+    const key = `${ctx.tmp}/cipherlink.key`;
+    await writeKey(key);
+    const common = ["--key", key, "--max-conns", String(ctx.maxConns), "--drain-timeout", "1"];
+    const spawn = async (name: string, args: string[]) => {
+      const child = ctx.registry.spawn(
+        name,
+        [Deno.execPath(), "run", "--quiet", "--no-prompt", "-A", MAIN, ...args, ...common],
+        { cwd: ctx.tmp },
+      );
+      try {
+        const line = await child.waitForLine(/listening on /);
+        const port = Number(/listening on \S*:(\d+)/.exec(line)?.[1]);
+        if (!port) throw child.failure(`no port in '${line}'`);
+        return { child, port };
+      } catch (err) {
+        await child.stop();
+        throw err;
+      }
+    };
+    const server = await spawn("cipherlink server", [
+      "server",
+      "--listen",
+      "127.0.0.1:0",
+      "--forward",
+      `127.0.0.1:${ctx.targetPort}`,
+    ]);
+    try {
+      const client = await spawn("cipherlink client", [
+        "client",
+        "--listen",
+        "127.0.0.1:0",
+        "--server",
+        `127.0.0.1:${server.port}`,
+      ]);
+      return running(server.child, client.child, client.port);
+    } catch (err) {
+      await server.child.stop();
+      throw err;
+    }
+  },
+};
+
+const stunnel: Tunnel = {
+  name: "stunnel",
+  label: "stunnel4 (TLS)",
+  async detect() {
+    const program = (await which("stunnel4")) ?? (await which("stunnel"));
+    if (!program) return { available: false, reason: "stunnel4/stunnel not installed" };
+    const openssl = await which("openssl");
+    if (!openssl) {
+      return { available: false, reason: "openssl (for a throwaway certificate) not installed" };
+    }
+    const output = await capture([program, "-version"]);
+    const version = /stunnel (\S+)/.exec(output)?.[1] ?? "?";
+    const tls = /Running\s+with (OpenSSL \S+)/.exec(output)?.[1];
+    return {
+      available: true,
+      version: `stunnel ${version}${tls ? ` (${tls})` : ""}`,
+      programs: { stunnel: program, openssl },
+    };
+  },
+  async start(ctx, programs) {
+    const cert = `${ctx.tmp}/stunnel-cert.pem`;
+    const key = `${ctx.tmp}/stunnel-key.pem`;
+    const made = await new Deno.Command(programs.openssl, {
+      args: [
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        "/CN=bench",
+        "-days",
+        "1",
+        "-keyout",
+        key,
+        "-out",
+        cert,
+      ],
+      stdin: "null",
+      stdout: "null",
+      stderr: "piped",
+      signal: AbortSignal.timeout(30_000),
+    }).output();
+    if (!made.success) {
+      throw new Error(`openssl req failed: ${new TextDecoder().decode(made.stderr).trim()}`);
+    }
+    const serverPort = freePort();
+    const localPort = freePort();
+    const nodelay = "socket = l:TCP_NODELAY=1\nsocket = r:TCP_NODELAY=1\n";
+    // Logs go to stderr (drained like everyone else's), not also to syslog: without a
+    // syslog daemon glibc falls back to /dev/console, a serial port on a VM, and every
+    // connection's log lines would cost stunnel milliseconds that have nothing to do with TLS.
+    const global = "foreground = yes\npid =\nsyslog = no\n";
+    const serverConf = `${ctx.tmp}/stunnel-server.conf`;
+    await Deno.writeTextFile(
+      serverConf,
+      `${global}[bench-server]\naccept = 127.0.0.1:${serverPort}\n` +
+        `connect = 127.0.0.1:${ctx.targetPort}\ncert = ${cert}\nkey = ${key}\n${nodelay}`,
+    );
+    const clientConf = `${ctx.tmp}/stunnel-client.conf`;
+    await Deno.writeTextFile(
+      clientConf,
+      `${global}[bench-client]\nclient = yes\naccept = 127.0.0.1:${localPort}\n` +
+        `connect = 127.0.0.1:${serverPort}\nCAfile = ${cert}\nverifyPeer = yes\n${nodelay}`,
+    );
+    return await startPair(
+      () => spawnListening(ctx, "stunnel server", [programs.stunnel, serverConf], serverPort),
+      async () => ({
+        child: await spawnListening(
+          ctx,
+          "stunnel client",
+          [programs.stunnel, clientConf],
+          localPort,
+        ),
+        port: localPort,
+      }),
+    );
+  },
+};
+
+const spiped: Tunnel = {
+  name: "spiped",
+  label: "spiped",
+  async detect() {
+    const program = await which("spiped");
+    if (!program) return { available: false, reason: "spiped not installed" };
+    const output = await capture([program, "-v"]);
+    return {
+      available: true,
+      version: /spiped \S+/.exec(output)?.[0] ?? "spiped ?",
+      programs: { spiped: program },
+    };
+  },
+  async start(ctx, programs) {
+    const key = `${ctx.tmp}/spiped.key`;
+    await writeKey(key);
+    const serverPort = freePort();
+    const localPort = freePort();
+    const common = ["-k", key, "-F", "-n", String(ctx.maxConns)];
+    return await startPair(
+      () =>
+        spawnListening(ctx, "spiped -d", [
+          programs.spiped,
+          "-d",
+          "-s",
+          `[127.0.0.1]:${serverPort}`,
+          "-t",
+          `[127.0.0.1]:${ctx.targetPort}`,
+          ...common,
+        ], serverPort),
+      async () => ({
+        child: await spawnListening(ctx, "spiped -e", [
+          programs.spiped,
+          "-e",
+          "-s",
+          `[127.0.0.1]:${localPort}`,
+          "-t",
+          `[127.0.0.1]:${serverPort}`,
+          ...common,
+        ], localPort),
+        port: localPort,
+      }),
+    );
+  },
+};
+
+const shadowsocks: Tunnel = {
+  name: "shadowsocks",
+  label: "shadowsocks-libev",
+  async detect() {
+    const server = await which("ss-server");
+    const tunnel = await which("ss-tunnel");
+    if (!server || !tunnel) {
+      return { available: false, reason: "ss-server/ss-tunnel not installed" };
+    }
+    const output = await capture([server, "-h"]);
+    return {
+      available: true,
+      version: /shadowsocks-libev \S+/.exec(output)?.[0] ?? "shadowsocks-libev ?",
+      programs: { server, tunnel },
+    };
+  },
+  async start(ctx, programs) {
+    const password = Array.from(
+      crypto.getRandomValues(new Uint8Array(16)),
+      (b) => b.toString(16).padStart(2, "0"),
+    ).join("");
+    const serverPort = freePort();
+    const localPort = freePort();
+    const common = [
+      "-k",
+      password,
+      "-m",
+      "aes-256-gcm",
+      "-n",
+      String(ctx.fileLimit),
+      "--no-delay",
+    ];
+    return await startPair(
+      () =>
+        spawnListening(ctx, "ss-server", [
+          programs.server,
+          "-s",
+          "127.0.0.1",
+          "-p",
+          String(serverPort),
+          ...common,
+        ], serverPort),
+      async () => ({
+        child: await spawnListening(ctx, "ss-tunnel", [
+          programs.tunnel,
+          "-s",
+          "127.0.0.1",
+          "-p",
+          String(serverPort),
+          "-b",
+          "127.0.0.1",
+          "-l",
+          String(localPort),
+          "-L",
+          `127.0.0.1:${ctx.targetPort}`,
+          ...common,
+        ], localPort),
+        port: localPort,
+      }),
+    );
+  },
+};
+
+/** Every tunnel, Cipherlink first. */
+export const TUNNELS: readonly Tunnel[] = [cipherlink, stunnel, spiped, shadowsocks];
