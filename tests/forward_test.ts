@@ -344,3 +344,30 @@ Deno.test("forward: an upstream refusal (ERROR 3) closes the local connection an
     await t.stop();
   }
 });
+
+Deno.test("forward: SIGTERM to the client drains its sessions too, then it exits 0", async () => {
+  const t = await tunnel([], ["--drain-timeout", "20"]);
+  try {
+    const payload = randomBytes(8 * MiB);
+    const conn = await connectTo(t.port);
+    const first = new Uint8Array(MiB);
+    await writeAll(conn, payload.subarray(0, MiB));
+    const firstCount = (await conn.read(first))!;
+    t.client.process.kill("SIGTERM");
+    await t.client.waitForLine(/shutting down/);
+    const rest = drainAndHash(conn);
+    await writeAll(conn, payload.subarray(MiB));
+    await conn.closeWrite();
+    const result = await rest;
+    conn.close();
+    assert.equal(firstCount + result.bytes, payload.byteLength);
+    assert.deepEqual(first.subarray(0, firstCount), payload.subarray(0, firstCount));
+    assert.equal(
+      result.sha,
+      createHash("sha256").update(payload.subarray(firstCount)).digest("hex"),
+    );
+    assert.equal(await t.client.stop(), 0);
+  } finally {
+    await t.stop();
+  }
+});
