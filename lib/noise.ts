@@ -375,6 +375,30 @@ async function dh(
   }
 }
 
+/** (ck, h) after the prologue and the psk token, per key object (see create). */
+const pskPrefixes = new WeakMap<
+  Uint8Array,
+  { psk: Uint8Array; prologue: Uint8Array; state: Promise<{ ck: Uint8Array; h: Uint8Array }> }
+>();
+
+function pskPrefix(
+  psk: Uint8Array,
+  prologue: Uint8Array,
+): Promise<{ ck: Uint8Array; h: Uint8Array }> {
+  const same = (a: Uint8Array, b: Uint8Array) =>
+    a.byteLength === b.byteLength && a.every((x, i) => x === b[i]);
+  const cached = pskPrefixes.get(psk);
+  if (cached && same(cached.psk, psk) && same(cached.prologue, prologue)) return cached.state;
+  const state = (async () => {
+    const s = new SymmetricState(PROTOCOL_NAME);
+    await s.mixHash(prologue);
+    await s.mixKeyAndHash(psk);
+    return { ck: s.ck, h: s.h };
+  })();
+  pskPrefixes.set(psk, { psk: psk.slice(), prologue: prologue.slice(), state });
+  return state;
+}
+
 /** Which side of the handshake this is. */
 export type Role = "initiator" | "responder";
 
@@ -417,7 +441,13 @@ export class NNpsk0Handshake {
       psk,
       ephemeral ?? (role === "initiator" ? await generateEphemeral() : null),
     );
-    await hs.#state.mixHash(prologue);
+    // The prologue and the psk token are the same for every handshake under
+    // one key: their (ck, h) is computed once and reused, which halves the
+    // crypto a wrong-key message 1 costs the responder. The psk token's own
+    // k is never used (message 1's "e" replaces it before any encryption).
+    const prefix = await pskPrefix(psk, prologue);
+    hs.#state.ck = prefix.ck.slice();
+    hs.#state.h = prefix.h.slice();
     return hs;
   }
 
@@ -433,7 +463,6 @@ export class NNpsk0Handshake {
     this.#expect("initiator", 0);
     const s = this.#state;
     const e = await this.#ephemeral();
-    await s.mixKeyAndHash(this.#psk);
     await s.mixHash(e.publicKey);
     await s.mixKey(e.publicKey);
     return concat(e.publicKey, await s.encryptAndHash(payload));
@@ -444,7 +473,6 @@ export class NNpsk0Handshake {
     this.#expect("responder", 0);
     const s = this.#state;
     this.#checkLength(message);
-    await s.mixKeyAndHash(this.#psk);
     const re = message.slice(0, DH_LEN);
     this.#re = re;
     await s.mixHash(re);

@@ -270,9 +270,11 @@ export class Session {
 
   #sendData(plaintext: Uint8Array): Promise<void> {
     if (this.#sentClose || this.#finished) {
-      return Promise.reject(
-        new CipherlinkError("the session is closed for writing"),
-      );
+      const refused = Promise.reject(new CipherlinkError("the session is closed for writing"));
+      // Callers may drop it (pumpFrom, #write): data after the end is simply not
+      // sent, and must not become an unhandled rejection that ends the process.
+      refused.catch(() => {});
+      return refused;
     }
     this.#lastActivity = Date.now();
     const sent = this.#track(this.channel.sendPlaintext(plaintext));
