@@ -581,8 +581,11 @@ async function fuzzMutatedSessions(
     const { client, server } = outcome;
     bump(serverEnds, server.error === null ? "ok" : errorLabel(server.error));
     bump(clientEnds, client.error === null ? "ok" : errorLabel(client.error));
-    // A byte duplicated after the last frame lies past the end of the session.
-    const pastTheEnd = t.kind === "duplicate" &&
+    // A byte duplicated after the last frame lies past the end of the session
+    // (and inserting a copy of the last byte is the same duplication).
+    const duplicated = t.kind === "duplicate" ||
+      (t.kind === "insert" && transform.insertedCopy === true);
+    const pastTheEnd = duplicated &&
       t.at === (t.direction === "c2s" ? layout.clientToServer : layout.serverToClient) - 1;
     if (!pastTheEnd) {
       row.check(
@@ -594,7 +597,7 @@ async function fuzzMutatedSessions(
     row.check(isTyped(server.error), `${where}: server ended with ${describe(server.error)}`);
     row.check(isTyped(client.error), `${where}: client ended with ${describe(client.error)}`);
     // (Duplicating the last byte of OPEN leaves OPEN intact and adds a byte after it.)
-    if (t.direction === "c2s" && t.at < layout.openEnd - (t.kind === "duplicate" ? 1 : 0)) {
+    if (t.direction === "c2s" && t.at < layout.openEnd - (duplicated ? 1 : 0)) {
       row.check(!server.opened, `${where}: the server accepted OPEN`);
     }
   });

@@ -62,9 +62,11 @@ function inputs(count: number, seed: number, recorded: Uint8Array): Input[] {
   // Message 1 broken at every byte: silence (a server that cannot decrypt it says nothing).
   for (let at = 0; at < 57; at++) {
     for (const kind of MUTATION_KINDS) {
-      const bytes = concatBytes(mutateAt(kind, at, rng.int(1, 255))(message1.slice()));
-      // Its last byte duplicated leaves message 1 whole, with one byte after it: a replay.
-      const intact = kind === "duplicate" && at === 56;
+      const transform = mutateAt(kind, at, rng.int(1, 255));
+      const bytes = concatBytes(transform(message1.slice()));
+      // Its last byte duplicated (or a copy of it inserted) leaves message 1
+      // whole, with one byte after it: a replay.
+      const intact = (kind === "duplicate" || transform.insertedCopy === true) && at === 56;
       list.push({ kind: `message 1 ${kind}`, bytes, silent: !intact, quick: false });
     }
   }

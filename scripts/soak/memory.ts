@@ -111,9 +111,13 @@ export const MUTATION_KINDS: readonly MutationKind[] = ["flip", "drop", "duplica
  * A transform that applies one mutation at stream offset `at`: XOR the byte
  * with `value` (non-zero), drop it, write it twice, or insert `value` before it.
  */
-export function mutateAt(kind: MutationKind, at: number, value: number): StreamTransform {
+export function mutateAt(
+  kind: MutationKind,
+  at: number,
+  value: number,
+): StreamTransform & { insertedCopy?: boolean } {
   let offset = 0;
-  return (chunk) => {
+  const transform: StreamTransform & { insertedCopy?: boolean } = (chunk) => {
     const start = offset;
     offset += chunk.byteLength;
     if (at < start || at >= offset) return [chunk];
@@ -127,9 +131,12 @@ export function mutateAt(kind: MutationKind, at: number, value: number): StreamT
       case "duplicate":
         return [chunk.subarray(0, i + 1), chunk.subarray(i)];
       case "insert":
+        // Inserting a copy of the byte that follows is the same as duplicating it.
+        transform.insertedCopy = value === chunk[i];
         return [chunk.subarray(0, i), Uint8Array.of(value), chunk.subarray(i)];
     }
   };
+  return transform;
 }
 
 /** A transform that cuts the stream into separate chunks at each offset in `cuts`. */
