@@ -20,12 +20,11 @@ import {
 } from "../lib/errors.ts";
 import { encodeHeader, HANDSHAKE_NONCE_SIZE, HEADER_SIZE, TAG_SIZE } from "../lib/frame.ts";
 import { FrameReader } from "../lib/framer.ts";
-import { Logger } from "../lib/log.ts";
 import { NNpsk0Handshake } from "../lib/noise.ts";
 import { PROLOGUE } from "../lib/channel.ts";
-import { type ServerOptions, TunnelServer } from "../lib/server.ts";
 import type { HostPort } from "../lib/target.ts";
 import { randomBytes } from "./helpers.ts";
+import { startServer } from "./server_fixture.ts";
 
 const LOCAL = "127.0.0.1";
 /** Handshake messages: a 32-byte ephemeral key and an empty payload's tag. */
@@ -35,76 +34,6 @@ const HANDSHAKE_FRAME = HEADER_SIZE + HANDSHAKE_DATA;
 const PAYLOAD_SIZE = 16;
 /** How many tamper cases run at once. */
 const BATCH = 12;
-
-/** Collects a logger's lines (at the server's default level); tests await the lines they expect. */
-class LogCapture {
-  readonly lines: string[] = [];
-  readonly logger: Logger;
-  #waiters: { pattern: RegExp; resolve: (line: string) => void }[] = [];
-
-  constructor() {
-    this.logger = new Logger("info", "text", (line) => {
-      this.lines.push(line);
-      for (const waiter of this.#waiters.filter((w) => w.pattern.test(line))) {
-        this.#waiters.splice(this.#waiters.indexOf(waiter), 1);
-        waiter.resolve(line);
-      }
-    });
-  }
-
-  /**
-   * Resolves the first line, logged already or later, matching `pattern`;
-   * rejects after `boundMs` so that a missing line fails instead of hanging.
-   */
-  waitFor(pattern: RegExp, boundMs = 5000): Promise<string> {
-    const seen = this.lines.find((line) => pattern.test(line));
-    return seen ? Promise.resolve(seen) : this.#next(pattern, boundMs);
-  }
-
-  /** The next line to be logged that matches `pattern`, within `boundMs`. */
-  #next(pattern: RegExp, boundMs: number): Promise<string> {
-    return new Promise((resolve, reject) => {
-      const waiter = {
-        pattern,
-        resolve: (line: string) => {
-          clearTimeout(timer);
-          resolve(line);
-        },
-      };
-      const timer = setTimeout(() => {
-        this.#waiters.splice(this.#waiters.indexOf(waiter), 1);
-        reject(
-          new Error(
-            `no log line matched ${pattern} within ${boundMs} ms:\n${this.lines.join("\n")}`,
-          ),
-        );
-      }, boundMs);
-      this.#waiters.push(waiter);
-    });
-  }
-}
-
-interface Fixture {
-  server: TunnelServer;
-  log: LogCapture;
-  address: HostPort;
-}
-
-/** A TunnelServer on 127.0.0.1 with `key`, once it logged `listening on`. */
-async function startServer(
-  key: Uint8Array,
-  options: Omit<ServerOptions, "listen" | "key"> = {},
-): Promise<Fixture> {
-  const log = new LogCapture();
-  const server = await TunnelServer.start({
-    listen: { host: LOCAL, port: 0 },
-    key,
-    logger: log.logger,
-    ...options,
-  });
-  await log.waitFor(/listening on /);
-  return { server, log, address: { host: LOCAL, port: server.addr.port } };
-}
 
 function concat(chunks: Uint8Array[]): Uint8Array {
   const out = new Uint8Array(chunks.reduce((n, c) => n + c.byteLength, 0));
@@ -352,7 +281,7 @@ interface Recording {
 /** Records one genuine forward() of PAYLOAD_SIZE bytes through an echo server. */
 async function recordSession(): Promise<Recording> {
   const key = randomBytes(32);
-  const { server } = await startServer(key);
+  const { server } = await startServer({}, key);
   const relay = new TamperingRelay(server.addr.port);
   try {
     const payload = randomBytes(PAYLOAD_SIZE);
@@ -393,7 +322,7 @@ function assertNothingPastHandshake(reply: Uint8Array, what: string): void {
 Deno.test("wrong key: the client gets AuthenticationError; the server logs it, counts no session, never connects upstream", async () => {
   const upstream = new EchoUpstream();
   const key = randomBytes(32);
-  const { server, log, address } = await startServer(key, { forward: upstream.address });
+  const { server, log, address } = await startServer({ forward: upstream.address }, key);
   try {
     await assert.rejects(
       forward(randomBytes(100), { server: address, key: randomBytes(32) }),
@@ -463,9 +392,9 @@ Deno.test("wrong key: a server holding another key makes the client say the serv
 Deno.test("replayed handshake: a whole recorded client stream gets message 2, then is dropped at OPEN; nothing goes upstream", async () => {
   const recording = await recordSession();
   const upstream = new EchoUpstream();
-  const { server, log, address } = await startServer(recording.key, {
+  const { server, log, address } = await startServer({
     forward: upstream.address,
-  });
+  }, recording.key);
   try {
     const reply = await replay(address.port, recording.up);
     assert.equal(reply.byteLength, HANDSHAKE_FRAME, "message 2 and nothing else");
@@ -488,7 +417,7 @@ Deno.test("replayed handshake: a whole recorded client stream gets message 2, th
 Deno.test("replay: the recorded client frames with one bit flipped at any byte are dropped, nothing goes upstream, and the server keeps serving", async () => {
   const recording = await recordSession();
   const upstream = new EchoUpstream();
-  const { server, address } = await startServer(recording.key, { forward: upstream.address });
+  const { server, address } = await startServer({ forward: upstream.address }, recording.key);
   try {
     const offsets = [...recording.up.keys()];
     await inBatches(offsets, BATCH, async (offset) => {
@@ -575,12 +504,12 @@ Deno.test("replay: a fake server replaying a recorded server stream, intact or f
  */
 async function liveTamper(key: Uint8Array, flip: Flip) {
   const upstream = new EchoUpstream();
-  const { server, log } = await startServer(key, {
+  const { server, log } = await startServer({
     forward: upstream.address,
     handshakeTimeoutMs: 500,
     idleTimeoutMs: 500,
     drainTimeoutMs: 1000,
-  });
+  }, key);
   const relay = new TamperingRelay(server.addr.port, flip);
   const payload = randomBytes(PAYLOAD_SIZE);
   let failure: unknown = null;
