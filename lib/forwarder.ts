@@ -19,6 +19,7 @@
 
 import { connect, type ConnectOptions } from "./client.ts";
 import { closeQuietly } from "./conn.ts";
+import { drain } from "./drain.ts";
 import {
   AuthenticationError,
   ErrorCode,
@@ -110,26 +111,12 @@ export class LocalForwarder {
     this.#listener.close();
     await this.stopped;
     const open = [...this.#locals.values()];
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const timeout = new Promise<"timeout">((resolve) => {
-      timer = setTimeout(
-        () => resolve("timeout"),
-        this.#options.drainTimeoutMs ?? 10000,
-      );
-    });
-    const all = Promise.all(open.map((l) => l.done));
-    if (
-      await Promise.race([all.then(() => "done" as const), timeout]) ===
-        "timeout"
-    ) {
+    await drain(open.map((l) => l.done), this.#options.drainTimeoutMs ?? 10000, () => {
       for (const local of this.#locals.values()) {
-        if (local.session) {
-          local.session.abort(ErrorCode.internal, "client shutting down");
-        } else closeQuietly(local.conn);
+        if (local.session) local.session.abort(ErrorCode.internal, "client shutting down");
+        else closeQuietly(local.conn);
       }
-      await all;
-    }
-    clearTimeout(timer);
+    });
     this.#log.info("stopped");
   }
 

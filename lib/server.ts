@@ -23,6 +23,7 @@ import { lookup } from "node:dns/promises";
 import { AllowList } from "./allow.ts";
 import { ReplayGuard, SecureChannel } from "./channel.ts";
 import { closeQuietly } from "./conn.ts";
+import { drain } from "./drain.ts";
 import {
   AuthenticationError,
   CipherlinkError,
@@ -147,24 +148,11 @@ export class TunnelServer {
         drain_timeout_ms: this.#options.drainTimeoutMs,
       });
     }
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const timeout = new Promise<"timeout">((resolve) => {
-      timer = setTimeout(
-        () => resolve("timeout"),
-        this.#options.drainTimeoutMs,
-      );
-    });
-    const all = Promise.all(open.map((c) => c.done));
-    if (
-      await Promise.race([all.then(() => "done" as const), timeout]) ===
-        "timeout"
-    ) {
+    await drain(open.map((c) => c.done), this.#options.drainTimeoutMs, () => {
       for (const { session } of this.#connections.values()) {
         session?.abort(ErrorCode.internal, "server shutting down");
       }
-      await all;
-    }
-    clearTimeout(timer);
+    });
     this.#log.info("stopped");
   }
 
