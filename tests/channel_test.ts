@@ -25,7 +25,7 @@ import { type CipherState, counterNonce, NNpsk0Handshake } from "../lib/noise.ts
 import { receiveOpen, Session } from "../lib/session.ts";
 import type { HostPort } from "../lib/target.ts";
 import { randomBytes, sha256Hex } from "./helpers.ts";
-import { startServer } from "./server_fixture.ts";
+import { startServer, Upstream } from "./server_fixture.ts";
 
 const LOCAL = "127.0.0.1";
 const MiB = 1024 * 1024;
@@ -145,73 +145,6 @@ class RecordingRelay {
     ]);
     closeQuietly(client);
     closeQuietly(server);
-  }
-}
-
-/**
- * A forward target on 127.0.0.1 that records what each connection sent and
- * echoes it back, or stays silent (answers nothing, waits for EOF).
- */
-class Upstream {
-  readonly received: Uint8Array[][] = [];
-  readonly #echo: boolean;
-  readonly #listener = Deno.listen({ hostname: LOCAL, port: 0 });
-  readonly #open = new Set<Deno.TcpConn>();
-  readonly #served: Promise<void>[] = [];
-  readonly #accepting: Promise<void>;
-
-  constructor(mode: "echo" | "silent") {
-    this.#echo = mode === "echo";
-    this.#accepting = this.#accept();
-  }
-
-  get address(): HostPort {
-    return { host: LOCAL, port: this.#listener.addr.port };
-  }
-
-  /** Resolves once every connection so far has ended. */
-  async idle(): Promise<void> {
-    await Promise.all(this.#served);
-  }
-
-  async close(): Promise<void> {
-    this.#listener.close();
-    await this.#accepting;
-    for (const conn of this.#open) closeQuietly(conn);
-    await Promise.all(this.#served);
-  }
-
-  async #accept(): Promise<void> {
-    for (;;) {
-      let conn: Deno.TcpConn;
-      try {
-        conn = await this.#listener.accept();
-      } catch {
-        return; // closed
-      }
-      const chunks: Uint8Array[] = [];
-      this.received.push(chunks);
-      this.#open.add(conn);
-      this.#served.push(this.#serve(conn, chunks));
-    }
-  }
-
-  async #serve(conn: Deno.TcpConn, chunks: Uint8Array[]): Promise<void> {
-    const buffer = new Uint8Array(64 * 1024);
-    try {
-      for (;;) {
-        const n = await conn.read(buffer);
-        if (n === null) break;
-        chunks.push(buffer.slice(0, n));
-        if (this.#echo) await writeAll(conn, buffer.subarray(0, n));
-      }
-      await conn.closeWrite();
-    } catch {
-      // Reset or closed by close(): the connection is over either way.
-    } finally {
-      this.#open.delete(conn);
-      closeQuietly(conn);
-    }
   }
 }
 

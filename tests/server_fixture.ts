@@ -1,10 +1,11 @@
 /**
  * An in-process TunnelServer on 127.0.0.1 with a fresh key and a captured
- * log, for tests that drive the protocol by hand. Tests await log lines
+ * log, and a recording forward target, for tests that drive the protocol by hand. Tests await log lines
  * (bounded, so a missing line fails instead of hanging), never sleep.
  * @module
  */
 
+import { closeQuietly, writeAll } from "../lib/conn.ts";
 import { Logger } from "../lib/log.ts";
 import { type ServerOptions, TunnelServer } from "../lib/server.ts";
 import type { HostPort } from "../lib/target.ts";
@@ -88,4 +89,71 @@ export async function startServer(
   });
   await log.waitFor(/listening on /);
   return { server, log, key, address: { host: LOCAL, port: server.addr.port } };
+}
+
+/**
+ * A forward target on 127.0.0.1 that records what each connection sent and
+ * echoes it back, or stays silent (answers nothing, waits for EOF).
+ */
+export class Upstream {
+  readonly received: Uint8Array[][] = [];
+  readonly #echo: boolean;
+  readonly #listener = Deno.listen({ hostname: LOCAL, port: 0 });
+  readonly #open = new Set<Deno.TcpConn>();
+  readonly #served: Promise<void>[] = [];
+  readonly #accepting: Promise<void>;
+
+  constructor(mode: "echo" | "silent" = "echo") {
+    this.#echo = mode === "echo";
+    this.#accepting = this.#accept();
+  }
+
+  get address(): HostPort {
+    return { host: LOCAL, port: this.#listener.addr.port };
+  }
+
+  /** Resolves once every connection so far has ended. */
+  async idle(): Promise<void> {
+    await Promise.all(this.#served);
+  }
+
+  async close(): Promise<void> {
+    this.#listener.close();
+    await this.#accepting;
+    for (const conn of this.#open) closeQuietly(conn);
+    await Promise.all(this.#served);
+  }
+
+  async #accept(): Promise<void> {
+    for (;;) {
+      let conn: Deno.TcpConn;
+      try {
+        conn = await this.#listener.accept();
+      } catch {
+        return; // closed
+      }
+      const chunks: Uint8Array[] = [];
+      this.received.push(chunks);
+      this.#open.add(conn);
+      this.#served.push(this.#serve(conn, chunks));
+    }
+  }
+
+  async #serve(conn: Deno.TcpConn, chunks: Uint8Array[]): Promise<void> {
+    const buffer = new Uint8Array(64 * 1024);
+    try {
+      for (;;) {
+        const n = await conn.read(buffer);
+        if (n === null) break;
+        chunks.push(buffer.slice(0, n));
+        if (this.#echo) await writeAll(conn, buffer.subarray(0, n));
+      }
+      await conn.closeWrite();
+    } catch {
+      // Reset or closed by close(): the connection is over either way.
+    } finally {
+      this.#open.delete(conn);
+      closeQuietly(conn);
+    }
+  }
 }

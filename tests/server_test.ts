@@ -14,7 +14,7 @@ import { ErrorCode, RemoteError } from "../lib/errors.ts";
 import type { Session } from "../lib/session.ts";
 import type { HostPort } from "../lib/target.ts";
 import { randomBytes } from "./helpers.ts";
-import { startServer } from "./server_fixture.ts";
+import { startServer, Upstream } from "./server_fixture.ts";
 
 const LOCAL = "127.0.0.1";
 const encoder = new TextEncoder();
@@ -59,59 +59,6 @@ function header(version: number, nonceSize: number, dataSize: number): Uint8Arra
   view.setUint32(1, nonceSize);
   view.setUint32(5, dataSize);
   return bytes;
-}
-
-/** A forward target on 127.0.0.1 that echoes and records what each connection sent. */
-class EchoUpstream {
-  readonly received: Uint8Array[][] = [];
-  readonly #listener = Deno.listen({ hostname: LOCAL, port: 0 });
-  readonly #served: Promise<void>[] = [];
-  readonly #accepting: Promise<void>;
-
-  constructor() {
-    this.#accepting = this.#accept();
-  }
-
-  get address(): HostPort {
-    return { host: LOCAL, port: this.#listener.addr.port };
-  }
-
-  async close(): Promise<void> {
-    this.#listener.close();
-    await this.#accepting;
-    await Promise.all(this.#served);
-  }
-
-  async #accept(): Promise<void> {
-    for (;;) {
-      let conn: Deno.TcpConn;
-      try {
-        conn = await this.#listener.accept();
-      } catch {
-        return; // closed
-      }
-      const chunks: Uint8Array[] = [];
-      this.received.push(chunks);
-      this.#served.push(this.#serve(conn, chunks));
-    }
-  }
-
-  async #serve(conn: Deno.TcpConn, chunks: Uint8Array[]): Promise<void> {
-    const buffer = new Uint8Array(64 * 1024);
-    try {
-      for (;;) {
-        const n = await conn.read(buffer);
-        if (n === null) break;
-        chunks.push(buffer.slice(0, n));
-        await writeAll(conn, buffer.subarray(0, n));
-      }
-      await conn.closeWrite();
-    } catch {
-      // Reset by the peer: the connection is over either way.
-    } finally {
-      closeQuietly(conn);
-    }
-  }
 }
 
 /** A session that echoed one round trip, so the server holds it as open. */
@@ -215,7 +162,7 @@ Deno.test("header: a bad transport frame header, before OPEN or inside a session
 });
 
 Deno.test("OPEN first: a DATA before OPEN is dropped; no session is counted and nothing connects upstream", async () => {
-  const upstream = new EchoUpstream();
+  const upstream = new Upstream("echo");
   const { server, key, log, address } = await startServer({ forward: upstream.address });
   try {
     const conn = await Deno.connect({ hostname: LOCAL, port: address.port });
@@ -289,7 +236,7 @@ Deno.test("max-conns: with maxConns 2 a third connection is closed at once, unan
 });
 
 Deno.test("OPEN 0x01: refused without an allow rule (ERROR 2), unreachable with a rule to a closed port (ERROR 3), carried to an allowed listener", async () => {
-  const upstream = new EchoUpstream();
+  const upstream = new Upstream("echo");
   const unreachable = { host: LOCAL, port: closedPort() };
   const payload = randomBytes(5000);
   const expectRemoteError = async (session: Session, code: number) => {

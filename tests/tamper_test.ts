@@ -24,7 +24,7 @@ import { NNpsk0Handshake } from "../lib/noise.ts";
 import { PROLOGUE } from "../lib/channel.ts";
 import type { HostPort } from "../lib/target.ts";
 import { randomBytes } from "./helpers.ts";
-import { startServer } from "./server_fixture.ts";
+import { startServer, Upstream } from "./server_fixture.ts";
 
 const LOCAL = "127.0.0.1";
 /** Handshake messages: a 32-byte ephemeral key and an empty payload's tag. */
@@ -185,63 +185,6 @@ class TamperingRelay {
   }
 }
 
-/** A forward target on 127.0.0.1 that echoes and records what each connection sent. */
-class EchoUpstream {
-  readonly received: Uint8Array[][] = [];
-  readonly #listener = Deno.listen({ hostname: LOCAL, port: 0 });
-  readonly #open = new Set<Deno.TcpConn>();
-  readonly #served: Promise<void>[] = [];
-  readonly #accepting: Promise<void>;
-
-  constructor() {
-    this.#accepting = this.#accept();
-  }
-
-  get address(): HostPort {
-    return { host: LOCAL, port: this.#listener.addr.port };
-  }
-
-  async close(): Promise<void> {
-    this.#listener.close();
-    await this.#accepting;
-    for (const conn of this.#open) closeQuietly(conn);
-    await Promise.all(this.#served);
-  }
-
-  async #accept(): Promise<void> {
-    for (;;) {
-      let conn: Deno.TcpConn;
-      try {
-        conn = await this.#listener.accept();
-      } catch {
-        return; // closed
-      }
-      const chunks: Uint8Array[] = [];
-      this.received.push(chunks);
-      this.#open.add(conn);
-      this.#served.push(this.#serve(conn, chunks));
-    }
-  }
-
-  async #serve(conn: Deno.TcpConn, chunks: Uint8Array[]): Promise<void> {
-    const buffer = new Uint8Array(64 * 1024);
-    try {
-      for (;;) {
-        const n = await conn.read(buffer);
-        if (n === null) break;
-        chunks.push(buffer.slice(0, n));
-        await writeAll(conn, buffer.subarray(0, n));
-      }
-      await conn.closeWrite();
-    } catch {
-      // Reset or closed by close(): the connection is over either way.
-    } finally {
-      this.#open.delete(conn);
-      closeQuietly(conn);
-    }
-  }
-}
-
 /** Reads until EOF; a reset ends the stream too. */
 async function readUntilEnd(conn: Deno.TcpConn): Promise<Uint8Array> {
   const chunks: Uint8Array[] = [];
@@ -320,7 +263,7 @@ function assertNothingPastHandshake(reply: Uint8Array, what: string): void {
 }
 
 Deno.test("wrong key: the client gets AuthenticationError; the server logs it, counts no session, never connects upstream", async () => {
-  const upstream = new EchoUpstream();
+  const upstream = new Upstream("echo");
   const key = randomBytes(32);
   const { server, log, address } = await startServer({ forward: upstream.address }, key);
   try {
@@ -391,7 +334,7 @@ Deno.test("wrong key: a server holding another key makes the client say the serv
 
 Deno.test("replayed handshake: a whole recorded client stream gets message 2, then is dropped at OPEN; nothing goes upstream", async () => {
   const recording = await recordSession();
-  const upstream = new EchoUpstream();
+  const upstream = new Upstream("echo");
   const { server, log, address } = await startServer({
     forward: upstream.address,
   }, recording.key);
@@ -416,7 +359,7 @@ Deno.test("replayed handshake: a whole recorded client stream gets message 2, th
 
 Deno.test("replay: the recorded client frames with one bit flipped at any byte are dropped, nothing goes upstream, and the server keeps serving", async () => {
   const recording = await recordSession();
-  const upstream = new EchoUpstream();
+  const upstream = new Upstream("echo");
   const { server, address } = await startServer({ forward: upstream.address }, recording.key);
   try {
     const offsets = [...recording.up.keys()];
@@ -503,7 +446,7 @@ Deno.test("replay: a fake server replaying a recorded server stream, intact or f
  * the client's failure and what the server and its upstream saw.
  */
 async function liveTamper(key: Uint8Array, flip: Flip) {
-  const upstream = new EchoUpstream();
+  const upstream = new Upstream("echo");
   const { server, log } = await startServer({
     forward: upstream.address,
     handshakeTimeoutMs: 500,
