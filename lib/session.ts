@@ -428,11 +428,9 @@ export class Session {
       } catch {
         // Already closed: the reader saw a clean end before the failure.
       }
-    } else {
-      this.#rejectOpened(
-        new CipherlinkError("the session ended before OPEN_OK"),
-      );
     }
+    // A clean end needs both CLOSEs, and CLOSE before OPEN_OK is a violation:
+    // so without an error, `opened` has already resolved.
     closed.then(() =>
       this.#resolveEnded({
         bytesIn: this.#bytesIn,
