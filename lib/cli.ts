@@ -24,6 +24,10 @@ import { LOG_FORMATS, LOG_LEVELS, type LogFormat, Logger, type LogLevel } from "
 import { serveMetrics } from "./metrics.ts";
 import { TunnelServer } from "./server.ts";
 import { runConfig } from "./supervisor.ts";
+import { type Cidr, parseCidr } from "./packet.ts";
+import { DEFAULT_TUN_MTU, MAX_TUN_MTU, MIN_TUN_MTU } from "./netdev.ts";
+import { VpnClient, type VpnClientOptions } from "./vpn_client.ts";
+import { VpnService } from "./vpn_server.ts";
 import { formatHostPort, type HostPort, parseHostPort } from "./target.ts";
 
 /** The program version. */
@@ -69,6 +73,10 @@ Prints the path and the key's fingerprint; never the key.
   --keepalive SECS            PING after this much silence; drop after 3 unanswered (default 0: off)
   --drain-timeout SECS        on SIGINT/SIGTERM, time open sessions get to finish (default 10)
   --rekey-bytes N             plaintext bytes sent under one key before REKEY (default 2^30)
+  --tun NAME                  VPN mode: also carry IP packets through the TUN device NAME
+  --tun-address CIDR          the server's tunnel address; its network is the clients' pool
+                              (one IPv4 and one IPv6 at most; repeat for both)
+  --tun-mtu N                 the device's MTU (default ${DEFAULT_TUN_MTU})
   --metrics HOST:PORT         serve GET /metrics (Prometheus) and GET /healthz there
   --log-level LEVEL           debug, info (default), warn, error
   --log-format FORMAT         text (default) or json
@@ -87,7 +95,11 @@ Prints the path and the key's fingerprint; never the key.
   --drain-timeout SECS        on SIGINT/SIGTERM, time open sessions get to finish (default 10)
   --rekey-bytes N             plaintext bytes sent under one key before REKEY (default 2^30)
   --handshake-timeout SECS    time the server gets to answer the handshake (default 5)
-  --metrics HOST:PORT         with --listen/--socks: serve GET /metrics and GET /healthz there
+  --tun NAME                  VPN mode: carry IP packets through the TUN device NAME
+  --tun-address CIDR          the client's tunnel address (one IPv4 and one IPv6 at most)
+  --route CIDR                with --tun: route this network through the tunnel; repeatable
+  --tun-mtu N                 the device's MTU (default ${DEFAULT_TUN_MTU})
+  --metrics HOST:PORT         with --listen/--socks/--tun: serve GET /metrics and GET /healthz
   --log-level LEVEL, --log-format FORMAT   as for the server
   --config FILE               run every tunnel of a config file instead (docs/config.md);
                               SIGHUP reloads it; only --log-level/--log-format may be added
@@ -95,6 +107,8 @@ Prints the path and the key's fingerprint; never the key.
 Without --listen/--socks: with MESSAGE, sends it, prints the reply, exits after the
 server's CLOSE; without MESSAGE, pipes stdin/stdout through one session (usable as an
 ssh ProxyCommand with --connect %h:%p).
+With --tun (root or CAP_NET_ADMIN): a VPN client that reconnects with backoff until
+SIGINT/SIGTERM; --keepalive defaults to 25 there.
 `,
   "check-config": `usage: cipherlink check-config FILE
 
@@ -104,6 +118,35 @@ loads every tunnel's key file, without starting anything. Prints
 file, the tunnel and the field, and exits 1. The format is in docs/config.md.
 `,
 };
+
+const vpnOptions = {
+  tun: { type: "string" },
+  "tun-address": { type: "string", multiple: true },
+  "tun-mtu": { type: "string" },
+} as const;
+
+/** The VPN options of a command line, checked: null without --tun. */
+function vpnSettings(
+  values: { tun?: string; "tun-address"?: string[]; "tun-mtu"?: string; route?: string[] },
+): { device: string; addresses: Cidr[]; mtu: number; routes: Cidr[] } | null {
+  if (values.tun === undefined) {
+    for (const name of ["tun-address", "tun-mtu", "route"] as const) {
+      if (values[name] !== undefined) throw new UsageError(`--${name} needs --tun`);
+    }
+    return null;
+  }
+  const addresses = (values["tun-address"] ?? []).map((text) => parseCidr(text, "--tun-address"));
+  if (addresses.length === 0) throw new UsageError("--tun needs --tun-address CIDR");
+  if (
+    addresses.length > 2 ||
+    (addresses.length === 2 && addresses[0].family === addresses[1].family)
+  ) {
+    throw new UsageError("--tun-address takes at most one IPv4 and one IPv6 address");
+  }
+  const mtu = integer("tun-mtu", values["tun-mtu"], DEFAULT_TUN_MTU, MIN_TUN_MTU, MAX_TUN_MTU);
+  const routes = (values.route ?? []).map((text) => parseCidr(text, "--route"));
+  return { device: values.tun, addresses, mtu, routes };
+}
 
 const commonOptions = {
   key: { type: "string" },
@@ -315,6 +358,7 @@ async function server(args: string[], io: Io): Promise<number> {
       allow: { type: "string", multiple: true },
       "idle-timeout": { type: "string" },
       config: { type: "string" },
+      ...vpnOptions,
     },
   });
   if (values.help) return help(io, "server");
@@ -348,13 +392,23 @@ async function server(args: string[], io: Io): Promise<number> {
   const metricsAddress = values.metrics === undefined
     ? undefined
     : parseHostPort(values.metrics, true);
+  const vpnSetting = vpnSettings(values);
   const key = await readKey(values.key, log);
+  const vpn = vpnSetting
+    ? await VpnService.start({
+      ...vpnSetting,
+      keepaliveMs: values.keepalive === undefined ? undefined : options.keepaliveMs,
+      idleTimeoutMs: options.idleTimeoutMs,
+      logger: log,
+    })
+    : undefined;
   const shutdown = onShutdownSignal();
   let running: TunnelServer;
   try {
-    running = await TunnelServer.start({ ...options, key });
+    running = await TunnelServer.start({ ...options, key, vpn });
   } catch (err) {
     shutdown.remove();
+    await vpn?.close();
     throw new CipherlinkError(
       `cannot listen on ${formatHostPort(options.listen)}: ${(err as Error).message}`,
     );
@@ -367,6 +421,7 @@ async function server(args: string[], io: Io): Promise<number> {
   const name = await shutdown.signal;
   log.info("shutting down", { signal: name });
   await running.shutdown();
+  await vpn?.close();
   await endpoint?.shutdown();
   shutdown.remove();
   return ExitCode.ok;
@@ -384,6 +439,8 @@ async function client(args: string[], io: Io): Promise<number> {
       listen: { type: "string" },
       socks: { type: "string" },
       config: { type: "string" },
+      ...vpnOptions,
+      route: { type: "string", multiple: true },
     },
   });
   if (values.help) return help(io, "client");
@@ -396,6 +453,14 @@ async function client(args: string[], io: Io): Promise<number> {
   }
   if (values.socks && values.connect) {
     throw new UsageError("--connect has no meaning with --socks");
+  }
+  const vpnSetting = vpnSettings(values);
+  if (vpnSetting) {
+    const other = ["listen", "socks", "connect"].find((name) =>
+      values[name as "listen"] !== undefined
+    );
+    if (other) throw new UsageError(`--tun cannot be combined with --${other}`);
+    if (positionals.length > 0) throw new UsageError("MESSAGE cannot be combined with --tun");
   }
   const log = logger(values);
   const connectOptions: Omit<ConnectOptions, "key"> = {
@@ -424,8 +489,21 @@ async function client(args: string[], io: Io): Promise<number> {
   const metricsAddress = values.metrics === undefined
     ? undefined
     : parseHostPort(values.metrics, true);
-  if (metricsAddress && !listenAddress) throw new UsageError("--metrics needs --listen or --socks");
+  if (metricsAddress && !listenAddress && !vpnSetting) {
+    throw new UsageError("--metrics needs --listen, --socks or --tun");
+  }
   const key = await readKey(values.key, log);
+  if (vpnSetting) {
+    return await vpnClient({
+      ...vpnSetting,
+      server: connectOptions.server,
+      key,
+      keepaliveMs: values.keepalive === undefined ? undefined : connectOptions.keepaliveMs,
+      handshakeTimeoutMs: connectOptions.handshakeTimeoutMs,
+      rekeyBytes: connectOptions.rekeyBytes,
+      logger: log,
+    }, metricsAddress);
+  }
   const options: ConnectOptions = { ...connectOptions, key };
   if (listenAddress) {
     const shutdown = onShutdownSignal();
@@ -460,6 +538,44 @@ async function client(args: string[], io: Io): Promise<number> {
   return positionals.length > 0
     ? await oneShot(new TextEncoder().encode(positionals.join(" ")), options)
     : await pipe(options);
+}
+
+/**
+ * VPN mode: runs until SIGINT/SIGTERM (CLOSE, routes and device removed,
+ * exit 0) or until the first connection is refused (exit 1).
+ */
+async function vpnClient(
+  options: VpnClientOptions,
+  metricsAddress: HostPort | undefined,
+): Promise<number> {
+  const log = options.logger!;
+  const shutdown = onShutdownSignal();
+  let running: VpnClient;
+  try {
+    running = await VpnClient.start(options);
+  } catch (err) {
+    shutdown.remove();
+    throw err;
+  }
+  log.info("vpn device up", { device: running.describe() });
+  const endpoint = metricsAddress &&
+    serveMetrics(metricsAddress, {
+      sources: () => [{ stats: running.stats, labels: { role: "client" } }],
+      healthy: () => running.connected,
+    }, log);
+  try {
+    const outcome = await Promise.race([
+      shutdown.signal.then((name) => ({ name })),
+      running.done.then((error) => ({ error })),
+    ]);
+    if ("name" in outcome) log.info("shutting down", { signal: outcome.name });
+    await running.shutdown();
+    if ("error" in outcome && outcome.error) throw outcome.error;
+    return ExitCode.ok;
+  } finally {
+    await endpoint?.shutdown();
+    shutdown.remove();
+  }
 }
 
 /** MESSAGE mode: send, half-close, copy the reply to stdout until CLOSE. */

@@ -37,6 +37,8 @@ import { receiveOpen, Session, type SessionOptions, type SessionSummary } from "
 import { echo, splice } from "./splice.ts";
 import { openOutcomeFor, TunnelStats } from "./stats.ts";
 import { formatHostPort, type HostPort, parseIPv4, parseIPv6, type Target } from "./target.ts";
+import type { Cidr } from "./packet.ts";
+import type { VpnService } from "./vpn_server.ts";
 
 /** Everything the server needs; times in milliseconds. */
 export interface ServerOptions {
@@ -52,6 +54,8 @@ export interface ServerOptions {
   drainTimeoutMs?: number;
   rekeyBytes?: number;
   logger?: Logger;
+  /** VPN mode: the device and pool that OPEN 0x02 sessions use; refused without it. */
+  vpn?: VpnService;
 }
 
 /** How long the server waits for a target to accept its connection. */
@@ -60,6 +64,8 @@ export const UPSTREAM_CONNECT_TIMEOUT_MS = 10_000;
 interface Connection {
   conn: Deno.TcpConn;
   session: Session | null;
+  /** A VPN session's clean end (CLOSE), used when the server drains. */
+  closeVpn?: () => void;
   done: Promise<void>;
 }
 
@@ -73,7 +79,10 @@ export class TunnelServer {
   readonly stopped: Promise<void>;
 
   #listener: Deno.TcpListener;
-  #options: Required<Omit<ServerOptions, "forward">> & { forward?: HostPort };
+  #options: Required<Omit<ServerOptions, "forward" | "vpn">> & {
+    forward?: HostPort;
+    vpn?: VpnService;
+  };
   #sessionOptions: SessionOptions;
   #connections = new Map<number, Connection>();
   /** Message 1s seen: a replayed one is refused before any crypto. */
@@ -99,6 +108,7 @@ export class TunnelServer {
       keepaliveMs: this.#options.keepaliveMs,
       idleTimeoutMs: this.#options.idleTimeoutMs,
     };
+    if (options.vpn) this.stats.vpn = options.vpn.stats;
     this.stopped = this.#acceptLoop();
   }
 
@@ -114,6 +124,7 @@ export class TunnelServer {
       `listening on ${formatHostPort({ host: server.addr.hostname, port: server.addr.port })}`,
       {
         service: options.forward ? `forward ${formatHostPort(options.forward)}` : "echo",
+        vpn: options.vpn?.describe(),
       },
     );
     return Promise.resolve(server);
@@ -138,8 +149,10 @@ export class TunnelServer {
     this.#draining = true;
     this.#listener.close();
     await this.stopped;
-    for (const { conn, session } of this.#connections.values()) {
-      if (!session) closeQuietly(conn);
+    for (const { conn, session, closeVpn } of this.#connections.values()) {
+      // VPN sessions never end by themselves: CLOSE them now (their clients reconnect).
+      if (closeVpn) closeVpn();
+      else if (!session) closeQuietly(conn);
     }
     const open = [...this.#connections.values()];
     if (open.length > 0) {
@@ -240,6 +253,10 @@ export class TunnelServer {
     target: Target,
     entry: Connection,
   ): Promise<SessionSummary | null> {
+    if (target.kind === "vpn") {
+      await this.#serveVpn(id, peer, channel, target.addresses, entry);
+      return null;
+    }
     let upstream: Deno.TcpConn | null = null;
     let targetText = "echo";
     if (target.kind === "address" || this.#options.forward) {
@@ -292,6 +309,40 @@ export class TunnelServer {
     const summary = upstream ? await splice(session, upstream) : await echo(session);
     this.stats.sessionEnded(session, summary);
     return summary;
+  }
+
+  /** OPEN 0x02: admits the session into the VPN pool, or refuses it with ERROR 2. */
+  async #serveVpn(
+    id: number,
+    peer: string,
+    channel: SecureChannel,
+    wanted: Cidr[],
+    entry: Connection,
+  ): Promise<void> {
+    const vpn = this.#options.vpn;
+    const refuse = async (why: string) => {
+      this.#log.warn("vpn open refused", { session: id, peer, error: why });
+      await this.#reject(channel, ErrorCode.refused, why);
+    };
+    if (!vpn) return await refuse("VPN mode is not enabled on this server");
+    const admitted = vpn.admit(channel, wanted);
+    if ("refused" in admitted) return await refuse(admitted.refused);
+    const { link, addresses } = admitted;
+    entry.closeVpn = () => link.close();
+    this.stats.open("ok");
+    this.#log.info("vpn session open", { session: id, peer, addresses: addresses.join(" ") });
+    const { error } = await link.run();
+    const fields = {
+      session: id,
+      peer,
+      addresses: addresses.join(" "),
+      packets_in: link.packets.in,
+      packets_out: link.packets.out,
+      outcome: error ? "error" : "ok",
+      error: error?.message,
+    };
+    if (error) this.#log.warn("vpn session end", fields);
+    else this.#log.info("vpn session end", fields);
   }
 
   /** Answers an OPEN with ERROR `code`, counting the outcome. */

@@ -14,11 +14,15 @@
  */
 
 import { ProtocolError, UsageError } from "./errors.ts";
+import type { Cidr } from "./packet.ts";
+import { decodeVpnOpen, encodeVpnOpen, VPN_TARGET_TYPE } from "./vpn_open.ts";
 
 /** What an OPEN asks for. */
 export type Target =
   | { kind: "service" }
-  | { kind: "address"; host: string; port: number };
+  | { kind: "address"; host: string; port: number }
+  /** VPN mode (`0x02`, lib/vpn_open.ts): the tunnel addresses the client asks for. */
+  | { kind: "vpn"; addresses: Cidr[] };
 
 /** A host and port, as given on the command line. */
 export interface HostPort {
@@ -61,6 +65,7 @@ export function formatHostPort({ host, port }: HostPort): string {
 /** Encodes a target as an OPEN body. */
 export function encodeTarget(target: Target | HostPort): Uint8Array {
   if ("kind" in target && target.kind === "service") return Uint8Array.of(0);
+  if ("kind" in target && target.kind === "vpn") return encodeVpnOpen(target.addresses);
   const { host, port } = target as HostPort;
   const ipv4 = parseIPv4(host);
   const ipv6 = ipv4 ? null : parseIPv6(host);
@@ -80,6 +85,7 @@ export function encodeTarget(target: Target | HostPort): Uint8Array {
 /** Decodes an OPEN body; throws {@linkcode ProtocolError} when malformed. */
 export function decodeTarget(body: Uint8Array): Target {
   if (body.byteLength === 1 && body[0] === 0) return SERVICE_TARGET;
+  if (body[0] === VPN_TARGET_TYPE) return { kind: "vpn", addresses: decodeVpnOpen(body) };
   if (body[0] !== 1 || body.byteLength < 2) {
     throw new ProtocolError("malformed OPEN target");
   }
