@@ -421,7 +421,6 @@ async function server(args: string[], io: Io): Promise<number> {
   const name = await shutdown.signal;
   log.info("shutting down", { signal: name });
   await running.shutdown();
-  await vpn?.close();
   await endpoint?.shutdown();
   shutdown.remove();
   return ExitCode.ok;

@@ -54,7 +54,10 @@ export interface ServerOptions {
   drainTimeoutMs?: number;
   rekeyBytes?: number;
   logger?: Logger;
-  /** VPN mode: the device and pool that OPEN 0x02 sessions use; refused without it. */
+  /**
+   * VPN mode: the device and pool that OPEN 0x02 sessions use (refused
+   * without it). shutdown() closes it: its sessions get CLOSE at once.
+   */
   vpn?: VpnService;
 }
 
@@ -64,8 +67,8 @@ export const UPSTREAM_CONNECT_TIMEOUT_MS = 10_000;
 interface Connection {
   conn: Deno.TcpConn;
   session: Session | null;
-  /** A VPN session's clean end (CLOSE), used when the server drains. */
-  closeVpn?: () => void;
+  /** Whether this connection carries a VPN session (the VPN service ends those). */
+  vpn?: boolean;
   done: Promise<void>;
 }
 
@@ -149,10 +152,8 @@ export class TunnelServer {
     this.#draining = true;
     this.#listener.close();
     await this.stopped;
-    for (const { conn, session, closeVpn } of this.#connections.values()) {
-      // VPN sessions never end by themselves: CLOSE them now (their clients reconnect).
-      if (closeVpn) closeVpn();
-      else if (!session) closeQuietly(conn);
+    for (const { conn, session, vpn } of this.#connections.values()) {
+      if (!session && !vpn) closeQuietly(conn);
     }
     const open = [...this.#connections.values()];
     if (open.length > 0) {
@@ -161,6 +162,9 @@ export class TunnelServer {
         drain_timeout_ms: this.#options.drainTimeoutMs,
       });
     }
+    // VPN sessions never end by themselves: CLOSE them now (their clients
+    // reconnect) and remove the device, so a restart can create it again.
+    await this.#options.vpn?.close();
     await drain(open.map((c) => c.done), this.#options.drainTimeoutMs, () => {
       for (const { session } of this.#connections.values()) {
         session?.abort(ErrorCode.internal, "server shutting down");
@@ -328,7 +332,7 @@ export class TunnelServer {
     const admitted = vpn.admit(channel, wanted);
     if ("refused" in admitted) return await refuse(admitted.refused);
     const { link, addresses } = admitted;
-    entry.closeVpn = () => link.close();
+    entry.vpn = true;
     this.stats.open("ok");
     this.#log.info("vpn session open", { session: id, peer, addresses: addresses.join(" ") });
     const { error } = await link.run();

@@ -127,6 +127,11 @@ export class VpnClient {
     return this.#options.logger ?? new Logger();
   }
 
+  /** Replaces the key for the next connection; a session that is up keeps its own. */
+  setKey(key: Uint8Array): void {
+    this.#options = { ...this.#options, key };
+  }
+
   /** Whether a session to the server is up now. */
   get connected(): boolean {
     return this.#link !== null && !this.#link.ended;

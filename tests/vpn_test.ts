@@ -250,3 +250,91 @@ Deno.test({
     await key.cleanup();
   }
 });
+
+Deno.test({
+  name: "vpn: server and client VPN tunnels from config files, next to an echo tunnel",
+  ignore: blocker !== null,
+}, async () => {
+  const topology = await createTopology(1);
+  const key = await tempKey();
+  const [c1] = topology.clients;
+  const processes: NsProcess[] = [];
+  try {
+    const serverFile = `${key.dir}/server.json`;
+    const clientFile = `${key.dir}/client.json`;
+    await Deno.writeTextFile(
+      serverFile,
+      JSON.stringify({
+        tunnels: [{
+          name: "office",
+          role: "server",
+          listen: `0.0.0.0:${PORT}`,
+          key: key.path,
+          tun: "clvpncfg0",
+          tunAddresses: ["10.100.0.1/24", "fd10::1/64"],
+          tunMtu: 1380,
+        }],
+      }),
+    );
+    await Deno.writeTextFile(
+      clientFile,
+      JSON.stringify({
+        tunnels: [
+          {
+            name: "laptop",
+            role: "client",
+            mode: "vpn",
+            server: `${topology.serverAddress(0)}:${PORT}`,
+            key: key.path,
+            tun: "clvpncfg1",
+            tunAddresses: ["10.100.0.2/24", "fd10::2/64"],
+            routes: ["10.100.9.0/24"],
+          },
+          // An echo client on the same server port, in the same process.
+          {
+            name: "echo",
+            role: "client",
+            listen: "127.0.0.1:7000",
+            server: `${topology.serverAddress(0)}:${PORT}`,
+            key: key.path,
+          },
+        ],
+      }),
+    );
+    const checked = await run(Deno.execPath(), [
+      "run",
+      "--allow-all",
+      new URL("../main.ts", import.meta.url).pathname,
+      "check-config",
+      clientFile,
+    ]);
+    assert.equal(checked.code, 0, checked.stderr);
+    const server = NsProcess.cipherlink(topology.server, ["server", "--config", serverFile]);
+    processes.push(server);
+    await server.waitForLine(/listening on .*vpn="clvpncfg0 10\.100\.0\.1\/24 fd10::1\/64"/);
+    const client = NsProcess.cipherlink(c1, ["client", "--config", clientFile]);
+    processes.push(client);
+    await client.waitForLine(/vpn connected .*tunnel=laptop|tunnel=laptop.*vpn connected/);
+    const mtu = await inNs(c1, "ip", ["link", "show", "clvpncfg1"]);
+    assert.match(mtu.stdout, /mtu 1400/);
+    const serverMtu = await inNs(topology.server, "ip", ["link", "show", "clvpncfg0"]);
+    assert.match(serverMtu.stdout, /mtu 1380/);
+    assert.ok(received(await ping(c1, "10.100.0.1"), 3));
+    assert.ok(received(await ping(c1, "fd10::1"), 3));
+    // The echo tunnel works through the same server port.
+    const echo = await inNs(c1, "python3", [
+      "-c",
+      "import socket; s=socket.create_connection(('127.0.0.1',7000)); s.sendall(b'hello'); " +
+      "s.shutdown(socket.SHUT_WR); print(s.recv(100).decode())",
+    ]);
+    assert.equal(echo.stdout.trim(), "hello", echo.stderr);
+    assert.equal(await client.stop("SIGTERM"), 0, client.log());
+    assert.notEqual((await inNs(c1, "ip", ["link", "show", "clvpncfg1"])).code, 0);
+    assert.equal(await server.stop("SIGTERM"), 0, server.log());
+    assert.notEqual((await inNs(topology.server, "ip", ["link", "show", "clvpncfg0"])).code, 0);
+  } finally {
+    for (const p of processes) await p.stop("SIGKILL").catch(() => {});
+    await topology.remove();
+    await key.cleanup();
+  }
+});

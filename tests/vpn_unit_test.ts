@@ -7,6 +7,7 @@
 
 import assert from "node:assert/strict";
 import { MessageType, SecureChannel } from "../lib/channel.ts";
+import { ConfigError, parseConfig } from "../lib/config.ts";
 import { ProtocolError, UsageError } from "../lib/errors.ts";
 import {
   contains,
@@ -295,3 +296,77 @@ async function missingRights(args: string[], dir: string): Promise<void> {
   assert.equal(out.code, 1, stderr);
   assert.match(stderr, /cipherlink: error: .*(needs root or CAP_NET_ADMIN)/);
 }
+
+Deno.test("config: VPN fields of server and client tunnels, and their errors", () => {
+  const file = "/etc/cipherlink/vpn.json";
+  const parse = (tunnel: Record<string, unknown>) =>
+    parseConfig(JSON.stringify({ tunnels: [{ name: "t", key: "k", ...tunnel }] }), file).tunnels[0];
+  const server = parse({
+    role: "server",
+    listen: "0.0.0.0:8888",
+    tun: "cl0",
+    tunAddresses: ["10.8.0.1/24", "fd08::1/64"],
+    tunMtu: 1300,
+  });
+  assert.equal(server.role, "server");
+  assert.deepEqual(server.role === "server" && server.vpn, {
+    device: "cl0",
+    addresses: [parseCidr("10.8.0.1/24"), parseCidr("fd08::1/64")],
+    mtu: 1300,
+    routes: [],
+  });
+  const client = parse({
+    role: "client",
+    mode: "vpn",
+    server: "vpn.example.net:8888",
+    tun: "cl1",
+    tunAddresses: ["10.8.0.2/24"],
+    routes: ["10.9.0.0/16"],
+  });
+  assert.equal(client.listen, null);
+  assert.deepEqual(client.role === "client" && client.vpn?.routes, [parseCidr("10.9.0.0/16")]);
+  const errors: [Record<string, unknown>, string][] = [
+    [
+      {
+        role: "client",
+        mode: "vpn",
+        listen: "127.0.0.1:1",
+        server: "s:1",
+        tun: "a",
+        tunAddresses: ["10.8.0.2/24"],
+      },
+      'field "listen": has no meaning in vpn mode (a VPN client accepts no connections)',
+    ],
+    [
+      { role: "client", mode: "vpn", server: "s:1", tunAddresses: ["10.8.0.2/24"] },
+      'field "tunAddresses": needs "tun" (the VPN device\'s name)',
+    ],
+    [
+      { role: "client", mode: "vpn", server: "s:1", tun: "a" },
+      'field "tunAddresses": is missing (one IPv4 and/or one IPv6 CIDR)',
+    ],
+    [
+      { role: "client", listen: "127.0.0.1:1", server: "s:1", routes: ["10.9.0.0/16"] },
+      'field "routes": is a field of vpn mode (mode is "forward")',
+    ],
+    [
+      { role: "server", listen: "0.0.0.0:1", tun: "a", tunAddresses: ["10.8.0.1"] },
+      'field "tunAddresses[0]": it takes ADDRESS/PREFIX',
+    ],
+    [
+      { role: "server", listen: "0.0.0.0:1", tun: "a/b", tunAddresses: ["10.8.0.1/24"] },
+      "field \"tun\": 'a/b' is not a device name",
+    ],
+    [
+      { role: "server", listen: "0.0.0.0:1", tun: "a", tunAddresses: ["10.8.0.1/24"], tunMtu: 100 },
+      'field "tunMtu": must be a whole number from 1280 to 65518',
+    ],
+  ];
+  for (const [tunnel, message] of errors) {
+    assert.throws(() => parse(tunnel), (err: Error) => {
+      assert.ok(err instanceof ConfigError, String(err));
+      assert.ok(err.message.includes(`tunnel "t": ${message}`), err.message);
+      return true;
+    });
+  }
+});
