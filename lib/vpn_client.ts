@@ -24,7 +24,7 @@
  * @module
  */
 
-import { MessageType, SecureChannel } from "./channel.ts";
+import { type ChannelOptions, MessageType, SecureChannel } from "./channel.ts";
 import { CLIENT_HANDSHAKE_TIMEOUT_MS } from "./client.ts";
 import { closeQuietly } from "./conn.ts";
 import {
@@ -73,6 +73,8 @@ export interface VpnClientOptions {
   keepaliveMs?: number;
   handshakeTimeoutMs?: number;
   rekeyBytes?: number;
+  /** More channel settings for every connection (such as the crypto provider). */
+  channel?: ChannelOptions;
   logger?: Logger;
 }
 
@@ -254,6 +256,7 @@ export class VpnClient {
     }, this.#options.handshakeTimeoutMs ?? CLIENT_HANDSHAKE_TIMEOUT_MS);
     try {
       const channel = await SecureChannel.handshake(conn, key, "initiator", {
+        ...this.#options.channel,
         rekeyBytes: this.#options.rekeyBytes,
       });
       await channel.send(MessageType.open, encodeVpnOpen(this.#options.addresses));
