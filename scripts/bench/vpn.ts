@@ -81,16 +81,18 @@ class Background {
   readonly child: Deno.ChildProcess;
   text = "";
   #done: Promise<void>;
-  constructor(ns: string, argv: string[]) {
+  /** `text` collects stderr (Cipherlink's log) or stdout (iperf3's). */
+  constructor(ns: string, argv: string[], from: "stderr" | "stdout" = "stderr") {
     const child = new Deno.Command("ip", {
       args: ["netns", "exec", ns, ...argv],
       stdin: "null",
-      stdout: "null",
-      stderr: "piped",
+      stdout: from === "stdout" ? "piped" : "null",
+      stderr: from === "stderr" ? "piped" : "null",
     }).spawn();
     this.child = child;
+    const stream = from === "stdout" ? child.stdout : child.stderr;
     this.#done = (async () => {
-      for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) {
+      for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
         this.text += chunk;
       }
     })();
@@ -159,31 +161,39 @@ async function removeNamespaces(): Promise<void> {
 
 /** One iperf3 stream from the client namespace to `address` in the server namespace. */
 async function iperf(address: string, seconds: number): Promise<number> {
-  const server = new Background(SERVER_NS, ["iperf3", "-s", "-1", "-B", address]);
+  const server = new Background(
+    SERVER_NS,
+    ["iperf3", "-s", "-1", "--forceflush", "-B", address],
+    "stdout",
+  );
   try {
-    // The client retries (bounded) until the server accepts.
-    let json = "";
-    for (let attempt = 0; attempt < 20; attempt++) {
-      const out = await run("ip", [
-        "netns",
-        "exec",
-        CLIENT_NS,
-        "iperf3",
-        "-c",
-        address,
-        "-t",
-        String(seconds),
-        "-J",
-      ]);
-      if (out.code === 0) {
-        json = out.stdout;
-        break;
-      }
-      await new Promise((resolve) => setTimeout(resolve, 100));
+    await server.waitFor(/Server listening/, 10_000);
+    const out = await run("ip", [
+      "netns",
+      "exec",
+      CLIENT_NS,
+      "iperf3",
+      "-c",
+      address,
+      "-t",
+      String(seconds),
+      "-J",
+    ]);
+    let report: { error?: string; end?: { sum_received?: { bits_per_second: number } } } = {};
+    try {
+      report = JSON.parse(out.stdout);
+    } catch {
+      // Reported below with what iperf3 said.
     }
-    if (!json) throw new Error(`iperf3 to ${address} failed`);
-    const report = JSON.parse(json) as { end: { sum_received: { bits_per_second: number } } };
-    return report.end.sum_received.bits_per_second / 8 / 1e6;
+    const bits = report.end?.sum_received?.bits_per_second;
+    if (out.code !== 0 || bits === undefined) {
+      throw new Error(
+        `iperf3 to ${address} failed: ${
+          report.error ?? (out.stderr.trim() || out.stdout.slice(0, 200))
+        }`,
+      );
+    }
+    return bits / 8 / 1e6;
   } finally {
     await server.stop();
   }
