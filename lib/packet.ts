@@ -16,18 +16,9 @@
 
 import { UsageError } from "./errors.ts";
 import { formatIPv6, parseIPv4, parseIPv6 } from "./target.ts";
+import type { Cidr, IpFamily } from "./vpn_open.ts";
 
-/** 4 or 6. */
-export type IpFamily = 4 | 6;
-
-/** An address with a prefix length: a tunnel address and the network it lies in. */
-export interface Cidr {
-  family: IpFamily;
-  /** 4 or 16 bytes. */
-  address: Uint8Array;
-  /** 0..32 or 0..128. */
-  prefix: number;
-}
+export type { Cidr, IpFamily } from "./vpn_open.ts";
 
 /** Smallest IPv4 header. */
 export const IPV4_HEADER_MIN = 20;

@@ -2,7 +2,8 @@
  * OPEN targets: the body of an OPEN message, and `HOST:PORT` strings.
  *
  * `0x00` asks for the server's own service; `0x01 ATYP ADDR PORT` names a
- * host the SOCKS5 way (ATYP 1 IPv4, 3 domain name, 4 IPv6).
+ * host the SOCKS5 way (ATYP 1 IPv4, 3 domain name, 4 IPv6); `0x02` asks for
+ * a VPN session (its codec is lib/vpn_open.ts).
  *
  * @example
  * ```ts
@@ -14,8 +15,7 @@
  */
 
 import { ProtocolError, UsageError } from "./errors.ts";
-import type { Cidr } from "./packet.ts";
-import { decodeVpnOpen, encodeVpnOpen, VPN_TARGET_TYPE } from "./vpn_open.ts";
+import { type Cidr, decodeVpnOpen, encodeVpnOpen, VPN_TARGET_TYPE } from "./vpn_open.ts";
 
 /** What an OPEN asks for. */
 export type Target =

@@ -6,15 +6,28 @@
  * @example
  * ```ts
  * import { decodeVpnOpen, encodeVpnOpen } from "./vpn_open.ts";
- * import { parseCidr } from "./packet.ts";
- * const body = encodeVpnOpen([parseCidr("10.8.0.2/24")]);
+ * const body = encodeVpnOpen([{ family: 4, address: Uint8Array.of(10, 8, 0, 2), prefix: 24 }]);
  * decodeVpnOpen(body); // [{ family: 4, address: [10, 8, 0, 2], prefix: 24 }]
  * ```
  * @module
  */
 
 import { ProtocolError } from "./errors.ts";
-import { addressLength, type Cidr, type IpFamily } from "./packet.ts";
+
+/** 4 or 6. */
+export type IpFamily = 4 | 6;
+
+/**
+ * An address with a prefix length: a tunnel address and the network it lies
+ * in (lib/packet.ts parses, formats and compares them).
+ */
+export interface Cidr {
+  family: IpFamily;
+  /** 4 or 16 bytes. */
+  address: Uint8Array;
+  /** 0..32 or 0..128. */
+  prefix: number;
+}
 
 /** The first byte of a VPN OPEN body. */
 export const VPN_TARGET_TYPE = 0x02;
@@ -49,7 +62,7 @@ export function decodeVpnOpen(body: Uint8Array): Cidr[] {
     const atyp = body[at];
     const family: IpFamily | null = atyp === ATYP_IPV4 ? 4 : atyp === ATYP_IPV6 ? 6 : null;
     if (family === null) throw new ProtocolError("VPN OPEN: unknown address type");
-    const length = addressLength(family);
+    const length = family === 4 ? 4 : 16;
     if (at + 1 + length + 1 > body.byteLength) throw new ProtocolError("VPN OPEN: cut short");
     const prefix = body[at + 1 + length];
     if (prefix > length * 8) throw new ProtocolError(`VPN OPEN: prefix /${prefix} too long`);
