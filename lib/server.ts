@@ -334,8 +334,12 @@ export class TunnelServer {
     const { link, addresses } = admitted;
     entry.vpn = true;
     this.stats.open("ok");
+    // VPN sessions count as sessions; their traffic is in the cipherlink_vpn_* counters.
+    this.stats.sessionsOpen++;
+    this.stats.sessionsTotal++;
     this.#log.info("vpn session open", { session: id, peer, addresses: addresses.join(" ") });
     const { error } = await link.run();
+    this.stats.sessionsOpen--;
     const fields = {
       session: id,
       peer,

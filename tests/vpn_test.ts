@@ -208,6 +208,17 @@ Deno.test({
         'reason="spoofed"',
       );
       assert.equal(spoofedAfter - spoofedBefore, 1, "the server counted the forged packet");
+      // The VPN families are valid Prometheus text (where promtool is installed).
+      const scraped = await inNs(topology.server, "curl", ["-sS", `http://${METRICS}/metrics`]);
+      assert.match(scraped.stdout, /cipherlink_vpn_sessions_open\{role="server"\} 2/);
+      assert.match(scraped.stdout, /cipherlink_sessions_open\{role="server"\} 2/);
+      const lint = await run(
+        "promtool",
+        ["check", "metrics"],
+        new TextEncoder().encode(scraped.stdout),
+      )
+        .catch(() => null);
+      if (lint) assert.equal(lint.code, 0, lint.stdout + lint.stderr);
       // The session survived the drop.
       assert.ok(received(await ping(c1, "10.100.0.1", 1), 1));
     });
@@ -332,6 +343,67 @@ Deno.test({
     assert.notEqual((await inNs(c1, "ip", ["link", "show", "clvpncfg1"])).code, 0);
     assert.equal(await server.stop("SIGTERM"), 0, server.log());
     assert.notEqual((await inNs(topology.server, "ip", ["link", "show", "clvpncfg0"])).code, 0);
+  } finally {
+    for (const p of processes) await p.stop("SIGKILL").catch(() => {});
+    await topology.remove();
+    await key.cleanup();
+  }
+});
+
+Deno.test({
+  name:
+    "vpn: the client drops packets from the server that are not addressed to its tunnel address",
+  ignore: blocker !== null,
+}, async () => {
+  const topology = await createTopology(1);
+  const key = await tempKey();
+  const [c1] = topology.clients;
+  const processes: NsProcess[] = [];
+  try {
+    // Listens on every address of the client's namespace: the tunnel's and the veth's.
+    const listener = netPeer(c1, ["udp-listen", "0.0.0.0"]);
+    processes.push(listener);
+    const port = await listener.waitForLine(/^\d+$/, 10_000);
+    const fake = new NsProcess(topology.server, [
+      Deno.execPath(),
+      "run",
+      "--quiet",
+      "--allow-all",
+      new URL("./vpn/fake_server.ts", import.meta.url).pathname,
+      key.path,
+      topology.serverAddress(0),
+      PORT,
+      "10.100.0.1",
+      port,
+      // To the client's veth address: a server may not reach past the tunnel address.
+      "10.99.1.2:forged",
+      "10.100.0.2:genuine",
+      "10.100.0.2:stop",
+    ], "stdout");
+    processes.push(fake);
+    await fake.waitForLine(/^listening$/);
+    const client = NsProcess.cipherlink(
+      c1,
+      clientArgs(topology, 0, key.path, [
+        "--tun",
+        "clvpnf1",
+        "--tun-address",
+        "10.100.0.2/24",
+        "--metrics",
+        METRICS,
+      ]),
+    );
+    processes.push(client);
+    await client.waitForLine(/vpn connected/);
+    await fake.waitForLine(/^sent$/);
+    assert.equal(await listener.exit(), 0);
+    assert.deepEqual(listener.lines.slice(1), ["genuine", "stop"]);
+    assert.equal(
+      await metric(c1, "cipherlink_vpn_packets_dropped_total", 'reason="spoofed"'),
+      1,
+      "the client counted the packet for its other address",
+    );
+    assert.equal(await client.stop("SIGTERM"), 0, client.log());
   } finally {
     for (const p of processes) await p.stop("SIGKILL").catch(() => {});
     await topology.remove();
