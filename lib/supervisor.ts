@@ -338,8 +338,9 @@ async function startServer(
       logger: log,
     })
     : undefined;
+  let server: TunnelServer;
   try {
-    return await TunnelServer.start({
+    server = await TunnelServer.start({
       listen: tunnel.listen!,
       key,
       forward: tunnel.forward,
@@ -357,6 +358,15 @@ async function startServer(
     await vpn?.close();
     throw err;
   }
+  if (!vpn) return server;
+  // A restart (SIGHUP) may create the same device again: only once the old one is gone.
+  return {
+    addr: server.addr,
+    stats: server.stats,
+    setKey: (key) => server.setKey(key),
+    shutdown: () => server.shutdown(),
+    stopped: server.stopped.then(() => vpn.close()),
+  };
 }
 
 /** A VPN client tunnel: its `stopped` resolves once its device is gone. */

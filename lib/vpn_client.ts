@@ -240,9 +240,15 @@ export class VpnClient {
   /** Connects, handshakes, OPENs and waits for OPEN_OK; resolves the running link. */
   async #connect(): Promise<VpnLink> {
     const { server, key } = this.#options;
+    const handshakeTimeoutMs = this.#options.handshakeTimeoutMs ?? CLIENT_HANDSHAKE_TIMEOUT_MS;
     let conn: Deno.TcpConn;
     try {
-      conn = await Deno.connect({ hostname: server.host, port: server.port });
+      // A server that does not answer at all must not hold up the next attempt for minutes.
+      conn = await Deno.connect({
+        hostname: server.host,
+        port: server.port,
+        signal: AbortSignal.timeout(handshakeTimeoutMs),
+      });
     } catch (err) {
       throw new CipherlinkError(
         `cannot connect to the server at ${formatHostPort(server)}: ${(err as Error).message}`,
@@ -253,7 +259,7 @@ export class VpnClient {
     const deadline = setTimeout(() => {
       timedOut = true;
       closeQuietly(conn);
-    }, this.#options.handshakeTimeoutMs ?? CLIENT_HANDSHAKE_TIMEOUT_MS);
+    }, handshakeTimeoutMs);
     try {
       const channel = await SecureChannel.handshake(conn, key, "initiator", {
         ...this.#options.channel,

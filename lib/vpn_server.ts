@@ -62,6 +62,7 @@ export class VpnService {
   #networks: Cidr[];
   #links = new Set<VpnLink>();
   #reader: Promise<void>;
+  #closing: Promise<void> | null = null;
 
   private constructor(device: TunDevice, created: boolean, options: VpnServiceOptions) {
     this.device = device;
@@ -125,12 +126,18 @@ export class VpnService {
     return Promise.all([...this.#links].map((link) => link.close()));
   }
 
-  /** Ends every session, closes the device (removing it if this process created it). */
-  async close(): Promise<void> {
-    await this.closeSessions();
-    this.device.close();
-    await this.#reader;
-    if (!this.#created) await removeAddresses(this.device.name, this.#options.addresses);
+  /**
+   * Ends every session, closes the device (removing it if this process
+   * created it). Idempotent: every call resolves when it is all done.
+   */
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      await this.closeSessions();
+      this.device.close();
+      await this.#reader;
+      if (!this.#created) await removeAddresses(this.device.name, this.#options.addresses);
+    })();
+    return this.#closing;
   }
 
   /** A packet from a session: anti-spoofing, then another session or the device. */

@@ -339,6 +339,21 @@ Deno.test({
       "s.shutdown(socket.SHUT_WR); print(s.recv(100).decode())",
     ]);
     assert.equal(echo.stdout.trim(), "hello", echo.stderr);
+    // SIGHUP with a changed VPN setting restarts the tunnel with the same device name; the
+    // client reconnects on its own.
+    const serverConfig = JSON.parse(await Deno.readTextFile(serverFile));
+    serverConfig.tunnels[0].tunMtu = 1300;
+    await Deno.writeTextFile(serverFile, JSON.stringify(serverConfig));
+    server.child.kill("SIGHUP");
+    await server.waitForLine(/config reloaded .*restarted=1 .*failed=0/);
+    assert.match(
+      (await inNs(topology.server, "ip", ["link", "show", "clvpncfg0"])).stdout,
+      /mtu 1300/,
+    );
+    assert.ok(
+      await pingUntil(c1, "10.100.0.1", 30_000),
+      `no ping after the reload:\n${client.log()}`,
+    );
     assert.equal(await client.stop("SIGTERM"), 0, client.log());
     assert.notEqual((await inNs(c1, "ip", ["link", "show", "clvpncfg1"])).code, 0);
     assert.equal(await server.stop("SIGTERM"), 0, server.log());
