@@ -45,8 +45,8 @@ ${USAGE}
 
 commands:
   keygen    write a fresh 32-byte key file
-  server    accept tunnels: echo service, a fixed forward target, allowed addresses
-  client    one session (MESSAGE or stdin/stdout), a port forward, or a SOCKS5 proxy
+  server    accept tunnels: echo service, a fixed forward target, allowed addresses, VPN (--tun)
+  client    one session (MESSAGE or stdin/stdout), a port forward, a SOCKS5 proxy, or a VPN (--tun)
   check-config FILE   validate a --config file and its key files without starting
 
 cipherlink COMMAND --help shows a command's options.
