@@ -47,6 +47,7 @@ import { serveMetrics } from "./metrics.ts";
 import type { MetricsSource, TunnelStats } from "./stats.ts";
 import { TunnelServer } from "./server.ts";
 import { formatHostPort, parseHostPort } from "./target.ts";
+import { TunError } from "./tun.ts";
 import { VpnClient } from "./vpn_client.ts";
 import { VpnService } from "./vpn_server.ts";
 
@@ -230,12 +231,12 @@ export class Supervisor {
           logger: log,
         });
     } catch (err) {
-      if (tunnel.vpn) {
+      if (err instanceof TunError || !tunnel.listen) {
         throw new ConfigError(this.file, messageOf(err), { tunnel: tunnel.name, field: "tun" });
       }
       throw new ConfigError(
         this.file,
-        `cannot listen on ${formatHostPort(tunnel.listen!)}: ${messageOf(err)}`,
+        `cannot listen on ${formatHostPort(tunnel.listen)}: ${messageOf(err)}`,
         { tunnel: tunnel.name, field: "listen" },
       );
     }
