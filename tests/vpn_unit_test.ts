@@ -370,3 +370,14 @@ Deno.test("config: VPN fields of server and client tunnels, and their errors", (
     });
   }
 });
+
+Deno.test("docs/protocol.md: the worked VPN OPEN body is what the codec writes", async () => {
+  const text = await Deno.readTextFile(new URL("../docs/protocol.md", import.meta.url));
+  const shown = /```\n(02 02 [0-9a-f ]+)\n```/.exec(text)?.[1];
+  assert.ok(shown, "no VPN OPEN example in docs/protocol.md");
+  const body = encodeVpnOpen([parseCidr("10.8.0.2/24"), parseCidr("fd08::2/64")]);
+  assert.equal(
+    shown.replace(/\s+/g, ""),
+    Array.from(body, (b) => b.toString(16).padStart(2, "0")).join(""),
+  );
+});
