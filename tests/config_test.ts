@@ -8,6 +8,7 @@
 
 import assert from "node:assert/strict";
 import { connect, forward } from "../lib/client.ts";
+import { AuthenticationError } from "../lib/errors.ts";
 import {
   ConfigError,
   loadConfig,
@@ -465,7 +466,7 @@ Deno.test("config: one process runs two server tunnels and a client tunnel, each
     assert.equal(await viaServer(ports.get("b")!, keyB, "to b"), "target:to b");
     assert.equal(await viaClientTunnel(ports.get("c")!, "through c"), "through c");
     // Each tunnel has its own key: a's key does not open b.
-    await assert.rejects(viaServer(ports.get("b")!, keyA, "wrong key"));
+    await assert.rejects(viaServer(ports.get("b")!, keyA, "wrong key"), AuthenticationError);
   } finally {
     if (daemon) assert.equal(await daemon.stop("SIGTERM"), 0);
     await target.close();
@@ -575,7 +576,7 @@ Deno.test("config: SIGHUP adds, removes, re-keys and restarts tunnels; an invali
           await reload(),
           /config reloaded .*added=0 removed=0 restarted=0 key_changed=2/,
         );
-        await assert.rejects(viaServer(portA, keyA, "old key"));
+        await assert.rejects(viaServer(portA, keyA, "old key"), AuthenticationError);
         assert.equal(await viaServer(portA, newKey, "new key"), "new key");
         // The client tunnel c now opens its sessions to a with the new key as well.
         assert.equal(await viaClientTunnel(portC, "c re-keyed"), "c re-keyed");
