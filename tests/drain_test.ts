@@ -13,10 +13,12 @@ import { SecureChannel } from "../lib/channel.ts";
 import { connect, forward } from "../lib/client.ts";
 import { closeQuietly } from "../lib/conn.ts";
 import { parseConfig } from "../lib/config.ts";
+import { DEFAULT_DRAIN_DELAY_SECONDS, drainDelayMs } from "../lib/drain.ts";
 import { ErrorCode, RemoteError } from "../lib/errors.ts";
 import { LocalForwarder } from "../lib/forwarder.ts";
 import { Session } from "../lib/session.ts";
 import { renderMetrics, type TunnelStats } from "../lib/stats.ts";
+import { Supervisor } from "../lib/supervisor.ts";
 import { SERVICE_TARGET } from "../lib/target.ts";
 import { randomBytes } from "./helpers.ts";
 import { runCipherlink, startDaemon, tempKey, waitForLineWithin } from "./process.ts";
@@ -219,50 +221,82 @@ Deno.test("drain: the client's local listener keeps accepting during its drain d
   assert.equal(forwarder.stats.sessionsDrained, 1);
 });
 
-Deno.test("drain: --drain-delay keeps the listener open while /healthz is 503; a second SIGTERM exits 0 at once", async () => {
-  const key = await tempKey();
-  const server = await startDaemon([
-    "server",
-    "--key",
-    key.path,
-    "--listen",
-    "127.0.0.1:0",
-    "--metrics",
-    "127.0.0.1:0",
-    "--drain-delay",
-    "60",
-    "--drain-timeout",
-    "60",
-  ]);
+/** Sends `text` through a plain TCP connection to `port`, half-closes, and resolves the reply. */
+async function echoThrough(port: number, text: string): Promise<string> {
+  const conn = await Deno.connect({ hostname: LOCAL, port });
   try {
-    const metrics = await waitForLineWithin(server, /metrics on /);
+    await conn.write(encoder.encode(text));
+    await conn.closeWrite();
+    const buffer = new Uint8Array(1024);
+    let got = 0;
+    for (let n; (n = await conn.read(buffer.subarray(got))) !== null;) got += n;
+    return new TextDecoder().decode(buffer.subarray(0, got));
+  } finally {
+    closeQuietly(conn);
+  }
+}
+
+/**
+ * A real process with a 60 s drain delay: after SIGTERM /healthz is 503 and
+ * the listener still serves; a second SIGTERM makes it exit 0 at once.
+ */
+async function secondSignal(side: "server" | "client" | "config"): Promise<void> {
+  const key = await tempKey();
+  const target = side === "client" ? await startServer({}, await Deno.readFile(key.path)) : null;
+  const delay = ["--drain-delay", "60", "--drain-timeout", "60"];
+  let args: string[];
+  if (side === "server") {
+    args = ["server", "--key", key.path, "--listen", "127.0.0.1:0", ...delay];
+  } else if (side === "client") {
+    const server = `127.0.0.1:${target!.address.port}`;
+    args = ["client", "--key", key.path, "--server", server, "--listen", "127.0.0.1:0", ...delay];
+  } else {
+    const file = `${key.dir}/tunnels.json`;
+    const tunnel = { name: "t", role: "server", listen: "127.0.0.1:0", key: key.path };
+    await Deno.writeTextFile(file, JSON.stringify({ tunnels: [{ ...tunnel, drainDelay: 60 }] }));
+    args = ["server", "--config", file];
+  }
+  const daemon = await startDaemon([...args, "--metrics", "127.0.0.1:0"]);
+  try {
+    const metrics = await waitForLineWithin(daemon, /metrics on /);
     const healthz = `http://127.0.0.1:${/:(\d+)\/metrics/.exec(metrics)![1]}/healthz`;
-    server.process.kill("SIGTERM");
-    await waitForLineWithin(server, /draining/);
+    daemon.process.kill("SIGTERM");
+    await waitForLineWithin(daemon, /draining/);
     const health = await fetch(healthz);
     assert.equal(health.status, 503);
     await health.body?.cancel();
-    const during = await runCipherlink([
-      "client",
-      "--key",
-      key.path,
-      "--server",
-      `127.0.0.1:${server.port}`,
-      "still accepting",
-    ]);
-    assert.equal(during.code, 0, during.stderr);
-    assert.equal(during.stdout, "still accepting");
-    const started = performance.now();
-    server.process.kill("SIGTERM");
-    const { code } = await within(server.process.status, 10_000, "exit after a second SIGTERM");
+    if (side === "client") {
+      assert.equal(await echoThrough(daemon.port, "still accepting"), "still accepting");
+    } else {
+      const during = await runCipherlink([
+        "client",
+        "--key",
+        key.path,
+        "--server",
+        `127.0.0.1:${daemon.port}`,
+        "still accepting",
+      ]);
+      assert.equal(during.code, 0, during.stderr);
+      assert.equal(during.stdout, "still accepting");
+    }
+    daemon.process.kill("SIGTERM");
+    const { code } = await within(daemon.process.status, 10_000, "exit after a second SIGTERM");
     assert.equal(code, 0);
-    assert.ok(performance.now() - started < 10_000);
-    assert.match(server.lines.join("\n"), /second signal/);
+    assert.match(daemon.lines.join("\n"), /second signal/);
   } finally {
-    await server.stop("SIGKILL");
+    await daemon.stop("SIGKILL");
+    await target?.server.shutdown();
     await key.cleanup();
   }
-});
+}
+
+Deno.test("drain: server --drain-delay keeps the listener open while /healthz is 503; a second SIGTERM exits 0 at once", () =>
+  secondSignal("server"));
+
+Deno.test("drain: client --listen --drain-delay does the same for local connections", () =>
+  secondSignal("client"));
+
+Deno.test("drain: server --config with drainDelay does the same", () => secondSignal("config"));
 
 Deno.test("drain: --drain-delay is checked like the other times; the config key drainDelay too", async () => {
   const bad = await runCipherlink(["server", "--drain-delay", "soon"]);
@@ -278,4 +312,54 @@ Deno.test("drain: --drain-delay is checked like the other times; the config key 
   );
   const help = await runCipherlink(["server", "--help"]);
   assert.match(help.stdout, /--drain-delay SECS/);
+  assert.equal(drainDelayMs(undefined, true), DEFAULT_DRAIN_DELAY_SECONDS * 1000);
+  assert.equal(drainDelayMs(undefined, false), 0, "no /healthz: nothing to wait for");
+  assert.equal(drainDelayMs(500, false), 500, "an explicit delay always applies");
+});
+
+Deno.test("drain: a config file's tunnels keep accepting for drainDelay on shutdown, not on a reload; endNow() ends it", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "cipherlink-drain-" });
+  const key = randomBytes(32);
+  await Deno.writeFile(`${dir}/k.key`, key, { mode: 0o600 });
+  const tunnel = (name: string) => ({
+    name,
+    role: "server",
+    listen: "127.0.0.1:0",
+    key: "k.key",
+    drainDelay: 30,
+  });
+  const file = `${dir}/tunnels.json`;
+  await Deno.writeTextFile(file, JSON.stringify({ tunnels: [tunnel("kept"), tunnel("removed")] }));
+  const lines: string[] = [];
+  const supervisor = await Supervisor.start(file, { sink: (line) => lines.push(line) });
+  try {
+    const port = (name: string) => supervisor.addresses().get(name)!.port;
+    const kept = port("kept");
+    const removed = port("removed");
+    // A reload has no 503 to show first: the removed tunnel closes at once despite drainDelay.
+    await Deno.writeTextFile(file, JSON.stringify({ tunnels: [tunnel("kept")] }));
+    assert.equal(await within(supervisor.reload(), 5000, "a reload without the delay"), true);
+    await assert.rejects(
+      Deno.connect({ hostname: LOCAL, port: removed }),
+      Deno.errors.ConnectionRefused,
+    );
+    const stopping = supervisor.shutdown();
+    assert.equal(supervisor.draining, true);
+    const server = { host: LOCAL, port: kept };
+    assert.deepEqual(
+      await forward(encoder.encode("during"), { server, key }),
+      encoder.encode("during"),
+    );
+    await within(supervisor.endNow(), 5000, "endNow() ending the 30 s delay");
+    await stopping;
+    await assert.rejects(
+      Deno.connect({ hostname: LOCAL, port: kept }),
+      Deno.errors.ConnectionRefused,
+    );
+  } catch (err) {
+    throw new Error(`${(err as Error).message}\n${lines.join("\n")}`, { cause: err });
+  } finally {
+    await supervisor.endNow();
+    await Deno.remove(dir, { recursive: true });
+  }
 });
