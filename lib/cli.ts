@@ -17,7 +17,7 @@ import { DEFAULT_REKEY_BYTES } from "./channel.ts";
 import { connect, type ConnectOptions, forward as _forward } from "./client.ts";
 import { checkConfigCommand } from "./config.ts";
 import { readableOf, writableOf } from "./conn.ts";
-import { DEFAULT_DRAIN_DELAY_SECONDS, drainDelayMs } from "./drain.ts";
+import { DEFAULT_DRAIN_DELAY_SECONDS, drainDelayFor } from "./drain.ts";
 import { CipherlinkError, UsageError } from "./errors.ts";
 import { LocalForwarder } from "./forwarder.ts";
 import { DEFAULT_KEY_PATH, generateKeyFile, KEY_FORMATS, type KeyFormat, loadKey } from "./keys.ts";
@@ -326,7 +326,7 @@ function onShutdownSignal(): {
 /** `--drain-delay`: as given, else the default when /healthz is served. */
 function drainDelay(values: { "drain-delay"?: string; metrics?: string }): number {
   const given = values["drain-delay"];
-  return drainDelayMs(
+  return drainDelayFor(
     given === undefined ? undefined : seconds("drain-delay", given, 0),
     values.metrics !== undefined,
   );
@@ -451,7 +451,7 @@ async function client(args: string[], io: Io): Promise<number> {
   };
   const maxConns = integer("max-conns", values["max-conns"], 100, 1, 1_000_000);
   const drainTimeoutMs = seconds("drain-timeout", values["drain-timeout"], 10);
-  const drainDelayMs = drainDelay(values);
+  const delayMs = drainDelay(values);
   const listen = values.listen ?? values.socks;
   const listenAddress: HostPort | undefined = listen === undefined
     ? undefined
@@ -472,7 +472,7 @@ async function client(args: string[], io: Io): Promise<number> {
         connect: options,
         maxConns,
         drainTimeoutMs,
-        drainDelayMs,
+        drainDelayMs: delayMs,
         logger: log,
       });
     } catch (err) {

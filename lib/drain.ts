@@ -34,7 +34,7 @@ export const DEFAULT_DRAIN_DELAY_SECONDS = 2;
  * a health endpoint no balancer can see the drain coming, so the listener
  * closes at once unless a delay was asked for.
  */
-export function drainDelayMs(explicitMs: number | undefined, healthServed: boolean): number {
+export function drainDelayFor(explicitMs: number | undefined, healthServed: boolean): number {
   return explicitMs ?? (healthServed ? DEFAULT_DRAIN_DELAY_SECONDS * 1000 : 0);
 }
 

@@ -24,7 +24,7 @@
 
 import { AllowList } from "./allow.ts";
 import { type Config, ConfigError, loadConfig, type TunnelConfig } from "./config.ts";
-import { drainDelayMs, type ShutdownOptions } from "./drain.ts";
+import { drainDelayFor, type ShutdownOptions } from "./drain.ts";
 import { UsageError } from "./errors.ts";
 import { LocalForwarder } from "./forwarder.ts";
 import { fingerprint, type LoadedKey } from "./keys.ts";
@@ -223,7 +223,7 @@ export class Supervisor {
           idleTimeoutMs: tunnel.idleTimeoutMs,
           keepaliveMs: tunnel.keepaliveMs,
           drainTimeoutMs: tunnel.drainTimeoutMs,
-          drainDelayMs: drainDelayMs(tunnel.drainDelayMs, this.#healthServed),
+          drainDelayMs: drainDelayFor(tunnel.drainDelayMs, this.#healthServed),
           rekeyBytes: tunnel.rekeyBytes,
           logger: log,
         })
@@ -240,7 +240,7 @@ export class Supervisor {
           },
           maxConns: tunnel.maxConns,
           drainTimeoutMs: tunnel.drainTimeoutMs,
-          drainDelayMs: drainDelayMs(tunnel.drainDelayMs, this.#healthServed),
+          drainDelayMs: drainDelayFor(tunnel.drainDelayMs, this.#healthServed),
           logger: log,
         });
     } catch (err) {

@@ -13,7 +13,7 @@ import { SecureChannel } from "../lib/channel.ts";
 import { connect, forward } from "../lib/client.ts";
 import { closeQuietly } from "../lib/conn.ts";
 import { parseConfig } from "../lib/config.ts";
-import { DEFAULT_DRAIN_DELAY_SECONDS, drainDelayMs } from "../lib/drain.ts";
+import { DEFAULT_DRAIN_DELAY_SECONDS, drainDelayFor } from "../lib/drain.ts";
 import { ErrorCode, RemoteError } from "../lib/errors.ts";
 import { LocalForwarder } from "../lib/forwarder.ts";
 import { Session } from "../lib/session.ts";
@@ -312,9 +312,9 @@ Deno.test("drain: --drain-delay is checked like the other times; the config key 
   );
   const help = await runCipherlink(["server", "--help"]);
   assert.match(help.stdout, /--drain-delay SECS/);
-  assert.equal(drainDelayMs(undefined, true), DEFAULT_DRAIN_DELAY_SECONDS * 1000);
-  assert.equal(drainDelayMs(undefined, false), 0, "no /healthz: nothing to wait for");
-  assert.equal(drainDelayMs(500, false), 500, "an explicit delay always applies");
+  assert.equal(drainDelayFor(undefined, true), DEFAULT_DRAIN_DELAY_SECONDS * 1000);
+  assert.equal(drainDelayFor(undefined, false), 0, "no /healthz: nothing to wait for");
+  assert.equal(drainDelayFor(500, false), 500, "an explicit delay always applies");
 });
 
 Deno.test("drain: a config file's tunnels keep accepting for drainDelay on shutdown, not on a reload; endNow() ends it", async () => {
