@@ -117,8 +117,8 @@ export class Supervisor {
   #logSettings: Config["log"];
   #running = new Map<string, Running>();
   #draining = new Set<Promise<void>>();
-  /** Runners still draining, for endNow(). */
-  #drainingRunners = new Set<Runner>();
+  /** Tunnels still draining: for endNow(), and their drain metrics. */
+  #drainingTunnels = new Set<Running>();
   #healthServed = false;
   #queue: Promise<unknown> = Promise.resolve();
   #queuedReload: Promise<boolean> | null = null;
@@ -177,9 +177,14 @@ export class Supervisor {
     return run;
   }
 
-  /** The running tunnels' counters, labelled by role and tunnel name. */
+  /** The counters of the running tunnels and of those still draining, by role and tunnel name. */
   metricsSources(): MetricsSource[] {
-    return [...this.#running.values()].map(({ config, runner }) => ({
+    // A draining tunnel is shown (its drain counters) unless one of that name is shown already.
+    const shown = new Map(this.#running);
+    for (const tunnel of this.#drainingTunnels) {
+      if (!shown.has(tunnel.config.name)) shown.set(tunnel.config.name, tunnel);
+    }
+    return [...shown.values()].map(({ config, runner }) => ({
       stats: runner.stats,
       labels: { role: config.role, tunnel: config.name },
     }));
@@ -203,7 +208,7 @@ export class Supervisor {
   endNow(): Promise<void> {
     const shutdown = this.shutdown();
     for (const running of this.#running.values()) running.runner.endNow();
-    for (const runner of this.#drainingRunners) runner.endNow();
+    for (const { runner } of this.#drainingTunnels) runner.endNow();
     return shutdown;
   }
 
@@ -260,14 +265,14 @@ export class Supervisor {
   #stop(running: Running, options: ShutdownOptions = { delay: false }): Promise<void> {
     this.#running.delete(running.config.name);
     const { runner } = running;
-    this.#drainingRunners.add(runner);
+    this.#drainingTunnels.add(running);
     const drained = runner.shutdown(options).catch((err) => {
       running.log.error("shutdown failed", { error: messageOf(err) });
     });
     this.#draining.add(drained);
     drained.finally(() => {
       this.#draining.delete(drained);
-      this.#drainingRunners.delete(runner);
+      this.#drainingTunnels.delete(running);
     });
     return runner.stopped;
   }

@@ -350,6 +350,11 @@ Deno.test("drain: a config file's tunnels keep accepting for drainDelay on shutd
       await forward(encoder.encode("during"), { server, key }),
       encoder.encode("during"),
     );
+    const [source, ...others] = supervisor.metricsSources();
+    assert.deepEqual(source.labels, { role: "server", tunnel: "kept" }, "shown while draining");
+    assert.equal(others.length, 0, "the removed tunnel's drain is over");
+    assert.ok(source.stats.drainSeconds > 0);
+    await until(() => source.stats.sessionsDrained === 1, "the session counted as drained");
     await within(supervisor.endNow(), 5000, "endNow() ending the 30 s delay");
     await stopping;
     await assert.rejects(
