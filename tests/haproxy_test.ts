@@ -353,6 +353,35 @@ if (HAPROXY === null) {
 
 Deno.test({
   name:
+    "haproxy: deploy/haproxy.cfg is valid for haproxy -c and has the settings the README describes",
+  ignore: HAPROXY === null,
+  fn: async () => {
+    const text = await Deno.readTextFile(DEPLOY_CONFIG);
+    const directives = text.split("\n").map((l) =>
+      l.replace(/#.*/, "").trim().replace(/\s+/g, " ")
+    );
+    for (
+      const wanted of [
+        "mode tcp",
+        "retries 3",
+        "option redispatch 1",
+        "timeout client 1h",
+        "timeout server 1h",
+        "option httpchk GET /healthz",
+        "http-check expect status 200",
+        "default-server check inter 200ms fall 1 rise 2 port 9108",
+      ]
+    ) {
+      assert.ok(directives.includes(wanted), `deploy/haproxy.cfg lacks "${wanted}"`);
+    }
+    const check = await new Deno.Command(HAPROXY!, { args: ["-c", "-f", DEPLOY_CONFIG] }).output();
+    const output = new TextDecoder().decode(check.stdout) + new TextDecoder().decode(check.stderr);
+    assert.equal(check.code, 0, output);
+  },
+});
+
+Deno.test({
+  name:
     "haproxy: each server restarted once under load behind HAProxy; 0 sessions lost or corrupted",
   ignore: HAPROXY === null,
   fn: async () => {
