@@ -16,7 +16,7 @@
 
 import assert from "node:assert/strict";
 import { closeQuietly, writeAll } from "../lib/conn.ts";
-import { sha256Hex } from "./helpers.ts";
+import { randomBytes, sha256Hex } from "./helpers.ts";
 import { type Daemon, freePort, startDaemon, tempKey } from "./process.ts";
 
 const DEPLOY_CONFIG = new URL("../deploy/haproxy.cfg", import.meta.url).pathname;
@@ -252,16 +252,22 @@ async function rollingRestart(haproxy: string, minSessions: number): Promise<Run
     ]);
     const clientPort = client.port;
 
-    // One random pool; each session sends a slice at its own offset.
-    const pool = crypto.getRandomValues(new Uint8Array(65536));
+    // One random pool; each session sends the 256 KiB at its own offset, so
+    // no two sessions send the same bytes and a mix-up shows in the hash.
+    const pool = randomBytes(4 * SESSION_BYTES);
     const payloadFor = (i: number) => {
-      const out = new Uint8Array(SESSION_BYTES);
-      for (let at = 0; at < SESSION_BYTES; at += pool.length) out.set(pool, at);
-      new DataView(out.buffer).setUint32(0, i); // sessions differ from the first bytes
-      new DataView(out.buffer).setUint32(SESSION_BYTES - 4, i ^ 0x5a5a5a5a);
-      return out;
+      const offset = (i * 7919) % (pool.length - SESSION_BYTES);
+      return pool.subarray(offset, offset + SESSION_BYTES);
     };
     const counts: Record<Outcome, number> = { ok: 0, lost: 0, corrupted: 0 };
+    const finished = () => counts.ok + counts.lost + counts.corrupted;
+    /** Restart marks waiting for that many finished sessions. */
+    const marks: { count: number; reached: () => void }[] = [];
+    const reached = (count: number) =>
+      new Promise<void>((resolve) => {
+        if (finished() >= count) resolve();
+        else marks.push({ count, reached: resolve });
+      });
     let next = 0;
     let inFlight = 0;
     let restartsDone = false;
@@ -273,6 +279,10 @@ async function rollingRestart(haproxy: string, minSessions: number): Promise<Run
         const outcome = await hashedSession(clientPort, payloadFor(i));
         inFlight--;
         counts[outcome]++;
+        for (const mark of marks.filter((m) => finished() >= m.count)) {
+          marks.splice(marks.indexOf(mark), 1);
+          mark.reached();
+        }
       }
     };
     const load = Promise.all(Array.from({ length: CONCURRENCY }, worker));
@@ -280,10 +290,8 @@ async function rollingRestart(haproxy: string, minSessions: number): Promise<Run
       try {
         for (const [index, slot] of slots.entries()) {
           // Restart once a fifth (then two fifths) of the sessions are done, under full load.
-          const mark = Math.floor((minSessions * (index + 1)) / 5);
-          while (counts.ok + counts.lost + counts.corrupted < mark) {
-            await new Promise((resolve) => setTimeout(resolve, 20));
-          }
+          // (Sessions are bounded by SESSION_BOUND_MS each, so the count keeps moving.)
+          await reached(Math.floor((minSessions * (index + 1)) / 5));
           const at = inFlight;
           const t0 = performance.now();
           const code = await slot.daemon.stop("SIGTERM");
