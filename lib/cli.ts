@@ -17,6 +17,7 @@ import { DEFAULT_REKEY_BYTES } from "./channel.ts";
 import { connect, type ConnectOptions, forward as _forward } from "./client.ts";
 import { checkConfigCommand } from "./config.ts";
 import { readableOf, writableOf } from "./conn.ts";
+import { DEFAULT_DRAIN_DELAY_SECONDS, drainDelayFor } from "./drain.ts";
 import { CipherlinkError, UsageError } from "./errors.ts";
 import { LocalForwarder } from "./forwarder.ts";
 import { DEFAULT_KEY_PATH, generateKeyFile, KEY_FORMATS, type KeyFormat, loadKey } from "./keys.ts";
@@ -67,7 +68,10 @@ Prints the path and the key's fingerprint; never the key.
   --handshake-timeout SECS    time to complete the handshake and OPEN (default 5)
   --idle-timeout SECS         close sessions silent for this long (default 0: off)
   --keepalive SECS            PING after this much silence; drop after 3 unanswered (default 0: off)
-  --drain-timeout SECS        on SIGINT/SIGTERM, time open sessions get to finish (default 10)
+  --drain-delay SECS          on SIGINT/SIGTERM, keep accepting this long while /healthz
+                              answers 503 (default ${DEFAULT_DRAIN_DELAY_SECONDS} with --metrics, else 0)
+  --drain-timeout SECS        then stop accepting; time every accepted connection gets to
+                              finish before ERROR 6 (default 10); a second signal ends at once
   --rekey-bytes N             plaintext bytes sent under one key before REKEY (default 2^30)
   --metrics HOST:PORT         serve GET /metrics (Prometheus) and GET /healthz there
   --log-level LEVEL           debug, info (default), warn, error
@@ -84,7 +88,7 @@ Prints the path and the key's fingerprint; never the key.
   --socks HOST:PORT           SOCKS5 proxy (CONNECT; IPv4, IPv6, domain names)
   --max-conns N               concurrent local connections (default 100)
   --keepalive SECS            PING after this much silence; drop after 3 unanswered (default 0: off)
-  --drain-timeout SECS        on SIGINT/SIGTERM, time open sessions get to finish (default 10)
+  --drain-delay SECS, --drain-timeout SECS   as for the server, for local connections
   --rekey-bytes N             plaintext bytes sent under one key before REKEY (default 2^30)
   --handshake-timeout SECS    time the server gets to answer the handshake (default 5)
   --metrics HOST:PORT         with --listen/--socks: serve GET /metrics and GET /healthz there
@@ -112,6 +116,7 @@ const commonOptions = {
   keepalive: { type: "string" },
   "max-conns": { type: "string" },
   "drain-timeout": { type: "string" },
+  "drain-delay": { type: "string" },
   "rekey-bytes": { type: "string" },
   "handshake-timeout": { type: "string" },
   metrics: { type: "string" },
@@ -289,18 +294,42 @@ function help(io: Io, command: keyof typeof HELP): number {
   return ExitCode.ok;
 }
 
-/** Resolves when SIGINT or SIGTERM arrives; the returned function unhooks it. */
-function onShutdownSignal(): { signal: Promise<string>; remove(): void } {
-  let remove = () => {};
-  const signal = new Promise<string>((resolve) => {
-    const handlers = (["SIGINT", "SIGTERM"] as const).map((name) => {
-      const handler = () => resolve(name);
-      Deno.addSignalListener(name, handler);
-      return [name, handler] as const;
-    });
-    remove = () => handlers.forEach(([name, handler]) => Deno.removeSignalListener(name, handler));
+/**
+ * `signal` resolves when SIGINT or SIGTERM first arrives; each later one
+ * calls what `again` was given (ending the drain at once). `remove` unhooks.
+ */
+function onShutdownSignal(): {
+  signal: Promise<string>;
+  again(handler: () => void): void;
+  remove(): void;
+} {
+  let first: ((name: string) => void) | null = null;
+  let repeat = () => {};
+  const signal = new Promise<string>((resolve) => (first = resolve));
+  const handlers = (["SIGINT", "SIGTERM"] as const).map((name) => {
+    const handler = () => {
+      if (first) {
+        first(name);
+        first = null;
+      } else repeat();
+    };
+    Deno.addSignalListener(name, handler);
+    return [name, handler] as const;
   });
-  return { signal, remove: () => remove() };
+  return {
+    signal,
+    again: (handler) => (repeat = handler),
+    remove: () => handlers.forEach(([name, handler]) => Deno.removeSignalListener(name, handler)),
+  };
+}
+
+/** `--drain-delay`: as given, else the default when /healthz is served. */
+function drainDelay(values: { "drain-delay"?: string; metrics?: string }): number {
+  const given = values["drain-delay"];
+  return drainDelayFor(
+    given === undefined ? undefined : seconds("drain-delay", given, 0),
+    values.metrics !== undefined,
+  );
 }
 
 async function server(args: string[], io: Io): Promise<number> {
@@ -336,6 +365,7 @@ async function server(args: string[], io: Io): Promise<number> {
     idleTimeoutMs: seconds("idle-timeout", values["idle-timeout"], 0),
     keepaliveMs: seconds("keepalive", values.keepalive, 0),
     drainTimeoutMs: seconds("drain-timeout", values["drain-timeout"], 10),
+    drainDelayMs: drainDelay(values),
     rekeyBytes: integer(
       "rekey-bytes",
       values["rekey-bytes"],
@@ -366,6 +396,10 @@ async function server(args: string[], io: Io): Promise<number> {
     }, log);
   const name = await shutdown.signal;
   log.info("shutting down", { signal: name });
+  shutdown.again(() => {
+    log.info("second signal: ending every session now");
+    running.endNow();
+  });
   await running.shutdown();
   await endpoint?.shutdown();
   shutdown.remove();
@@ -417,6 +451,7 @@ async function client(args: string[], io: Io): Promise<number> {
   };
   const maxConns = integer("max-conns", values["max-conns"], 100, 1, 1_000_000);
   const drainTimeoutMs = seconds("drain-timeout", values["drain-timeout"], 10);
+  const delayMs = drainDelay(values);
   const listen = values.listen ?? values.socks;
   const listenAddress: HostPort | undefined = listen === undefined
     ? undefined
@@ -437,6 +472,7 @@ async function client(args: string[], io: Io): Promise<number> {
         connect: options,
         maxConns,
         drainTimeoutMs,
+        drainDelayMs: delayMs,
         logger: log,
       });
     } catch (err) {
@@ -452,6 +488,10 @@ async function client(args: string[], io: Io): Promise<number> {
       }, log);
     const name = await shutdown.signal;
     log.info("shutting down", { signal: name });
+    shutdown.again(() => {
+      log.info("second signal: ending every session now");
+      forwarder.endNow();
+    });
     await forwarder.shutdown();
     await endpoint?.shutdown();
     shutdown.remove();

@@ -69,6 +69,8 @@ interface TunnelBase {
   handshakeTimeoutMs: number;
   keepaliveMs: number;
   drainTimeoutMs: number;
+  /** `drainDelay` when given; absent, the supervisor's default applies. */
+  drainDelayMs?: number;
   rekeyBytes: number;
 }
 
@@ -332,6 +334,7 @@ const COMMON_FIELDS = [
   "handshakeTimeout",
   "keepalive",
   "drainTimeout",
+  "drainDelay",
   "rekeyBytes",
 ];
 const ROLE_FIELDS = {
@@ -507,6 +510,7 @@ function parseTunnel(entry: JsonValue, index: number, file: string, folder: stri
     drainTimeoutMs: fields.seconds("drainTimeout", 10),
     rekeyBytes: fields.integer("rekeyBytes", DEFAULT_REKEY_BYTES, 1, DEFAULT_REKEY_BYTES),
   };
+  if (fields.has("drainDelay")) base.drainDelayMs = fields.seconds("drainDelay", 0);
   if (role === "server") {
     return {
       ...base,

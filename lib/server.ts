@@ -2,7 +2,8 @@
  * The Cipherlink server: accepts tunnel connections, runs the handshake under
  * a deadline, admits OPENs by policy, and serves each session with echo, the
  * fixed forward target, or an allowed address. Enforces `--max-conns` and
- * drains on shutdown.
+ * drains on shutdown: accepting on for the drain delay, then serving every
+ * accepted connection to its end until the drain timeout.
  *
  * @example
  * ```ts
@@ -23,7 +24,7 @@ import { lookup } from "node:dns/promises";
 import { AllowList } from "./allow.ts";
 import { ReplayGuard, SecureChannel } from "./channel.ts";
 import { closeQuietly } from "./conn.ts";
-import { drain } from "./drain.ts";
+import { drainListener, type ShutdownOptions } from "./drain.ts";
 import {
   AuthenticationError,
   CipherlinkError,
@@ -50,6 +51,8 @@ export interface ServerOptions {
   idleTimeoutMs?: number;
   keepaliveMs?: number;
   drainTimeoutMs?: number;
+  /** How long shutdown() keeps accepting before it closes the listener (default 0). */
+  drainDelayMs?: number;
   rekeyBytes?: number;
   logger?: Logger;
 }
@@ -80,6 +83,10 @@ export class TunnelServer {
   #replays = new ReplayGuard();
   #nextId = 0;
   #draining = false;
+  #shutdown: Promise<void> | null = null;
+  #listenerClosed = false;
+  /** Aborted by endNow(): the drain's delay and deadline end at once. */
+  #hurry = new AbortController();
 
   private constructor(listener: Deno.TcpListener, options: ServerOptions) {
     this.#listener = listener;
@@ -91,6 +98,7 @@ export class TunnelServer {
       idleTimeoutMs: 0,
       keepaliveMs: 0,
       drainTimeoutMs: 10000,
+      drainDelayMs: 0,
       rekeyBytes: 2 ** 30,
       logger: new Logger(),
       ...options,
@@ -130,30 +138,39 @@ export class TunnelServer {
   }
 
   /**
-   * Stops accepting, lets open sessions finish for up to the drain timeout,
-   * then ends the rest with ERROR 6.
+   * Drains: `draining` turns true at once (so /healthz answers 503), the
+   * listener keeps accepting for the drain delay (unless `delay: false`),
+   * then closes; every connection accepted by then is served, handshake
+   * included, for up to the drain timeout; the rest are then ended (ERROR 6
+   * for sessions). Calling it again returns the same drain.
    */
-  async shutdown(): Promise<void> {
-    if (this.#draining) return await this.stopped;
+  shutdown(options: ShutdownOptions = {}): Promise<void> {
     this.#draining = true;
-    this.#listener.close();
-    await this.stopped;
-    for (const { conn, session } of this.#connections.values()) {
-      if (!session) closeQuietly(conn);
-    }
-    const open = [...this.#connections.values()];
-    if (open.length > 0) {
-      this.#log.info("draining", {
-        sessions: open.length,
-        drain_timeout_ms: this.#options.drainTimeoutMs,
-      });
-    }
-    await drain(open.map((c) => c.done), this.#options.drainTimeoutMs, () => {
-      for (const { session } of this.#connections.values()) {
-        session?.abort(ErrorCode.internal, "server shutting down");
-      }
+    this.#shutdown ??= this.#drain(options.delay ?? true);
+    return this.#shutdown;
+  }
+
+  /** Ends a drain at once (a second SIGTERM/SIGINT): no more delay, no more deadline. */
+  endNow(): Promise<void> {
+    this.#hurry.abort();
+    return this.shutdown();
+  }
+
+  #drain(delay: boolean): Promise<void> {
+    return drainListener({
+      delayMs: delay ? this.#options.drainDelayMs : 0,
+      timeoutMs: this.#options.drainTimeoutMs,
+      hurry: this.#hurry.signal,
+      closeListener: () => {
+        this.#listenerClosed = true;
+        this.#listener.close();
+        return this.stopped;
+      },
+      accepted: () => this.#connections.values(),
+      abortMessage: "server shutting down",
+      stats: this.stats,
+      log: this.#log,
     });
-    this.#log.info("stopped");
   }
 
   get #log(): Logger {
@@ -166,7 +183,7 @@ export class TunnelServer {
       try {
         conn = await this.#listener.accept();
       } catch (err) {
-        if (this.#draining || err instanceof Deno.errors.BadResource) return;
+        if (this.#listenerClosed || err instanceof Deno.errors.BadResource) return;
         this.#log.error("accept failed", { error: (err as Error).message });
         continue;
       }
@@ -221,10 +238,6 @@ export class TunnelServer {
       return;
     } finally {
       clearTimeout(deadline);
-    }
-    if (this.#draining) {
-      await this.#reject(channel, ErrorCode.internal, "server shutting down");
-      return;
     }
     const seconds = (performance.now() - started) / 1000;
     this.stats.handshake("ok", seconds);

@@ -7,8 +7,9 @@
  * Otherwise new tunnels start, removed ones stop accepting and drain, a
  * tunnel whose key (file path or contents) is all that changed gets the new
  * key for new sessions while open ones go on, and a tunnel with any other
- * change is drained and started again. SIGINT/SIGTERM drain every tunnel and
- * exit 0.
+ * change is drained and started again (at once: no drain delay on a reload).
+ * SIGINT/SIGTERM drain every tunnel (each keeps accepting for its drain delay
+ * first) and exit 0; a second one ends every session at once.
  *
  * @example
  * ```ts
@@ -23,6 +24,7 @@
 
 import { AllowList } from "./allow.ts";
 import { type Config, ConfigError, loadConfig, type TunnelConfig } from "./config.ts";
+import { drainDelayFor, type ShutdownOptions } from "./drain.ts";
 import { UsageError } from "./errors.ts";
 import { LocalForwarder } from "./forwarder.ts";
 import { fingerprint, type LoadedKey } from "./keys.ts";
@@ -45,7 +47,8 @@ interface Runner {
   readonly addr: Deno.NetAddr;
   /** Resolves once the listener is closed and the accept loop ended. */
   readonly stopped: Promise<void>;
-  shutdown(): Promise<void>;
+  shutdown(options?: ShutdownOptions): Promise<void>;
+  endNow(): Promise<void>;
   setKey(key: Uint8Array): void;
   readonly stats: TunnelStats;
 }
@@ -88,6 +91,8 @@ export interface SupervisorOptions {
   format?: LogFormat;
   /** Where log lines go (stderr by default); tests capture them. */
   sink?: LogSink;
+  /** Whether /healthz is served (--metrics): the default drain delay applies only then. */
+  healthServed?: boolean;
 }
 
 /** Everything but the key path: what decides between a key swap and a restart. */
@@ -112,6 +117,9 @@ export class Supervisor {
   #logSettings: Config["log"];
   #running = new Map<string, Running>();
   #draining = new Set<Promise<void>>();
+  /** Tunnels still draining: for endNow(), and their drain metrics. */
+  #drainingTunnels = new Set<Running>();
+  #healthServed = false;
   #queue: Promise<unknown> = Promise.resolve();
   #queuedReload: Promise<boolean> | null = null;
   #shutdown: Promise<void> | null = null;
@@ -136,6 +144,7 @@ export class Supervisor {
       options.sink,
     );
     const supervisor = new Supervisor(file, log, config.log);
+    supervisor.#healthServed = options.healthServed ?? false;
     log.info("config loaded", { config: file, tunnels: config.tunnels.length });
     try {
       for (const tunnel of config.tunnels) await supervisor.#start(tunnel, keys.get(tunnel.name)!);
@@ -168,9 +177,14 @@ export class Supervisor {
     return run;
   }
 
-  /** The running tunnels' counters, labelled by role and tunnel name. */
+  /** The counters of the running tunnels and of those still draining, by role and tunnel name. */
   metricsSources(): MetricsSource[] {
-    return [...this.#running.values()].map(({ config, runner }) => ({
+    // A draining tunnel is shown (its drain counters) unless one of that name is shown already.
+    const shown = new Map(this.#running);
+    for (const tunnel of this.#drainingTunnels) {
+      if (!shown.has(tunnel.config.name)) shown.set(tunnel.config.name, tunnel);
+    }
+    return [...shown.values()].map(({ config, runner }) => ({
       stats: runner.stats,
       labels: { role: config.role, tunnel: config.name },
     }));
@@ -184,10 +198,18 @@ export class Supervisor {
   /** Stops every tunnel: stop accepting, drain open sessions, end the rest. */
   shutdown(): Promise<void> {
     this.#shutdown ??= this.#queue.then(async () => {
-      for (const running of [...this.#running.values()]) this.#stop(running);
+      for (const running of [...this.#running.values()]) this.#stop(running, { delay: true });
       await Promise.all(this.#draining);
     });
     return this.#shutdown;
+  }
+
+  /** Ends every drain at once (a second SIGINT/SIGTERM), shutting down if not yet. */
+  endNow(): Promise<void> {
+    const shutdown = this.shutdown();
+    for (const running of this.#running.values()) running.runner.endNow();
+    for (const { runner } of this.#drainingTunnels) runner.endNow();
+    return shutdown;
   }
 
   async #start(tunnel: TunnelConfig, loaded: LoadedKey): Promise<void> {
@@ -206,6 +228,7 @@ export class Supervisor {
           idleTimeoutMs: tunnel.idleTimeoutMs,
           keepaliveMs: tunnel.keepaliveMs,
           drainTimeoutMs: tunnel.drainTimeoutMs,
+          drainDelayMs: drainDelayFor(tunnel.drainDelayMs, this.#healthServed),
           rekeyBytes: tunnel.rekeyBytes,
           logger: log,
         })
@@ -222,6 +245,7 @@ export class Supervisor {
           },
           maxConns: tunnel.maxConns,
           drainTimeoutMs: tunnel.drainTimeoutMs,
+          drainDelayMs: drainDelayFor(tunnel.drainDelayMs, this.#healthServed),
           logger: log,
         });
     } catch (err) {
@@ -234,15 +258,23 @@ export class Supervisor {
     this.#running.set(tunnel.name, { config: tunnel, key: loaded.key, runner, log });
   }
 
-  /** Begins draining; resolves once its listener is closed (its port is free). */
-  #stop(running: Running): Promise<void> {
+  /**
+   * Begins draining (after the drain delay only when `delay`: a reload has no
+   * 503 to show first); resolves once its listener is closed (its port is free).
+   */
+  #stop(running: Running, options: ShutdownOptions = { delay: false }): Promise<void> {
     this.#running.delete(running.config.name);
-    const drained = running.runner.shutdown().catch((err) => {
+    const { runner } = running;
+    this.#drainingTunnels.add(running);
+    const drained = runner.shutdown(options).catch((err) => {
       running.log.error("shutdown failed", { error: messageOf(err) });
     });
     this.#draining.add(drained);
-    drained.finally(() => this.#draining.delete(drained));
-    return running.runner.stopped;
+    drained.finally(() => {
+      this.#draining.delete(drained);
+      this.#drainingTunnels.delete(running);
+    });
+    return runner.stopped;
   }
 
   async #reloadNow(): Promise<boolean> {
@@ -364,13 +396,26 @@ export async function runConfig(
   };
   let onStop = (_signal: string) => {};
   const stopSignal = new Promise<string>((resolve) => (onStop = resolve));
+  let stopping = false;
   const handlers = (["SIGINT", "SIGTERM"] as const).map((name) =>
-    [name, () => onStop(name)] as const
+    [name, () => {
+      if (!stopping || !supervisor) {
+        stopping = true;
+        onStop(name);
+        return;
+      }
+      supervisor.log.info("second signal: ending every session now");
+      supervisor.endNow();
+    }] as const
   );
   Deno.addSignalListener("SIGHUP", onHangup);
   for (const [name, handler] of handlers) Deno.addSignalListener(name, handler);
   try {
-    supervisor = await Supervisor.start(file, { level, format });
+    supervisor = await Supervisor.start(file, {
+      level,
+      format,
+      healthServed: typeof values.metrics === "string",
+    });
     const running = supervisor;
     const endpoint = typeof values.metrics === "string"
       ? serveMetrics(parseHostPort(values.metrics, true), {
