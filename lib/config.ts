@@ -22,6 +22,7 @@ import { dirname, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { AllowList } from "./allow.ts";
 import { DEFAULT_REKEY_BYTES } from "./channel.ts";
+import { CRYPTO_PROVIDERS, type CryptoProviderName } from "./crypto/provider.ts";
 import { CipherlinkError, UsageError } from "./errors.ts";
 import { type LoadedKey, loadKey } from "./keys.ts";
 import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from "./log.ts";
@@ -70,6 +71,10 @@ interface TunnelBase {
   keepaliveMs: number;
   drainTimeoutMs: number;
   rekeyBytes: number;
+  /** The crypto provider (`--crypto`); the wire is the same with either. */
+  crypto: CryptoProviderName;
+  /** openssl only: the libcrypto path, resolved against the config file's folder. */
+  libcrypto?: string;
 }
 
 /** A server listener: accepts tunnels and serves echo, `forward` or `allow`ed targets. */
@@ -333,6 +338,8 @@ const COMMON_FIELDS = [
   "keepalive",
   "drainTimeout",
   "rekeyBytes",
+  "crypto",
+  "libcrypto",
 ];
 const ROLE_FIELDS = {
   server: [...COMMON_FIELDS, "forward", "allow", "idleTimeout"],
@@ -506,6 +513,7 @@ function parseTunnel(entry: JsonValue, index: number, file: string, folder: stri
     keepaliveMs: fields.seconds("keepalive", 0),
     drainTimeoutMs: fields.seconds("drainTimeout", 10),
     rekeyBytes: fields.integer("rekeyBytes", DEFAULT_REKEY_BYTES, 1, DEFAULT_REKEY_BYTES),
+    ...parseCrypto(fields, folder),
   };
   if (role === "server") {
     return {
@@ -528,6 +536,19 @@ function parseTunnel(entry: JsonValue, index: number, file: string, folder: stri
     server: fields.requiredHostPort("server", "HOST:PORT of the Cipherlink server"),
     connect,
   };
+}
+
+/** `crypto` (default webcrypto; CIPHERLINK_CRYPTO does not apply to files) and `libcrypto`. */
+function parseCrypto(
+  fields: Fields,
+  folder: string,
+): { crypto: CryptoProviderName; libcrypto?: string } {
+  const crypto = fields.oneOf("crypto", CRYPTO_PROVIDERS) ?? "webcrypto";
+  const libcrypto = fields.string("libcrypto");
+  if (libcrypto === undefined) return { crypto };
+  if (crypto !== "openssl") fields.fail("libcrypto", 'has no meaning unless "crypto" is "openssl"');
+  if (libcrypto === "") fields.fail("libcrypto", "must not be empty");
+  return { crypto, libcrypto: resolve(folder, libcrypto) };
 }
 
 function parseAllow(fields: Fields): string[] {
