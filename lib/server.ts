@@ -119,6 +119,7 @@ export class TunnelServer {
       `listening on ${formatHostPort({ host: server.addr.hostname, port: server.addr.port })}`,
       {
         service: options.forward ? `forward ${formatHostPort(options.forward)}` : "echo",
+        crypto: server.#options.provider.name,
       },
     );
     return Promise.resolve(server);
