@@ -305,4 +305,32 @@ Deno.test({
   },
 });
 
+Deno.test("crypto cli: a config tunnel whose libcrypto cannot load stops the start, naming the tunnel and field", async () => {
+  const key = await tempKey();
+  try {
+    const file = `${key.dir}/tunnels.json`;
+    await Deno.writeTextFile(
+      file,
+      JSON.stringify({
+        tunnels: [{
+          name: "fast",
+          role: "server",
+          listen: `${LOCAL}:0`,
+          key: "shared.key",
+          crypto: "openssl",
+          libcrypto: "missing/libcrypto.so.3",
+        }],
+      }),
+    );
+    const result = await runCipherlink(["server", "--config", file]);
+    assert.equal(result.code, 1, result.stderr);
+    assert.match(
+      result.stderr,
+      /cipherlink: error: config .*: tunnel "fast": field "libcrypto": --crypto openssl cannot load .*missing\/libcrypto\.so\.3: /,
+    );
+  } finally {
+    await key.cleanup();
+  }
+});
+
 if (opensslMissing) Deno.test({ name: opensslMissing, ignore: true, fn() {} });
