@@ -72,6 +72,12 @@ function* wait<T>(value: MaybePromise<T>): Steps<T> {
   return value instanceof Promise ? (yield value) as T : value;
 }
 
+/** Two provider results inside Steps, awaited together when either is a promise. */
+function* both<A, B>(a: MaybePromise<A>, b: MaybePromise<B>): Steps<[A, B]> {
+  if (!(a instanceof Promise) && !(b instanceof Promise)) return [a, b];
+  return (yield Promise.all([a, b])) as [A, B];
+}
+
 /**
  * Runs `steps`: synchronously to the end while nothing is yielded (a plain
  * value, or a synchronous throw), and from the first yielded promise on as
@@ -323,12 +329,24 @@ function* decryptNext(cs: CipherState, ad: Uint8Array, ciphertext: Uint8Array): 
   return plaintext;
 }
 
-/** Noise SymmetricState: chaining key, handshake hash, and the CipherState. */
+/**
+ * Noise SymmetricState: chaining key, handshake hash, and the CipherState.
+ *
+ * Two shortcuts that change no byte: the key a MixKey produces is imported
+ * only when something is encrypted or decrypted with it (in `e, ee` the
+ * first MixKey's key is replaced unused), and the hash of the handshake's
+ * last ciphertext is computed only if the final handshake hash is asked for
+ * (nothing after Split needs it).
+ */
 class SymmetricState {
   readonly provider: CryptoProvider;
   ck: Uint8Array;
   h: Uint8Array;
   #cipher: CipherState | null = null;
+  /** A MixKey's key not imported yet (zeroed once it is, or once replaced). */
+  #pendingKey: Uint8Array | null = null;
+  /** The last message's ciphertext, not yet mixed into h. */
+  #tail: Uint8Array | null = null;
 
   constructor(provider: CryptoProvider, ck: Uint8Array, h: Uint8Array) {
     this.provider = provider;
@@ -356,6 +374,18 @@ class SymmetricState {
     out.fill(0);
   }
 
+  /** The `e` token with a psk: MixHash(e) and MixKey(e), computed at once (they are independent). */
+  *mixEphemeral(publicKey: Uint8Array): Steps<void> {
+    const [h, out] = yield* both(
+      this.provider.sha256(this.h, publicKey),
+      this.provider.hkdf(this.ck, publicKey, 2 * HASH_LEN),
+    );
+    this.h = h;
+    this.#takeChainingKey(out);
+    this.#setCipher(out.subarray(HASH_LEN, 2 * HASH_LEN));
+    out.fill(0);
+  }
+
   *mixKeyAndHash(ikm: Uint8Array): Steps<void> {
     const out = yield* wait(this.provider.hkdf(this.ck, ikm, 3 * HASH_LEN));
     this.#takeChainingKey(out);
@@ -367,20 +397,32 @@ class SymmetricState {
     }
   }
 
-  *encryptAndHash(plaintext: Uint8Array): Steps<Uint8Array> {
-    const ciphertext = this.#cipher
-      ? yield* encryptNext(this.#cipher, this.h, plaintext)
-      : plaintext;
-    yield* this.mixHash(ciphertext);
+  /** EncryptAndHash; `last`: the hash of the result is left for finalHash(). */
+  *encryptAndHash(plaintext: Uint8Array, last = false): Steps<Uint8Array> {
+    const cipher = this.#takeCipher();
+    const ciphertext = cipher ? yield* encryptNext(cipher, this.h, plaintext) : plaintext;
+    if (last) this.#tail = ciphertext;
+    else yield* this.mixHash(ciphertext);
     return ciphertext;
   }
 
-  *decryptAndHash(ciphertext: Uint8Array): Steps<Uint8Array> {
-    const plaintext = this.#cipher
-      ? yield* decryptNext(this.#cipher, this.h, ciphertext)
-      : ciphertext;
-    yield* this.mixHash(ciphertext);
+  /** DecryptAndHash; `last` as for encryptAndHash. */
+  *decryptAndHash(ciphertext: Uint8Array, last = false): Steps<Uint8Array> {
+    const cipher = this.#takeCipher();
+    const plaintext = cipher ? yield* decryptNext(cipher, this.h, ciphertext) : ciphertext;
+    if (last) this.#tail = ciphertext.slice();
+    else yield* this.mixHash(ciphertext);
     return plaintext;
+  }
+
+  /** h with the last message mixed in: the final handshake hash. */
+  *finalHash(): Steps<Uint8Array> {
+    if (this.#tail) {
+      const tail = this.#tail;
+      this.#tail = null;
+      yield* this.mixHash(tail);
+    }
+    return this.h;
   }
 
   *split(): Steps<[CipherState, CipherState]> {
@@ -399,6 +441,8 @@ class SymmetricState {
   /** Zeroes the chaining key and releases the handshake CipherState. */
   dispose(): void {
     this.ck.fill(0);
+    this.#pendingKey?.fill(0);
+    this.#pendingKey = null;
     this.#cipher?.dispose();
     this.#cipher = null;
   }
@@ -408,9 +452,25 @@ class SymmetricState {
     this.ck = out.slice(0, HASH_LEN);
   }
 
+  /** Keeps a copy of the new key; the old key and cipher are released. */
   #setCipher(key: Uint8Array): void {
+    this.#pendingKey?.fill(0);
+    this.#pendingKey = key.slice();
     this.#cipher?.dispose();
-    this.#cipher = CipherState.fromKey(key, this.provider);
+    this.#cipher = null;
+  }
+
+  /** The current CipherState, imported now if its key is still pending. */
+  #takeCipher(): CipherState | null {
+    if (this.#pendingKey) {
+      try {
+        this.#cipher = CipherState.fromKey(this.#pendingKey, this.provider);
+      } finally {
+        this.#pendingKey.fill(0);
+        this.#pendingKey = null;
+      }
+    }
+    return this.#cipher;
   }
 }
 
@@ -590,9 +650,12 @@ export class NNpsk0Handshake {
     return new NNpsk0Handshake(role, provider, state, e);
   }
 
-  /** The handshake hash h (final after message 2). */
-  get handshakeHash(): Uint8Array {
-    return this.#state.h;
+  /**
+   * The final handshake hash h (after message 2), computed on demand: nothing
+   * in Cipherlink needs it (it is for channel binding and the test vector).
+   */
+  handshakeHash(): MaybePromise<Uint8Array> {
+    return drive(this.#state.finalHash());
   }
 
   /** Initiator: message 1 = e.pub || ENCRYPT(payload). */
@@ -631,8 +694,7 @@ export class NNpsk0Handshake {
   *#writeMessage1(payload: Uint8Array): Steps<Uint8Array> {
     const s = this.#state;
     const e = yield* this.#ephemeral();
-    yield* s.mixHash(e.publicKey);
-    yield* s.mixKey(e.publicKey);
+    yield* s.mixEphemeral(e.publicKey);
     return concat(e.publicKey, yield* s.encryptAndHash(payload));
   }
 
@@ -641,38 +703,38 @@ export class NNpsk0Handshake {
     checkLength(message);
     const re = message.slice(0, DH_LEN);
     this.#re = re;
-    yield* s.mixHash(re);
-    yield* s.mixKey(re);
+    yield* s.mixEphemeral(re);
     return yield* s.decryptAndHash(message.subarray(DH_LEN));
   }
 
   *#writeMessage2(payload: Uint8Array): Steps<Uint8Array> {
     const s = this.#state;
     const e = yield* this.#ephemeral();
-    yield* s.mixHash(e.publicKey);
-    yield* s.mixKey(e.publicKey);
-    const shared = yield* dh(this.provider, e, this.#re!);
+    // ee does not depend on the e token's hashing: the two run at once.
+    const [shared] = yield* both(
+      drive(dh(this.provider, e, this.#re!)),
+      drive(s.mixEphemeral(e.publicKey)),
+    );
     try {
       yield* s.mixKey(shared);
     } finally {
       shared.fill(0);
     }
-    return concat(e.publicKey, yield* s.encryptAndHash(payload));
+    return concat(e.publicKey, yield* s.encryptAndHash(payload, true));
   }
 
   *#readMessage2(message: Uint8Array): Steps<Uint8Array> {
     const s = this.#state;
     checkLength(message);
     const re = message.slice(0, DH_LEN);
-    yield* s.mixHash(re);
-    yield* s.mixKey(re);
-    const shared = yield* dh(this.provider, yield* this.#ephemeral(), re);
+    const e = yield* this.#ephemeral();
+    const [shared] = yield* both(drive(dh(this.provider, e, re)), drive(s.mixEphemeral(re)));
     try {
       yield* s.mixKey(shared);
     } finally {
       shared.fill(0);
     }
-    return yield* s.decryptAndHash(message.subarray(DH_LEN));
+    return yield* s.decryptAndHash(message.subarray(DH_LEN), true);
   }
 
   *#ephemeral(): Steps<EphemeralKey> {

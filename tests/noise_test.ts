@@ -54,8 +54,8 @@ async function runVector(initiator: CryptoProvider, responder: CryptoProvider): 
     assert.equal(toHex(msg2), m2.ciphertext);
     assert.equal(toHex(await init.readMessage2(msg2)), m2.payload);
 
-    assert.equal(toHex(init.handshakeHash), v.handshake_hash);
-    assert.equal(toHex(resp.handshakeHash), v.handshake_hash);
+    assert.equal(toHex(await init.handshakeHash()), v.handshake_hash);
+    assert.equal(toHex(await resp.handshakeHash()), v.handshake_hash);
 
     const [iSend, iRecv] = await init.split();
     const [rRecv, rSend] = await resp.split();

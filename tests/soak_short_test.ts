@@ -98,11 +98,13 @@ function assertPassed(rows: SoakRow[]): void {
   }
 }
 
-Deno.test("soak --quick: all five suites run against real processes and pass within about a minute", async () => {
+Deno.test("soak --quick: all six suites run against real processes and pass within about a minute", async () => {
   const result = await quickSoak();
   assert.equal(result.code, 0, result.output.slice(-4000));
   assert.equal(result.passed, true);
-  for (const suite of ["fuzz", "hostile", "load", "faults", "keys"]) rowsOf(result, suite);
+  for (const suite of ["fuzz", "hostile", "load", "faults", "keys", "crypto"]) {
+    rowsOf(result, suite);
+  }
   assertPassed(result.rows);
   assert.ok(result.seconds < 90, `the quick soak took ${result.seconds} s`);
   assert.match(

@@ -1,7 +1,7 @@
 /**
  * The OpenSSL 3 libcrypto binding: every native call Cipherlink makes lives
  * in this module, behind safe wrappers (AES-256-GCM contexts, SHA-256,
- * HMAC-SHA-256, X25519 keys, random bytes).
+ * HMAC-SHA-256 over the digest API, X25519 keys, random bytes).
  *
  * FFI is memory-unsafe, so each wrapper checks every length and offset in
  * TypeScript before the call (buffers are exactly the size the call writes,
@@ -36,7 +36,15 @@ const VERSION_SYMBOLS = {
 const SYMBOLS = {
   ...VERSION_SYMBOLS,
   EVP_aes_256_gcm: { parameters: [], result: "pointer" },
-  EVP_sha256: { parameters: [], result: "pointer" },
+  // (libctx, algorithm name, properties): fetched once, so no call fetches it again
+  EVP_MD_fetch: { parameters: ["pointer", "buffer", "pointer"], result: "pointer" },
+  EVP_MD_free: { parameters: ["pointer"], result: "void" },
+  EVP_MD_CTX_new: { parameters: [], result: "pointer" },
+  EVP_MD_CTX_free: { parameters: ["pointer"], result: "void" },
+  EVP_DigestInit_ex: { parameters: ["pointer", "pointer", "pointer"], result: "i32" },
+  EVP_DigestUpdate: { parameters: ["pointer", "buffer", "usize"], result: "i32" },
+  // (ctx, md, unsigned int *size)
+  EVP_DigestFinal_ex: { parameters: ["pointer", "buffer", "buffer"], result: "i32" },
   EVP_CIPHER_CTX_new: { parameters: [], result: "pointer" },
   EVP_CIPHER_CTX_free: { parameters: ["pointer"], result: "void" },
   // (ctx, cipher, engine, key, iv, enc)
@@ -57,11 +65,6 @@ const SYMBOLS = {
   EVP_Digest: {
     parameters: ["buffer", "usize", "buffer", "buffer", "pointer", "pointer"],
     result: "i32",
-  },
-  // (evp_md, key, int key_len, data, size_t n, md, unsigned int *md_len) -> md or NULL
-  HMAC: {
-    parameters: ["pointer", "buffer", "i32", "buffer", "usize", "buffer", "buffer"],
-    result: "pointer",
   },
   EVP_PKEY_CTX_new: { parameters: ["pointer", "pointer"], result: "pointer" },
   EVP_PKEY_CTX_free: { parameters: ["pointer"], result: "void" },
@@ -88,6 +91,10 @@ const SYMBOLS = {
 type Symbols = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
 
 const NID_X25519 = 1034;
+/** SHA-256's block size: HMAC pads its key to this. */
+const HMAC_BLOCK = 64;
+/** The algorithm name EVP_MD_fetch takes, NUL-terminated. */
+const SHA256_NAME = new TextEncoder().encode("SHA256\0");
 const EVP_CTRL_GCM_GET_TAG = 0x10;
 const EVP_CTRL_GCM_SET_TAG = 0x11;
 /** A zero-length call still gets a valid address (never NULL where OpenSSL reads). */
@@ -154,7 +161,13 @@ export class Libcrypto {
   readonly #lib: Deno.DynamicLibrary<typeof SYMBOLS>;
   readonly #fn: Symbols;
   readonly #aes256gcm: Deno.PointerObject;
+  /** SHA-256 fetched once (implicit fetches cost more than the hash of 64 bytes). */
   readonly #sha256: Deno.PointerObject;
+  /** One digest context, reused by every HMAC (calls are synchronous: never interleaved). */
+  readonly #digest: Deno.PointerObject;
+  /** HMAC scratch: the padded key, then the inner hash. */
+  readonly #pad = new Uint8Array(HMAC_BLOCK);
+  readonly #inner = new Uint8Array(SHA256_SIZE);
   readonly #out = new OutCell();
   readonly #contexts = new FinalizationRegistry<Deno.PointerObject>((ctx) =>
     this.#fn.EVP_CIPHER_CTX_free(ctx)
@@ -169,13 +182,17 @@ export class Libcrypto {
     this.#fn = lib.symbols;
     this.version = version;
     const aes = this.#fn.EVP_aes_256_gcm();
-    const sha = this.#fn.EVP_sha256();
-    if (!aes || !sha) {
+    const sha = this.#fn.EVP_MD_fetch(null, SHA256_NAME, null);
+    const digest = this.#fn.EVP_MD_CTX_new();
+    if (!aes || !sha || !digest) {
+      if (sha) this.#fn.EVP_MD_free(sha);
+      if (digest) this.#fn.EVP_MD_CTX_free(digest);
       lib.close();
       throw new CryptoLibraryError("it has no AES-256-GCM or SHA-256");
     }
     this.#aes256gcm = aes;
     this.#sha256 = sha;
+    this.#digest = digest;
   }
 
   /**
@@ -344,23 +361,46 @@ export class Libcrypto {
     return md;
   }
 
-  /** HMAC-SHA-256(key, data) with the one-shot HMAC(). */
+  /**
+   * HMAC-SHA-256(key, data) per RFC 2104, as two digests on the reused
+   * context: H((K ^ opad) || H((K ^ ipad) || data)). (OpenSSL's one-shot
+   * HMAC() fetches the algorithm on every call and costs twice as much.)
+   */
   hmacSha256(key: Uint8Array, data: Uint8Array): Uint8Array {
     checkInput("an HMAC key", key);
     checkInput("HMAC input", data);
-    const md = new Uint8Array(SHA256_SIZE);
-    const cell = this.#out;
-    const result = this.#fn.HMAC(
-      this.#sha256,
-      key.byteLength > 0 ? key : NO_BYTES,
-      key.byteLength,
-      data.byteLength > 0 ? data : NO_BYTES,
-      BigInt(data.byteLength),
-      md,
-      cell.reset(),
+    const pad = this.#pad, inner = this.#inner;
+    try {
+      pad.fill(0);
+      pad.set(key.byteLength > HMAC_BLOCK ? this.sha256(key) : key);
+      for (let i = 0; i < HMAC_BLOCK; i++) pad[i] ^= 0x36;
+      this.#digestInto(inner, pad, data);
+      for (let i = 0; i < HMAC_BLOCK; i++) pad[i] ^= 0x36 ^ 0x5c;
+      const md = new Uint8Array(SHA256_SIZE);
+      this.#digestInto(md, pad, inner);
+      return md;
+    } finally {
+      pad.fill(0);
+      inner.fill(0);
+    }
+  }
+
+  /** SHA-256(a || b) into `md` on the reused digest context. */
+  #digestInto(md: Uint8Array, a: Uint8Array, b: Uint8Array): void {
+    checkSize("a digest output", md, SHA256_SIZE);
+    const fn = this.#fn, ctx = this.#digest, cell = this.#out;
+    check(fn.EVP_DigestInit_ex(ctx, this.#sha256, null) === 1, "EVP_DigestInit_ex");
+    for (const part of [a, b]) {
+      if (part.byteLength === 0) continue;
+      check(
+        fn.EVP_DigestUpdate(ctx, part, BigInt(part.byteLength)) === 1,
+        "EVP_DigestUpdate",
+      );
+    }
+    check(
+      fn.EVP_DigestFinal_ex(ctx, md, cell.reset()) === 1 && cell.takeSize(4) === SHA256_SIZE,
+      "EVP_DigestFinal_ex",
     );
-    check(result !== null && cell.takeSize(4) === SHA256_SIZE, "HMAC");
-    return md;
   }
 
   /**
@@ -441,6 +481,8 @@ export class Libcrypto {
 
   /** Closes the library; every context and key must have been disposed. */
   close(): void {
+    this.#fn.EVP_MD_CTX_free(this.#digest);
+    this.#fn.EVP_MD_free(this.#sha256);
     this.#lib.close();
   }
 

@@ -14,6 +14,9 @@ import fc from "npm:fast-check@3";
 import { Buffer } from "node:buffer";
 import type { AeadKey, CryptoProvider, X25519KeyPair } from "../../lib/crypto/provider.ts";
 import { AuthenticationError } from "../../lib/errors.ts";
+import { locateLibcrypto } from "../../lib/crypto/locate.ts";
+import { loadCryptoProvider } from "../../lib/crypto/select.ts";
+import { webcrypto } from "../../lib/crypto/webcrypto.ts";
 import { type Row, RowBuilder } from "./common.ts";
 
 /** What to run. */
@@ -279,6 +282,22 @@ async function runCases<T>(
     }
     done += size;
   }
+}
+
+/**
+ * The soak suite: openssl against webcrypto, or one skipped row where no
+ * libcrypto 3 can be found.
+ */
+export function cryptoProviders(
+  options: Omit<DifferentialOptions, "a" | "b">,
+): Promise<Row[]> {
+  const located = locateLibcrypto();
+  if (located.path === undefined) {
+    const row = new RowBuilder("crypto", "openssl and webcrypto providers, differentially");
+    row.skip(`no OpenSSL 3 libcrypto found (tried ${located.tried.join(", ")})`);
+    return Promise.resolve([row.done()]);
+  }
+  return differential({ ...options, a: loadCryptoProvider("openssl"), b: webcrypto });
 }
 
 /** The suite: one row for the AEAD cases, one for the other primitives. */
