@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import {
   CipherState,
+  counterNonce,
   forgetPsk,
   importEphemeral,
   NNpsk0Handshake,
@@ -249,3 +250,12 @@ Deno.test("noise: forgetPsk zeroes the cached handshake prefix; a changed key bu
 });
 
 if (opensslMissing) Deno.test({ name: opensslMissing, ignore: true, fn() {} });
+
+Deno.test("noise: counter nonces are 4 zero bytes and the counter as u64 big-endian", () => {
+  for (const n of [0, 1, 255, 2 ** 32 - 1, 2 ** 32, 2 ** 40 + 5, Number.MAX_SAFE_INTEGER]) {
+    assert.deepEqual(counterNonce(n), counterNonce(BigInt(n)), `${n}`);
+    const view = new DataView(counterNonce(n).buffer);
+    assert.equal(view.getUint32(0), 0);
+    assert.equal(view.getBigUint64(4), BigInt(n));
+  }
+});

@@ -106,24 +106,26 @@ const NO_BYTES = new Uint8Array(1).subarray(0, 0);
  */
 class OutCell {
   readonly bytes = new Uint8Array(8);
-  readonly #view = new DataView(this.bytes.buffer);
-  /** Zeroes the cell, then optionally stores `value` as a size_t/int. */
+  // Native-endian views: C writes an int or unsigned int at the address
+  // itself, a size_t over all 8 bytes.
+  readonly #int = new Int32Array(this.bytes.buffer, 0, 1);
+  readonly #uint = new Uint32Array(this.bytes.buffer, 0, 1);
+  readonly #size = new BigUint64Array(this.bytes.buffer, 0, 1);
+  /** Zeroes the cell, or stores `value` as a size_t (an in/out length). */
   reset(value = 0): Uint8Array {
-    this.#view.setBigUint64(0, BigInt(value), true);
+    this.#size[0] = value === 0 ? 0n : BigInt(value);
     return this.bytes;
   }
-  /** Reads it as a native-endian int (the low 4 bytes) and zeroes it. */
+  /** Reads it as an int, then zeroes it. */
   takeInt(): number {
-    const value = new Int32Array(this.bytes.buffer, 0, 1)[0];
-    this.reset();
+    const value = this.#int[0];
+    this.#size[0] = 0n;
     return value;
   }
-  /** Reads it as a size_t / unsigned int holder of at most 2^32 and zeroes it. */
+  /** Reads it as an unsigned int (4) or a size_t (8), then zeroes it. */
   takeSize(width: 4 | 8): number {
-    const value = width === 4
-      ? new Uint32Array(this.bytes.buffer, 0, 1)[0]
-      : Number(new BigUint64Array(this.bytes.buffer, 0, 1)[0]);
-    this.reset();
+    const value = width === 4 ? this.#uint[0] : Number(this.#size[0]);
+    this.#size[0] = 0n;
     return value;
   }
 }
