@@ -157,7 +157,7 @@ export class SecureChannel {
   ): Promise<SecureChannel> {
     const frames = new FrameReader(readableOf(conn));
     if (role === "initiator") {
-      const hs = await NNpsk0Handshake.create(role, psk, PROLOGUE, { provider: options.provider });
+      using hs = await NNpsk0Handshake.create(role, psk, PROLOGUE, { provider: options.provider });
       await writeAll(conn, handshakeFrame(await hs.writeMessage1()));
       const reply = await frames.next(HANDSHAKE_NONCE_SIZE, MIN_HANDSHAKE_DATA);
       if (!reply) {
@@ -187,7 +187,7 @@ export class SecureChannel {
     }
     // The ephemeral key is made once message 1 is here: a connection that
     // sends nothing, or drips bytes, costs the server no crypto.
-    const hs = await NNpsk0Handshake.create(role, psk, PROLOGUE, { provider: options.provider });
+    using hs = await NNpsk0Handshake.create(role, psk, PROLOGUE, { provider: options.provider });
     try {
       await hs.readMessage1(hello.data);
     } catch (err) {

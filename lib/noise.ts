@@ -697,6 +697,23 @@ export class NNpsk0Handshake {
     return drive(this.#state.split());
   }
 
+  /**
+   * Releases what the handshake holds (ephemeral private key, chaining key,
+   * the handshake's AES key): at once, so a flood of failed handshakes holds
+   * no native memory until a garbage collection. Idempotent; after split()
+   * nothing is left to release. `using hs = …` calls it on every exit.
+   */
+  dispose(): void {
+    this.#e?.dispose();
+    this.#e = null;
+    this.#state.dispose();
+  }
+
+  /** {@linkcode NNpsk0Handshake.dispose}, for `using`. */
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
   *#writeMessage1(payload: Uint8Array): Steps<Uint8Array> {
     const s = this.#state;
     const e = yield* this.#ephemeral();

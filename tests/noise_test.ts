@@ -9,6 +9,7 @@ import {
 } from "../lib/noise.ts";
 import type { CryptoProvider, MaybePromise } from "../lib/crypto/provider.ts";
 import { AuthenticationError } from "../lib/errors.ts";
+import { SecureChannel } from "../lib/channel.ts";
 import { fromHex, toHex } from "./helpers.ts";
 import { openssl, opensslMissing, providers, webcrypto } from "./providers.ts";
 
@@ -257,5 +258,88 @@ Deno.test("noise: counter nonces are 4 zero bytes and the counter as u64 big-end
     const view = new DataView(counterNonce(n).buffer);
     assert.equal(view.getUint32(0), 0);
     assert.equal(view.getBigUint64(4), BigInt(n));
+  }
+});
+
+/** A provider that forwards to `inner` and counts AES keys and X25519 keys not yet disposed. */
+function counting(inner: CryptoProvider): { provider: CryptoProvider; live: () => number } {
+  let live = 0;
+  const track = async <T extends { dispose(): void }>(made: MaybePromise<T>): Promise<T> => {
+    const value = await made;
+    live++;
+    const dispose = value.dispose.bind(value);
+    let done = false;
+    value.dispose = () => {
+      if (!done) live--;
+      done = true;
+      dispose();
+    };
+    return value;
+  };
+  return {
+    live: () => live,
+    provider: {
+      ...inner,
+      sync: false,
+      aeadKey: (key) => track(inner.aeadKey(key)),
+      generateX25519: () => track(inner.generateX25519()),
+      importX25519: (key) => track(inner.importX25519(key)),
+    },
+  };
+}
+
+Deno.test("noise: every key a handshake makes is released, whether it succeeds or fails", async () => {
+  for (const inner of providers) {
+    const { provider, live } = counting(inner);
+    const psk = crypto.getRandomValues(new Uint8Array(32));
+    // Success: split() leaves only the four transport keys, released by their owners.
+    {
+      using init = await NNpsk0Handshake.create("initiator", psk, prologue, { provider });
+      using resp = await NNpsk0Handshake.create("responder", psk, prologue, { provider });
+      await resp.readMessage1(await init.writeMessage1());
+      await init.readMessage2(await resp.writeMessage2());
+      const states = [...await init.split(), ...await resp.split()];
+      // Each key is in use (an async provider imports it in the background).
+      await Promise.all(states.map((cs) => cs.encryptAt(0, new Uint8Array(0), new Uint8Array(0))));
+      assert.equal(live(), 4, `${inner.name}: only the transport keys after split`);
+      for (const cs of states) cs.dispose();
+    }
+    assert.equal(live(), 0, `${inner.name}: after a complete handshake`);
+    // Failure: a wrong key fails message 1; dispose releases the rest.
+    {
+      using init = await NNpsk0Handshake.create("initiator", psk, prologue, { provider });
+      using resp = await NNpsk0Handshake.create("responder", psk.map((x) => x ^ 1), prologue, {
+        provider,
+      });
+      const message1 = await init.writeMessage1();
+      await assert.rejects(async () => await resp.readMessage1(message1), AuthenticationError);
+      assert.ok(live() > 0);
+    }
+    assert.equal(live(), 0, `${inner.name}: after a failed handshake`);
+  }
+});
+
+Deno.test("channel: a handshake that fails releases its keys at once (no wait for GC)", async () => {
+  for (const inner of providers) {
+    const { provider, live } = counting(inner);
+    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    try {
+      const accepted = listener.accept();
+      const client = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+      const server = await accepted;
+      const wrong = crypto.getRandomValues(new Uint8Array(32));
+      const right = crypto.getRandomValues(new Uint8Array(32));
+      const results = await Promise.allSettled([
+        SecureChannel.handshake(client, wrong, "initiator", { provider }),
+        SecureChannel.handshake(server, right, "responder", { provider }).finally(() =>
+          server.close()
+        ),
+      ]);
+      assert.ok(results.every((r) => r.status === "rejected"), `${inner.name}: both failed`);
+      assert.equal(live(), 0, `${inner.name}: keys still held after the failure`);
+      client.close();
+    } finally {
+      listener.close();
+    }
   }
 });
