@@ -305,7 +305,7 @@ Deno.test({
   },
 });
 
-Deno.test("crypto cli: a config tunnel whose libcrypto cannot load stops the start, naming the tunnel and field", async () => {
+Deno.test("crypto cli: a config tunnel whose libcrypto cannot load fails check-config and stops the start, naming the tunnel and field", async () => {
   const key = await tempKey();
   try {
     const file = `${key.dir}/tunnels.json`;
@@ -321,6 +321,12 @@ Deno.test("crypto cli: a config tunnel whose libcrypto cannot load stops the sta
           libcrypto: "missing/libcrypto.so.3",
         }],
       }),
+    );
+    const check = await runCipherlink(["check-config", file]);
+    assert.equal(check.code, 1, check.stderr);
+    assert.equal(
+      check.stderr,
+      `cipherlink: error: config ${file}: tunnel "fast": field "libcrypto": no OpenSSL 3 libcrypto at ${key.dir}/missing/libcrypto.so.3\n`,
     );
     const result = await runCipherlink(["server", "--config", file]);
     assert.equal(result.code, 1, result.stderr);
