@@ -19,6 +19,7 @@
 
 import { connect, type ConnectOptions } from "./client.ts";
 import { closeQuietly } from "./conn.ts";
+import { webcrypto } from "./crypto/webcrypto.ts";
 import { drainListener, type ShutdownOptions } from "./drain.ts";
 import {
   AuthenticationError,
@@ -94,7 +95,11 @@ export class LocalForwarder {
           port: forwarder.addr.port,
         })
       }`,
-      { mode: options.mode, server: formatHostPort({ host, port }) },
+      {
+        mode: options.mode,
+        server: formatHostPort({ host, port }),
+        crypto: (options.connect.provider ?? webcrypto).name,
+      },
     );
     return forwarder;
   }

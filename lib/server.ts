@@ -24,6 +24,8 @@ import { lookup } from "node:dns/promises";
 import { AllowList } from "./allow.ts";
 import { ReplayGuard, SecureChannel } from "./channel.ts";
 import { closeQuietly } from "./conn.ts";
+import type { CryptoProvider } from "./crypto/provider.ts";
+import { webcrypto } from "./crypto/webcrypto.ts";
 import { drainListener, type ShutdownOptions } from "./drain.ts";
 import {
   AuthenticationError,
@@ -55,6 +57,8 @@ export interface ServerOptions {
   drainDelayMs?: number;
   rekeyBytes?: number;
   logger?: Logger;
+  /** Who computes the cryptography (default: Web Crypto; see lib/crypto/select.ts). */
+  provider?: CryptoProvider;
 }
 
 /** How long the server waits for a target to accept its connection. */
@@ -101,6 +105,7 @@ export class TunnelServer {
       drainDelayMs: 0,
       rekeyBytes: 2 ** 30,
       logger: new Logger(),
+      provider: webcrypto,
       ...options,
     };
     this.#sessionOptions = {
@@ -122,6 +127,7 @@ export class TunnelServer {
       `listening on ${formatHostPort({ host: server.addr.hostname, port: server.addr.port })}`,
       {
         service: options.forward ? `forward ${formatHostPort(options.forward)}` : "echo",
+        crypto: server.#options.provider.name,
       },
     );
     return Promise.resolve(server);
@@ -229,6 +235,7 @@ export class TunnelServer {
         {
           rekeyBytes: this.#options.rekeyBytes,
           replays: this.#replays,
+          provider: this.#options.provider,
         },
       );
       target = await receiveOpen(channel);
