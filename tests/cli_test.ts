@@ -267,6 +267,10 @@ Deno.test("cli: every usage error is one line in our words, with a suggestion wh
     ],
     [["sever"], "unknown command 'sever'; did you mean server?"],
     [["check-config", "--bogus"], "unknown option --bogus"],
+    [
+      ["server", "--allow", "nowhere"],
+      "--allow 'nowhere' is not HOST:PORT, HOST:*, *:PORT, CIDR:PORT or CIDR:*",
+    ],
   ];
   for (const [args, message] of cases) {
     const result = await runCipherlink(args);
