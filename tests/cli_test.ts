@@ -406,3 +406,19 @@ Deno.test("cli: --help names every option --config accepts, and each is accepted
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("cli: the launcher refuses a path with a comma (Deno would read it as two permission paths)", async () => {
+  const root = new URL("../", import.meta.url).pathname;
+  const result = await new Deno.Command("bash", {
+    args: ["-c", "./cipherlink fingerprint --key 'k.key,/etc/passwd'"],
+    cwd: root,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(result.code, 1);
+  assert.equal(
+    new TextDecoder().decode(result.stderr),
+    "cipherlink: error: cannot run with a path that contains a comma: k.key,/etc/passwd\n",
+  );
+  assert.equal(result.stdout.length, 0);
+});
