@@ -52,10 +52,10 @@ const HELP = {
 ${USAGE}
 
 commands:
-  keygen    write a fresh 32-byte key file
-  fingerprint   print an existing key file's fingerprint (compare keys without showing them)
-  server    accept tunnels: echo service, a fixed forward target, allowed addresses
-  client    one session (MESSAGE or stdin/stdout), a port forward, or a SOCKS5 proxy
+  keygen              write a fresh 32-byte key file
+  fingerprint         print a key file's fingerprint (compare keys without showing them)
+  server              accept tunnels: echo service, a fixed forward target, allowed addresses
+  client              one session (MESSAGE or stdin/stdout), a port forward, or a SOCKS5 proxy
   check-config FILE   validate a --config file and its key files without starting
 
 cipherlink COMMAND --help shows a command's options.
