@@ -100,6 +100,8 @@ Deno.test("target: an IPv6 target encodes as ATYP 4 and decodes to the same addr
   if (decoded.kind !== "address") return;
   assert.equal(decoded.port, 22);
   assert.deepEqual(parseIPv6(decoded.host), parseIPv6("2001:db8::1"));
+  // What logs show: the RFC 5952 form, bracketed with its port.
+  assert.equal(formatHostPort(decoded), "[2001:db8::1]:22");
   // The decoded text is itself an IPv6 literal: encoding it again gives the same body.
   assert.deepEqual(encodeTarget(decoded), body);
 });
