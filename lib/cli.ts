@@ -11,7 +11,6 @@
  * @module
  */
 
-import { parseArgs } from "node:util";
 import { AllowList } from "./allow.ts";
 import { DEFAULT_REKEY_BYTES } from "./channel.ts";
 import { connect, type ConnectOptions, forward as _forward } from "./client.ts";
@@ -26,22 +25,35 @@ import {
 } from "./crypto/select.ts";
 import { readableOf, writableOf } from "./conn.ts";
 import { DEFAULT_DRAIN_DELAY_SECONDS, drainDelayFor } from "./drain.ts";
-import { CipherlinkError, UsageError } from "./errors.ts";
+import { CipherlinkError, KeyFileError, UsageError } from "./errors.ts";
 import { LocalForwarder } from "./forwarder.ts";
-import { DEFAULT_KEY_PATH, generateKeyFile, KEY_FORMATS, type KeyFormat, loadKey } from "./keys.ts";
+import {
+  DEFAULT_KEY_PATH,
+  fingerprint as keyFingerprint,
+  generateKeyFile,
+  KEY_FORMATS,
+  type KeyFormat,
+  loadKey,
+} from "./keys.ts";
 import { LOG_FORMATS, LOG_LEVELS, type LogFormat, Logger, type LogLevel } from "./log.ts";
 import { serveMetrics } from "./metrics.ts";
+import { type OptionTable, parseOptions, suggestion, type ValuesOf } from "./options.ts";
 import { TunnelServer } from "./server.ts";
-import { runConfig } from "./supervisor.ts";
+import { CONFIG_OPTIONS, runConfig } from "./supervisor.ts";
 import { formatHostPort, type HostPort, parseHostPort } from "./target.ts";
 
 /** The program version. */
 export const VERSION = "0.2.0";
+/** The port of the server address when neither an option nor the environment names one. */
+const DEFAULT_SERVER_PORT = 8888;
 /** Exit codes of the CLI contract. */
 export const ExitCode = { ok: 0, failure: 1, usage: 2 } as const;
 
-const USAGE =
-  "usage: cipherlink <keygen|server|client|check-config> [options]   (cipherlink --help for more)";
+const COMMANDS = ["keygen", "fingerprint", "server", "client", "check-config"] as const;
+const USAGE = `usage: cipherlink <${COMMANDS.join("|")}> [options]   (cipherlink --help for more)`;
+/** What --config may be combined with, for the help text. */
+const CONFIG_EXTRAS = CONFIG_OPTIONS.filter((name) => name !== "config").map((name) => `--${name}`)
+  .join(", ");
 
 const HELP = {
   main: `cipherlink ${VERSION}: an encrypted TCP tunnel and proxy around one pre-shared key
@@ -49,9 +61,10 @@ const HELP = {
 ${USAGE}
 
 commands:
-  keygen    write a fresh 32-byte key file
-  server    accept tunnels: echo service, a fixed forward target, allowed addresses
-  client    one session (MESSAGE or stdin/stdout), a port forward, or a SOCKS5 proxy
+  keygen              write a fresh 32-byte key file
+  fingerprint         print a key file's fingerprint (compare keys without showing them)
+  server              accept tunnels: echo service, a fixed forward target, allowed addresses
+  client              one session (MESSAGE or stdin/stdout), a port forward, or a SOCKS5 proxy
   check-config FILE   validate a --config file and its key files without starting
 
 cipherlink COMMAND --help shows a command's options.
@@ -66,9 +79,15 @@ exit codes: 0 success, 1 failure at run time, 2 usage error.
   --force           overwrite an existing file
 Prints the path and the key's fingerprint; never the key.
 `,
+  fingerprint: `usage: cipherlink fingerprint [--key PATH]
+
+  --key PATH        the key file (default ${DEFAULT_KEY_PATH}); raw, hex or base64
+Prints the key's fingerprint, the same SHA256:… string keygen printed when it made the key,
+so two hosts can check that they hold the same key without showing it.
+`,
   server: `usage: cipherlink server [options]
 
-  --listen HOST:PORT          where to accept tunnels (default 0.0.0.0:8888; port 0 picks one)
+  --listen HOST:PORT          where to accept tunnels (default 0.0.0.0:${DEFAULT_SERVER_PORT}; port 0 picks one)
   --key PATH                  the shared key (default ${DEFAULT_KEY_PATH})
   --forward HOST:PORT         target of the server's own service (default: echo)
   --allow RULE                targets clients may ask for: HOST:PORT, HOST:*, *:PORT,
@@ -88,11 +107,11 @@ Prints the path and the key's fingerprint; never the key.
   --log-level LEVEL           debug, info (default), warn, error
   --log-format FORMAT         text (default) or json
   --config FILE               run every tunnel of a config file instead (docs/config.md);
-                              SIGHUP reloads it; only --log-level/--log-format may be added
+                              SIGHUP reloads it; only ${CONFIG_EXTRAS} may be added
 `,
   client: `usage: cipherlink client [options] [MESSAGE...]
 
-  --server HOST:PORT          the Cipherlink server (default 127.0.0.1:8888)
+  --server HOST:PORT          the Cipherlink server (default 127.0.0.1:${DEFAULT_SERVER_PORT})
   --key PATH                  the shared key (default ${DEFAULT_KEY_PATH})
   --connect HOST:PORT         ask the server for this target instead of its own service
   --listen HOST:PORT          port forward: each local connection becomes a session
@@ -107,7 +126,7 @@ Prints the path and the key's fingerprint; never the key.
   --metrics HOST:PORT         with --listen/--socks: serve GET /metrics and GET /healthz there
   --log-level LEVEL, --log-format FORMAT   as for the server
   --config FILE               run every tunnel of a config file instead (docs/config.md);
-                              SIGHUP reloads it; only --log-level/--log-format may be added
+                              SIGHUP reloads it; only ${CONFIG_EXTRAS} may be added
 
 Without --listen/--socks: with MESSAGE, sends it, prints the reply, exits after the
 server's CLOSE; without MESSAGE, pipes stdin/stdout through one session (usable as an
@@ -138,6 +157,50 @@ const commonOptions = {
   help: { type: "boolean", short: "h" },
 } as const;
 
+/** Every command's options; usage errors use them all to say where an option belongs. */
+const OPTION_TABLES = {
+  keygen: {
+    out: { type: "string" },
+    format: { type: "string" },
+    force: { type: "boolean" },
+    help: { type: "boolean", short: "h" },
+  },
+  fingerprint: {
+    key: { type: "string" },
+    help: { type: "boolean", short: "h" },
+  },
+  server: {
+    ...commonOptions,
+    listen: { type: "string" },
+    forward: { type: "string" },
+    allow: { type: "string", multiple: true },
+    "idle-timeout": { type: "string" },
+    config: { type: "string" },
+  },
+  client: {
+    ...commonOptions,
+    server: { type: "string" },
+    connect: { type: "string" },
+    listen: { type: "string" },
+    socks: { type: "string" },
+    config: { type: "string" },
+  },
+} as const satisfies Record<string, OptionTable>;
+
+type TableCommand = keyof typeof OPTION_TABLES;
+
+/** Parses one command's options; every mistake is a one-line UsageError. */
+function parseCommand<C extends TableCommand>(
+  command: C,
+  args: string[],
+  allowPositionals = false,
+): { values: ValuesOf<(typeof OPTION_TABLES)[C]>; positionals: string[] } {
+  const otherCommands = Object.fromEntries(
+    Object.entries(OPTION_TABLES).filter(([name]) => name !== command),
+  );
+  return parseOptions(command, args, OPTION_TABLES[command], { allowPositionals, otherCommands });
+}
+
 /** Where output goes; tests replace it. */
 export interface Io {
   stdout(text: string): void;
@@ -155,11 +218,13 @@ export async function main(
   args: string[],
   io: Io = processIo,
 ): Promise<number> {
+  const [command, ...rest] = args;
   try {
-    const [command, ...rest] = args;
     switch (command) {
       case "keygen":
         return await keygen(rest, io);
+      case "fingerprint":
+        return await fingerprintCommand(rest, io);
       case "server":
         return await server(rest, io);
       case "client":
@@ -177,12 +242,16 @@ export async function main(
         return ExitCode.ok;
       case undefined:
         throw new UsageError("no command given");
-      default:
-        throw new UsageError(`unknown command '${command}'`);
+      default: {
+        const close = suggestion(command.replace(/^-+/, ""), COMMANDS);
+        throw new UsageError(
+          `unknown command '${command}'${close ? `; did you mean ${close}?` : ""}`,
+        );
+      }
     }
   } catch (err) {
     if (err instanceof UsageError || isParseArgsError(err)) {
-      io.stderr(`cipherlink: error: ${(err as Error).message}\n${USAGE}\n`);
+      io.stderr(`cipherlink: error: ${(err as Error).message}\n${usageLine(command)}\n`);
       return ExitCode.usage;
     }
     const message = err instanceof CipherlinkError
@@ -193,6 +262,13 @@ export async function main(
     io.stderr(`cipherlink: error: ${message}\n`);
     return ExitCode.failure;
   }
+}
+
+/** The usage line of `command` (with where to find more), or the program's. */
+function usageLine(command: string | undefined): string {
+  if (command === undefined || !Object.hasOwn(HELP, command) || command === "main") return USAGE;
+  const first = HELP[command as keyof typeof HELP].split("\n")[0];
+  return `${first}   (cipherlink ${command} --help for more)`;
 }
 
 function isParseArgsError(err: unknown): boolean {
@@ -263,10 +339,30 @@ function logger(
   );
 }
 
-function defaultServerAddress(fallbackHost: string): string {
-  const host = env("CIPHERLINK_SERVER_HOST") ?? fallbackHost;
-  const port = env("CIPHERLINK_SERVER_PORT") ?? "8888";
-  return formatHostPort({ host, port: Number(port) });
+/**
+ * The server address from CIPHERLINK_SERVER_HOST/_PORT and the defaults. A
+ * bad value is a usage error that names its variable.
+ */
+function defaultServerAddress(fallbackHost: string, allowPortZero = false): HostPort {
+  const hostVar = env("CIPHERLINK_SERVER_HOST");
+  const portVar = env("CIPHERLINK_SERVER_PORT");
+  let port = DEFAULT_SERVER_PORT;
+  if (portVar !== undefined) {
+    port = Number(portVar);
+    const lowest = allowPortZero ? 0 : 1;
+    if (!/^\d{1,5}$/.test(portVar) || port < lowest || port > 65535) {
+      throw new UsageError(
+        `CIPHERLINK_SERVER_PORT='${portVar}' is not a port number (${lowest} to 65535)`,
+      );
+    }
+  }
+  const host = hostVar ?? fallbackHost;
+  try {
+    return parseHostPort(formatHostPort({ host, port }), allowPortZero);
+  } catch (err) {
+    if (!(err instanceof UsageError)) throw err;
+    throw new UsageError(`CIPHERLINK_SERVER_HOST='${hostVar}' is not a host name or IP address`);
+  }
 }
 
 /**
@@ -291,27 +387,36 @@ function cryptoProvider(values: { crypto?: string; libcrypto?: string }): Crypto
   return loadCryptoProvider(name, values.libcrypto);
 }
 
+/**
+ * How the user runs Cipherlink, for hints such as the keygen command: the
+ * launcher says how it was invoked (./cipherlink); a compiled executable is
+ * `cipherlink`.
+ */
+function programName(): string {
+  return env("CIPHERLINK_ARGV0") || "cipherlink";
+}
+
+/** Loads the key from --key, CIPHERLINK_KEY_FILE or the default path. */
 async function readKey(
   path: string | undefined,
-  log: Logger,
+  warn: (warning: string) => void,
 ): Promise<Uint8Array> {
-  const keyPath = path ?? env("CIPHERLINK_KEY_FILE") ?? DEFAULT_KEY_PATH;
-  const { key, warning } = await loadKey(keyPath);
-  if (warning) log.warn(warning);
-  return key;
+  const fromEnv = path === undefined ? env("CIPHERLINK_KEY_FILE") : undefined;
+  const keyPath = path ?? fromEnv ?? DEFAULT_KEY_PATH;
+  try {
+    const { key, warning } = await loadKey(keyPath, programName());
+    if (warning) warn(warning);
+    return key;
+  } catch (err) {
+    if (err instanceof KeyFileError && fromEnv !== undefined) {
+      throw new KeyFileError(`${err.message} (the path comes from CIPHERLINK_KEY_FILE)`);
+    }
+    throw err;
+  }
 }
 
 async function keygen(args: string[], io: Io): Promise<number> {
-  const { values } = parseArgs({
-    args,
-    strict: true,
-    options: {
-      out: { type: "string" },
-      format: { type: "string" },
-      force: { type: "boolean" },
-      help: { type: "boolean", short: "h" },
-    },
-  });
+  const { values } = parseCommand("keygen", args);
   if (values.help) return help(io, "keygen");
   const path = values.out ?? env("CIPHERLINK_KEY_FILE") ?? DEFAULT_KEY_PATH;
   const format = oneOf<KeyFormat>("format", values.format, KEY_FORMATS, "raw");
@@ -323,6 +428,18 @@ async function keygen(args: string[], io: Io): Promise<number> {
   io.stdout(
     `wrote a new ${format} key to ${path} (mode 0600)\nfingerprint ${fingerprint}\n`,
   );
+  return ExitCode.ok;
+}
+
+/** `fingerprint`: names an existing key without showing it. */
+async function fingerprintCommand(args: string[], io: Io): Promise<number> {
+  const { values } = parseCommand("fingerprint", args);
+  if (values.help) return help(io, "fingerprint");
+  const key = await readKey(
+    values.key,
+    (warning) => io.stderr(`cipherlink: warning: ${warning}\n`),
+  );
+  io.stdout(`${await keyFingerprint(key)}\n`);
   return ExitCode.ok;
 }
 
@@ -370,27 +487,14 @@ function drainDelay(values: { "drain-delay"?: string; metrics?: string }): numbe
 }
 
 async function server(args: string[], io: Io): Promise<number> {
-  const { values } = parseArgs({
-    args,
-    strict: true,
-    allowPositionals: false,
-    options: {
-      ...commonOptions,
-      listen: { type: "string" },
-      forward: { type: "string" },
-      allow: { type: "string", multiple: true },
-      "idle-timeout": { type: "string" },
-      config: { type: "string" },
-    },
-  });
+  const { values } = parseCommand("server", args);
   if (values.help) return help(io, "server");
   if (values.config !== undefined) return await runConfig(values.config, values);
   const log = logger(values);
   const options = {
-    listen: parseHostPort(
-      values.listen ?? defaultServerAddress("0.0.0.0"),
-      true,
-    ),
+    listen: values.listen === undefined
+      ? defaultServerAddress("0.0.0.0", true)
+      : parseHostPort(values.listen, true),
     forward: values.forward === undefined ? undefined : parseHostPort(values.forward),
     allow: AllowList.parse(values.allow ?? []),
     maxConns: integer("max-conns", values["max-conns"], 100, 1, 1_000_000),
@@ -416,7 +520,7 @@ async function server(args: string[], io: Io): Promise<number> {
   const metricsAddress = values.metrics === undefined
     ? undefined
     : parseHostPort(values.metrics, true);
-  const key = await readKey(values.key, log);
+  const key = await readKey(values.key, (warning) => log.warn(warning));
   const shutdown = onShutdownSignal();
   let running: TunnelServer;
   try {
@@ -445,19 +549,7 @@ async function server(args: string[], io: Io): Promise<number> {
 }
 
 async function client(args: string[], io: Io): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args,
-    strict: true,
-    allowPositionals: true,
-    options: {
-      ...commonOptions,
-      server: { type: "string" },
-      connect: { type: "string" },
-      listen: { type: "string" },
-      socks: { type: "string" },
-      config: { type: "string" },
-    },
-  });
+  const { values, positionals } = parseCommand("client", args, true);
   if (values.help) return help(io, "client");
   if (values.config !== undefined) return await runConfig(values.config, values, positionals);
   if (values.listen && values.socks) {
@@ -471,7 +563,9 @@ async function client(args: string[], io: Io): Promise<number> {
   }
   const log = logger(values);
   const connectOptions: Omit<ConnectOptions, "key"> = {
-    server: parseHostPort(values.server ?? defaultServerAddress("127.0.0.1")),
+    server: values.server === undefined
+      ? defaultServerAddress("127.0.0.1")
+      : parseHostPort(values.server),
     target: values.connect === undefined ? undefined : parseHostPort(values.connect),
     keepaliveMs: seconds("keepalive", values.keepalive, 0),
     handshakeTimeoutMs: seconds(
@@ -499,7 +593,7 @@ async function client(args: string[], io: Io): Promise<number> {
     ? undefined
     : parseHostPort(values.metrics, true);
   if (metricsAddress && !listenAddress) throw new UsageError("--metrics needs --listen or --socks");
-  const key = await readKey(values.key, log);
+  const key = await readKey(values.key, (warning) => log.warn(warning));
   const options: ConnectOptions = { ...connectOptions, key };
   if (listenAddress) {
     const shutdown = onShutdownSignal();

@@ -19,7 +19,6 @@
  */
 
 import { dirname, resolve } from "node:path";
-import { parseArgs } from "node:util";
 import { AllowList } from "./allow.ts";
 import { DEFAULT_REKEY_BYTES } from "./channel.ts";
 import { locateLibcrypto } from "./crypto/locate.ts";
@@ -27,6 +26,7 @@ import { CRYPTO_PROVIDERS, type CryptoProviderName } from "./crypto/provider.ts"
 import { CipherlinkError, UsageError } from "./errors.ts";
 import { type LoadedKey, loadKey } from "./keys.ts";
 import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from "./log.ts";
+import { parseOptions } from "./options.ts";
 import { formatHostPort, type HostPort, parseHostPort } from "./target.ts";
 
 /**
@@ -691,12 +691,9 @@ export async function checkConfigCommand(
   io: { stdout(text: string): void; stderr(text: string): void },
   helpText: string,
 ): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args,
-    strict: true,
-    allowPositionals: true,
-    options: { help: { type: "boolean", short: "h" } },
-  });
+  const { values, positionals } = parseOptions("check-config", args, {
+    help: { type: "boolean", short: "h" },
+  }, { allowPositionals: true });
   if (values.help) {
     io.stdout(helpText);
     return 0;

@@ -236,7 +236,11 @@ export class LocalForwarder {
     }
     local.session = session;
     this.stats.sessionStarted(session);
-    this.#log.info("session open", { local: id, peer, target: targetText });
+    // Open once the server said OPEN_OK: a refused target ends in "session end" with its ERROR.
+    session.opened.then(
+      () => this.#log.info("session open", { local: id, peer, target: targetText }),
+      () => {},
+    );
     const summary = await splice(session, conn);
     this.stats.sessionEnded(session, summary);
     const fields = {

@@ -360,7 +360,8 @@ export class Supervisor {
   }
 }
 
-const CONFIG_OPTIONS = ["config", "log-level", "log-format", "metrics"];
+/** The command-line options `--config` mode takes; every other one is a usage error. */
+export const CONFIG_OPTIONS: readonly string[] = ["config", "log-level", "log-format", "metrics"];
 
 function optionOneOf<T extends string>(
   name: string,
@@ -376,8 +377,8 @@ function optionOneOf<T extends string>(
 
 /**
  * The CLI's `--config FILE` mode for `server` and `client`: the only other
- * options it takes are --log-level and --log-format (they win over the
- * file's `log`). Runs until SIGINT/SIGTERM, reloading on SIGHUP; resolves
+ * options it takes are {@linkcode CONFIG_OPTIONS} (--log-level and
+ * --log-format win over the file's `log`; --metrics serves every tunnel). Runs until SIGINT/SIGTERM, reloading on SIGHUP; resolves
  * the exit code. Throws {@linkcode UsageError} for a bad command line and
  * {@linkcode ConfigError} for a bad file or a tunnel that cannot listen.
  */
