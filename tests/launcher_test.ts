@@ -55,15 +55,22 @@ async function pathWithoutDeno(scratch: string): Promise<string> {
 /** A copy of what the launcher runs: no .deno/, no keys/. */
 async function checkoutCopy(scratch: string, name: string): Promise<string> {
   const dir = `${scratch}/${name}`;
-  await Deno.mkdir(`${dir}/lib`, { recursive: true });
+  await Deno.mkdir(dir, { recursive: true });
   for (const file of ["cipherlink", "main.ts", "deno.json", "deno.lock"]) {
     await Deno.copyFile(`${ROOT}${file}`, `${dir}/${file}`);
   }
   await Deno.chmod(`${dir}/cipherlink`, 0o755);
-  for await (const entry of Deno.readDir(`${ROOT}lib`)) {
-    await Deno.copyFile(`${ROOT}lib/${entry.name}`, `${dir}/lib/${entry.name}`);
-  }
+  await copyTree(`${ROOT}lib`, `${dir}/lib`);
   return dir;
+}
+
+/** Copies the folder `from` (files and subfolders) to `to`. */
+async function copyTree(from: string, to: string): Promise<void> {
+  await Deno.mkdir(to, { recursive: true });
+  for await (const entry of Deno.readDir(from)) {
+    if (entry.isDirectory) await copyTree(`${from}/${entry.name}`, `${to}/${entry.name}`);
+    else await Deno.copyFile(`${from}/${entry.name}`, `${to}/${entry.name}`);
+  }
 }
 
 interface Launched {
