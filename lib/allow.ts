@@ -47,7 +47,7 @@ export function parseRule(text: string): AllowRule {
   const match = bracketed ?? plain;
   if (!match) {
     throw new UsageError(
-      `--allow '${text}' is not HOST:PORT, HOST:*, *:PORT or CIDR:PORT`,
+      `--allow '${text}' is not HOST:PORT, HOST:*, *:PORT, CIDR:PORT or CIDR:*`,
     );
   }
   const [, host, portText] = match;

@@ -33,6 +33,7 @@ import {
 import { closeQuietly, type Connection, readableOf, writeAll } from "./conn.ts";
 import { FrameReader } from "./framer.ts";
 import { type CipherState, counterNonce, NNpsk0Handshake, type Role } from "./noise.ts";
+import type { CryptoProvider } from "./crypto/provider.ts";
 
 /** The Noise prologue: binds every handshake to this protocol. */
 export const PROLOGUE: Uint8Array = new TextEncoder().encode("cipherlink/2");
@@ -76,6 +77,8 @@ export interface ChannelOptions {
    * that carries one of them is a replay, refused before any crypto is spent.
    */
   replays?: ReplayGuard;
+  /** Who computes the cryptography (default: Web Crypto); the wire is the same. */
+  provider?: CryptoProvider;
 }
 
 /**
@@ -154,7 +157,7 @@ export class SecureChannel {
   ): Promise<SecureChannel> {
     const frames = new FrameReader(readableOf(conn));
     if (role === "initiator") {
-      const hs = await NNpsk0Handshake.create(role, psk, PROLOGUE);
+      using hs = await NNpsk0Handshake.create(role, psk, PROLOGUE, { provider: options.provider });
       await writeAll(conn, handshakeFrame(await hs.writeMessage1()));
       const reply = await frames.next(HANDSHAKE_NONCE_SIZE, MIN_HANDSHAKE_DATA);
       if (!reply) {
@@ -184,7 +187,7 @@ export class SecureChannel {
     }
     // The ephemeral key is made once message 1 is here: a connection that
     // sends nothing, or drips bytes, costs the server no crypto.
-    const hs = await NNpsk0Handshake.create(role, psk, PROLOGUE);
+    using hs = await NNpsk0Handshake.create(role, psk, PROLOGUE, { provider: options.provider });
     try {
       await hs.readMessage1(hello.data);
     } catch (err) {
@@ -223,6 +226,12 @@ export class SecureChannel {
   sendPlaintext(plaintext: Uint8Array): Promise<void> {
     if (plaintext.byteLength < 1 || plaintext.byteLength > MAX_PLAINTEXT_SIZE) {
       throw new RangeError(`plaintext of ${plaintext.byteLength} bytes`);
+    }
+    if (this.#closed) {
+      // close() released the keys: nothing more can be sealed.
+      return Promise.reject(
+        new TruncationError("the channel was closed before this frame was sent"),
+      );
     }
     // Rekey before a frame that would take this key past the limit, so no
     // key ever protects more than rekeyBytes (a single frame larger than a
@@ -324,6 +333,8 @@ export class SecureChannel {
     if (this.#closed) return;
     this.#closed = true;
     closeQuietly(this.conn);
+    this.#send.dispose();
+    this.#receive.dispose();
   }
 
   /** Whether close() has been called. */
@@ -338,15 +349,25 @@ export class SecureChannel {
     );
     encodeHeader(frame, TRANSPORT_NONCE_SIZE, plaintext.byteLength + TAG_SIZE);
     counterNonce(n, frame.subarray(HEADER_SIZE, FRAME_PREFIX));
+    if (this.#send.sync) {
+      // A synchronous provider seals straight into the frame: no promise, no copy.
+      this.#send.sealAt(n, frame.subarray(0, HEADER_SIZE), plaintext, frame.subarray(FRAME_PREFIX));
+      return this.#queueWrite(frame);
+    }
     const sealed = this.#send.encryptAt(
       n,
       frame.subarray(0, HEADER_SIZE),
       plaintext,
     );
     sealed.catch(() => {}); // observed below; this keeps an early failure from going unhandled
+    return this.#queueWrite(frame, sealed);
+  }
+
+  /** Writes `frame` after every earlier one, first copying `sealed` (if any) into it. */
+  #queueWrite(frame: Uint8Array, sealed?: Promise<Uint8Array>): Promise<void> {
     const written = this.#writeChain.then(async () => {
       if (this.#writeFailure) throw this.#writeFailure;
-      frame.set(await sealed, FRAME_PREFIX);
+      if (sealed) frame.set(await sealed, FRAME_PREFIX);
       await writeAll(this.conn, frame).catch((err) => {
         // A reset or closed socket means the stream was cut: say so, like a failed read does.
         throw new TruncationError(

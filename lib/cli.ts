@@ -11,19 +11,35 @@
  * @module
  */
 
-import { parseArgs } from "node:util";
 import { AllowList } from "./allow.ts";
 import { DEFAULT_REKEY_BYTES } from "./channel.ts";
 import { connect, type ConnectOptions, forward as _forward } from "./client.ts";
 import { checkConfigCommand } from "./config.ts";
+import {
+  CRYPTO_ENV,
+  CRYPTO_PROVIDERS,
+  type CryptoProvider,
+  type CryptoProviderName,
+  DEFAULT_CRYPTO_PROVIDER,
+  loadCryptoProvider,
+} from "./crypto/select.ts";
 import { readableOf, writableOf } from "./conn.ts";
-import { CipherlinkError, UsageError } from "./errors.ts";
+import { DEFAULT_DRAIN_DELAY_SECONDS, drainDelayFor } from "./drain.ts";
+import { CipherlinkError, KeyFileError, UsageError } from "./errors.ts";
 import { LocalForwarder } from "./forwarder.ts";
-import { DEFAULT_KEY_PATH, generateKeyFile, KEY_FORMATS, type KeyFormat, loadKey } from "./keys.ts";
+import {
+  DEFAULT_KEY_PATH,
+  fingerprint as keyFingerprint,
+  generateKeyFile,
+  KEY_FORMATS,
+  type KeyFormat,
+  loadKey,
+} from "./keys.ts";
 import { LOG_FORMATS, LOG_LEVELS, type LogFormat, Logger, type LogLevel } from "./log.ts";
 import { serveMetrics } from "./metrics.ts";
+import { type OptionTable, parseOptions, suggestion, type ValuesOf } from "./options.ts";
 import { TunnelServer } from "./server.ts";
-import { runConfig } from "./supervisor.ts";
+import { CONFIG_OPTIONS, runConfig } from "./supervisor.ts";
 import { type Cidr, parseCidr } from "./packet.ts";
 import { DEFAULT_TUN_MTU, MAX_TUN_MTU, MIN_TUN_MTU } from "./netdev.ts";
 import { VpnClient, type VpnClientOptions } from "./vpn_client.ts";
@@ -32,11 +48,16 @@ import { formatHostPort, type HostPort, parseHostPort } from "./target.ts";
 
 /** The program version. */
 export const VERSION = "0.2.0";
+/** The port of the server address when neither an option nor the environment names one. */
+const DEFAULT_SERVER_PORT = 8888;
 /** Exit codes of the CLI contract. */
 export const ExitCode = { ok: 0, failure: 1, usage: 2 } as const;
 
-const USAGE =
-  "usage: cipherlink <keygen|server|client|check-config> [options]   (cipherlink --help for more)";
+const COMMANDS = ["keygen", "fingerprint", "server", "client", "check-config"] as const;
+const USAGE = `usage: cipherlink <${COMMANDS.join("|")}> [options]   (cipherlink --help for more)`;
+/** What --config may be combined with, for the help text. */
+const CONFIG_EXTRAS = CONFIG_OPTIONS.filter((name) => name !== "config").map((name) => `--${name}`)
+  .join(", ");
 
 const HELP = {
   main: `cipherlink ${VERSION}: an encrypted TCP tunnel and proxy around one pre-shared key
@@ -44,13 +65,15 @@ const HELP = {
 ${USAGE}
 
 commands:
-  keygen    write a fresh 32-byte key file
-  server    accept tunnels: echo service, a fixed forward target, allowed addresses, VPN (--tun)
-  client    one session (MESSAGE or stdin/stdout), a port forward, a SOCKS5 proxy, or a VPN (--tun)
+  keygen              write a fresh 32-byte key file
+  fingerprint         print a key file's fingerprint (compare keys without showing them)
+  server              accept tunnels: echo service, a fixed forward target, allowed addresses, VPN (--tun)
+  client              one session (MESSAGE or stdin/stdout), a port forward, a SOCKS5 proxy, or a VPN (--tun)
   check-config FILE   validate a --config file and its key files without starting
 
 cipherlink COMMAND --help shows a command's options.
-environment: CIPHERLINK_KEY_FILE, CIPHERLINK_SERVER_HOST, CIPHERLINK_SERVER_PORT supply defaults.
+environment: CIPHERLINK_KEY_FILE, CIPHERLINK_SERVER_HOST, CIPHERLINK_SERVER_PORT,
+  CIPHERLINK_CRYPTO supply defaults.
 exit codes: 0 success, 1 failure at run time, 2 usage error.
 `,
   keygen: `usage: cipherlink keygen [--out PATH] [--format raw|hex|base64] [--force]
@@ -60,9 +83,15 @@ exit codes: 0 success, 1 failure at run time, 2 usage error.
   --force           overwrite an existing file
 Prints the path and the key's fingerprint; never the key.
 `,
+  fingerprint: `usage: cipherlink fingerprint [--key PATH]
+
+  --key PATH        the key file (default ${DEFAULT_KEY_PATH}); raw, hex or base64
+Prints the key's fingerprint, the same SHA256:… string keygen printed when it made the key,
+so two hosts can check that they hold the same key without showing it.
+`,
   server: `usage: cipherlink server [options]
 
-  --listen HOST:PORT          where to accept tunnels (default 0.0.0.0:8888; port 0 picks one)
+  --listen HOST:PORT          where to accept tunnels (default 0.0.0.0:${DEFAULT_SERVER_PORT}; port 0 picks one)
   --key PATH                  the shared key (default ${DEFAULT_KEY_PATH})
   --forward HOST:PORT         target of the server's own service (default: echo)
   --allow RULE                targets clients may ask for: HOST:PORT, HOST:*, *:PORT,
@@ -71,8 +100,13 @@ Prints the path and the key's fingerprint; never the key.
   --handshake-timeout SECS    time to complete the handshake and OPEN (default 5)
   --idle-timeout SECS         close sessions silent for this long (default 0: off)
   --keepalive SECS            PING after this much silence; drop after 3 unanswered (default 0: off)
-  --drain-timeout SECS        on SIGINT/SIGTERM, time open sessions get to finish (default 10)
+  --drain-delay SECS          on SIGINT/SIGTERM, keep accepting this long while /healthz
+                              answers 503 (default ${DEFAULT_DRAIN_DELAY_SECONDS} with --metrics, else 0)
+  --drain-timeout SECS        then stop accepting; time every accepted connection gets to
+                              finish before ERROR 6 (default 10); a second signal ends at once
   --rekey-bytes N             plaintext bytes sent under one key before REKEY (default 2^30)
+  --crypto PROVIDER           webcrypto (default) or openssl (OpenSSL 3 libcrypto, faster)
+  --libcrypto PATH            the libcrypto for --crypto openssl (default: searched)
   --tun NAME                  VPN mode: also carry IP packets through the TUN device NAME
   --tun-address CIDR          the server's tunnel address; its network is the clients' pool
                               (one IPv4 and one IPv6 at most; repeat for both)
@@ -81,20 +115,22 @@ Prints the path and the key's fingerprint; never the key.
   --log-level LEVEL           debug, info (default), warn, error
   --log-format FORMAT         text (default) or json
   --config FILE               run every tunnel of a config file instead (docs/config.md);
-                              SIGHUP reloads it; only --log-level/--log-format may be added
+                              SIGHUP reloads it; only ${CONFIG_EXTRAS} may be added
 `,
   client: `usage: cipherlink client [options] [MESSAGE...]
 
-  --server HOST:PORT          the Cipherlink server (default 127.0.0.1:8888)
+  --server HOST:PORT          the Cipherlink server (default 127.0.0.1:${DEFAULT_SERVER_PORT})
   --key PATH                  the shared key (default ${DEFAULT_KEY_PATH})
   --connect HOST:PORT         ask the server for this target instead of its own service
   --listen HOST:PORT          port forward: each local connection becomes a session
   --socks HOST:PORT           SOCKS5 proxy (CONNECT; IPv4, IPv6, domain names)
   --max-conns N               concurrent local connections (default 100)
   --keepalive SECS            PING after this much silence; drop after 3 unanswered (default 0: off)
-  --drain-timeout SECS        on SIGINT/SIGTERM, time open sessions get to finish (default 10)
+  --drain-delay SECS, --drain-timeout SECS   as for the server, for local connections
   --rekey-bytes N             plaintext bytes sent under one key before REKEY (default 2^30)
   --handshake-timeout SECS    time the server gets to answer the handshake (default 5)
+  --crypto PROVIDER           webcrypto (default) or openssl (OpenSSL 3 libcrypto, faster)
+  --libcrypto PATH            the libcrypto for --crypto openssl (default: searched)
   --tun NAME                  VPN mode: carry IP packets through the TUN device NAME
   --tun-address CIDR          the client's tunnel address (one IPv4 and one IPv6 at most)
   --route CIDR                with --tun: route this network through the tunnel; repeatable
@@ -102,7 +138,7 @@ Prints the path and the key's fingerprint; never the key.
   --metrics HOST:PORT         with --listen/--socks/--tun: serve GET /metrics and GET /healthz
   --log-level LEVEL, --log-format FORMAT   as for the server
   --config FILE               run every tunnel of a config file instead (docs/config.md);
-                              SIGHUP reloads it; only --log-level/--log-format may be added
+                              SIGHUP reloads it; only ${CONFIG_EXTRAS} may be added
 
 Without --listen/--socks: with MESSAGE, sends it, prints the reply, exits after the
 server's CLOSE; without MESSAGE, pipes stdin/stdout through one session (usable as an
@@ -155,11 +191,61 @@ const commonOptions = {
   keepalive: { type: "string" },
   "max-conns": { type: "string" },
   "drain-timeout": { type: "string" },
+  "drain-delay": { type: "string" },
   "rekey-bytes": { type: "string" },
   "handshake-timeout": { type: "string" },
   metrics: { type: "string" },
+  crypto: { type: "string" },
+  libcrypto: { type: "string" },
   help: { type: "boolean", short: "h" },
 } as const;
+
+/** Every command's options; usage errors use them all to say where an option belongs. */
+const OPTION_TABLES = {
+  keygen: {
+    out: { type: "string" },
+    format: { type: "string" },
+    force: { type: "boolean" },
+    help: { type: "boolean", short: "h" },
+  },
+  fingerprint: {
+    key: { type: "string" },
+    help: { type: "boolean", short: "h" },
+  },
+  server: {
+    ...commonOptions,
+    listen: { type: "string" },
+    forward: { type: "string" },
+    allow: { type: "string", multiple: true },
+    "idle-timeout": { type: "string" },
+    config: { type: "string" },
+    ...vpnOptions,
+  },
+  client: {
+    ...commonOptions,
+    server: { type: "string" },
+    connect: { type: "string" },
+    listen: { type: "string" },
+    socks: { type: "string" },
+    config: { type: "string" },
+    ...vpnOptions,
+    route: { type: "string", multiple: true },
+  },
+} as const satisfies Record<string, OptionTable>;
+
+type TableCommand = keyof typeof OPTION_TABLES;
+
+/** Parses one command's options; every mistake is a one-line UsageError. */
+function parseCommand<C extends TableCommand>(
+  command: C,
+  args: string[],
+  allowPositionals = false,
+): { values: ValuesOf<(typeof OPTION_TABLES)[C]>; positionals: string[] } {
+  const otherCommands = Object.fromEntries(
+    Object.entries(OPTION_TABLES).filter(([name]) => name !== command),
+  );
+  return parseOptions(command, args, OPTION_TABLES[command], { allowPositionals, otherCommands });
+}
 
 /** Where output goes; tests replace it. */
 export interface Io {
@@ -178,11 +264,13 @@ export async function main(
   args: string[],
   io: Io = processIo,
 ): Promise<number> {
+  const [command, ...rest] = args;
   try {
-    const [command, ...rest] = args;
     switch (command) {
       case "keygen":
         return await keygen(rest, io);
+      case "fingerprint":
+        return await fingerprintCommand(rest, io);
       case "server":
         return await server(rest, io);
       case "client":
@@ -200,12 +288,16 @@ export async function main(
         return ExitCode.ok;
       case undefined:
         throw new UsageError("no command given");
-      default:
-        throw new UsageError(`unknown command '${command}'`);
+      default: {
+        const close = suggestion(command.replace(/^-+/, ""), COMMANDS);
+        throw new UsageError(
+          `unknown command '${command}'${close ? `; did you mean ${close}?` : ""}`,
+        );
+      }
     }
   } catch (err) {
     if (err instanceof UsageError || isParseArgsError(err)) {
-      io.stderr(`cipherlink: error: ${(err as Error).message}\n${USAGE}\n`);
+      io.stderr(`cipherlink: error: ${(err as Error).message}\n${usageLine(command)}\n`);
       return ExitCode.usage;
     }
     const message = err instanceof CipherlinkError
@@ -216,6 +308,13 @@ export async function main(
     io.stderr(`cipherlink: error: ${message}\n`);
     return ExitCode.failure;
   }
+}
+
+/** The usage line of `command` (with where to find more), or the program's. */
+function usageLine(command: string | undefined): string {
+  if (command === undefined || !Object.hasOwn(HELP, command) || command === "main") return USAGE;
+  const first = HELP[command as keyof typeof HELP].split("\n")[0];
+  return `${first}   (cipherlink ${command} --help for more)`;
 }
 
 function isParseArgsError(err: unknown): boolean {
@@ -286,33 +385,84 @@ function logger(
   );
 }
 
-function defaultServerAddress(fallbackHost: string): string {
-  const host = env("CIPHERLINK_SERVER_HOST") ?? fallbackHost;
-  const port = env("CIPHERLINK_SERVER_PORT") ?? "8888";
-  return formatHostPort({ host, port: Number(port) });
+/**
+ * The server address from CIPHERLINK_SERVER_HOST/_PORT and the defaults. A
+ * bad value is a usage error that names its variable.
+ */
+function defaultServerAddress(fallbackHost: string, allowPortZero = false): HostPort {
+  const hostVar = env("CIPHERLINK_SERVER_HOST");
+  const portVar = env("CIPHERLINK_SERVER_PORT");
+  let port = DEFAULT_SERVER_PORT;
+  if (portVar !== undefined) {
+    port = Number(portVar);
+    const lowest = allowPortZero ? 0 : 1;
+    if (!/^\d{1,5}$/.test(portVar) || port < lowest || port > 65535) {
+      throw new UsageError(
+        `CIPHERLINK_SERVER_PORT='${portVar}' is not a port number (${lowest} to 65535)`,
+      );
+    }
+  }
+  const host = hostVar ?? fallbackHost;
+  try {
+    return parseHostPort(formatHostPort({ host, port }), allowPortZero);
+  } catch (err) {
+    if (!(err instanceof UsageError)) throw err;
+    throw new UsageError(`CIPHERLINK_SERVER_HOST='${hostVar}' is not a host name or IP address`);
+  }
 }
 
+/**
+ * The crypto provider of --crypto (else CIPHERLINK_CRYPTO, else webcrypto),
+ * loaded now so a missing libcrypto fails before anything starts.
+ */
+function cryptoProvider(values: { crypto?: string; libcrypto?: string }): CryptoProvider {
+  const fromEnv = env(CRYPTO_ENV);
+  let name: CryptoProviderName;
+  if (values.crypto !== undefined || !fromEnv) {
+    name = oneOf("crypto", values.crypto, CRYPTO_PROVIDERS, DEFAULT_CRYPTO_PROVIDER);
+  } else if ((CRYPTO_PROVIDERS as readonly string[]).includes(fromEnv)) {
+    name = fromEnv as CryptoProviderName;
+  } else {
+    throw new UsageError(
+      `${CRYPTO_ENV} takes one of ${CRYPTO_PROVIDERS.join(", ")}, not '${fromEnv}'`,
+    );
+  }
+  if (values.libcrypto !== undefined && name !== "openssl") {
+    throw new UsageError("--libcrypto has no meaning without --crypto openssl");
+  }
+  return loadCryptoProvider(name, values.libcrypto);
+}
+
+/**
+ * How the user runs Cipherlink, for hints such as the keygen command: the
+ * launcher says how it was invoked (./cipherlink); a compiled executable is
+ * `cipherlink`.
+ */
+function programName(): string {
+  return env("CIPHERLINK_ARGV0") || "cipherlink";
+}
+
+/** Loads the key from --key, CIPHERLINK_KEY_FILE or the default path. */
 async function readKey(
   path: string | undefined,
-  log: Logger,
+  warn: (warning: string) => void,
 ): Promise<Uint8Array> {
-  const keyPath = path ?? env("CIPHERLINK_KEY_FILE") ?? DEFAULT_KEY_PATH;
-  const { key, warning } = await loadKey(keyPath);
-  if (warning) log.warn(warning);
-  return key;
+  const fromEnv = path === undefined ? env("CIPHERLINK_KEY_FILE") : undefined;
+  const keyPath = path ?? fromEnv ?? DEFAULT_KEY_PATH;
+  try {
+    const { key, warning } = await loadKey(keyPath, programName());
+    if (warning) warn(warning);
+    return key;
+  } catch (err) {
+    if (err instanceof KeyFileError && fromEnv !== undefined) {
+      throw new KeyFileError(`${err.message} (the path comes from CIPHERLINK_KEY_FILE)`);
+    }
+    throw err;
+  }
 }
 
 async function keygen(args: string[], io: Io): Promise<number> {
-  const { values } = parseArgs({
-    args,
-    strict: true,
-    options: {
-      out: { type: "string" },
-      format: { type: "string" },
-      force: { type: "boolean" },
-      help: { type: "boolean", short: "h" },
-    },
-  });
+  const { values } = parseCommand("keygen", args);
   if (values.help) return help(io, "keygen");
   const path = values.out ?? env("CIPHERLINK_KEY_FILE") ?? DEFAULT_KEY_PATH;
   const format = oneOf<KeyFormat>("format", values.format, KEY_FORMATS, "raw");
@@ -327,48 +477,70 @@ async function keygen(args: string[], io: Io): Promise<number> {
   return ExitCode.ok;
 }
 
+/** `fingerprint`: names an existing key without showing it. */
+async function fingerprintCommand(args: string[], io: Io): Promise<number> {
+  const { values } = parseCommand("fingerprint", args);
+  if (values.help) return help(io, "fingerprint");
+  const key = await readKey(
+    values.key,
+    (warning) => io.stderr(`cipherlink: warning: ${warning}\n`),
+  );
+  io.stdout(`${await keyFingerprint(key)}\n`);
+  return ExitCode.ok;
+}
+
 function help(io: Io, command: keyof typeof HELP): number {
   io.stdout(HELP[command]);
   return ExitCode.ok;
 }
 
-/** Resolves when SIGINT or SIGTERM arrives; the returned function unhooks it. */
-function onShutdownSignal(): { signal: Promise<string>; remove(): void } {
-  let remove = () => {};
-  const signal = new Promise<string>((resolve) => {
-    const handlers = (["SIGINT", "SIGTERM"] as const).map((name) => {
-      const handler = () => resolve(name);
-      Deno.addSignalListener(name, handler);
-      return [name, handler] as const;
-    });
-    remove = () => handlers.forEach(([name, handler]) => Deno.removeSignalListener(name, handler));
+/**
+ * `signal` resolves when SIGINT or SIGTERM first arrives; each later one
+ * calls what `again` was given (ending the drain at once). `remove` unhooks.
+ */
+function onShutdownSignal(): {
+  signal: Promise<string>;
+  again(handler: () => void): void;
+  remove(): void;
+} {
+  let first: ((name: string) => void) | null = null;
+  let repeat = () => {};
+  const signal = new Promise<string>((resolve) => (first = resolve));
+  const handlers = (["SIGINT", "SIGTERM"] as const).map((name) => {
+    const handler = () => {
+      if (first) {
+        first(name);
+        first = null;
+      } else repeat();
+    };
+    Deno.addSignalListener(name, handler);
+    return [name, handler] as const;
   });
-  return { signal, remove: () => remove() };
+  return {
+    signal,
+    again: (handler) => (repeat = handler),
+    remove: () => handlers.forEach(([name, handler]) => Deno.removeSignalListener(name, handler)),
+  };
+}
+
+/** `--drain-delay`: as given, else the default when /healthz is served. */
+function drainDelay(values: { "drain-delay"?: string; metrics?: string }): number {
+  const given = values["drain-delay"];
+  return drainDelayFor(
+    given === undefined ? undefined : seconds("drain-delay", given, 0),
+    values.metrics !== undefined,
+  );
 }
 
 async function server(args: string[], io: Io): Promise<number> {
-  const { values } = parseArgs({
-    args,
-    strict: true,
-    allowPositionals: false,
-    options: {
-      ...commonOptions,
-      listen: { type: "string" },
-      forward: { type: "string" },
-      allow: { type: "string", multiple: true },
-      "idle-timeout": { type: "string" },
-      config: { type: "string" },
-      ...vpnOptions,
-    },
-  });
+  const { values } = parseCommand("server", args);
   if (values.help) return help(io, "server");
   if (values.config !== undefined) return await runConfig(values.config, values);
   const log = logger(values);
   const options = {
-    listen: parseHostPort(
-      values.listen ?? defaultServerAddress("0.0.0.0"),
-      true,
-    ),
+    listen: values.listen === undefined
+      ? defaultServerAddress("0.0.0.0", true)
+      : parseHostPort(values.listen, true),
     forward: values.forward === undefined ? undefined : parseHostPort(values.forward),
     allow: AllowList.parse(values.allow ?? []),
     maxConns: integer("max-conns", values["max-conns"], 100, 1, 1_000_000),
@@ -380,6 +552,7 @@ async function server(args: string[], io: Io): Promise<number> {
     idleTimeoutMs: seconds("idle-timeout", values["idle-timeout"], 0),
     keepaliveMs: seconds("keepalive", values.keepalive, 0),
     drainTimeoutMs: seconds("drain-timeout", values["drain-timeout"], 10),
+    drainDelayMs: drainDelay(values),
     rekeyBytes: integer(
       "rekey-bytes",
       values["rekey-bytes"],
@@ -388,12 +561,13 @@ async function server(args: string[], io: Io): Promise<number> {
       DEFAULT_REKEY_BYTES,
     ),
     logger: log,
+    provider: cryptoProvider(values),
   };
   const metricsAddress = values.metrics === undefined
     ? undefined
     : parseHostPort(values.metrics, true);
   const vpnSetting = vpnSettings(values);
-  const key = await readKey(values.key, log);
+  const key = await readKey(values.key, (warning) => log.warn(warning));
   const vpn = vpnSetting
     ? await VpnService.start({
       ...vpnSetting,
@@ -420,6 +594,10 @@ async function server(args: string[], io: Io): Promise<number> {
     }, log);
   const name = await shutdown.signal;
   log.info("shutting down", { signal: name });
+  shutdown.again(() => {
+    log.info("second signal: ending every session now");
+    running.endNow();
+  });
   await running.shutdown();
   await endpoint?.shutdown();
   shutdown.remove();
@@ -427,21 +605,7 @@ async function server(args: string[], io: Io): Promise<number> {
 }
 
 async function client(args: string[], io: Io): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args,
-    strict: true,
-    allowPositionals: true,
-    options: {
-      ...commonOptions,
-      server: { type: "string" },
-      connect: { type: "string" },
-      listen: { type: "string" },
-      socks: { type: "string" },
-      config: { type: "string" },
-      ...vpnOptions,
-      route: { type: "string", multiple: true },
-    },
-  });
+  const { values, positionals } = parseCommand("client", args, true);
   if (values.help) return help(io, "client");
   if (values.config !== undefined) return await runConfig(values.config, values, positionals);
   if (values.listen && values.socks) {
@@ -463,7 +627,9 @@ async function client(args: string[], io: Io): Promise<number> {
   }
   const log = logger(values);
   const connectOptions: Omit<ConnectOptions, "key"> = {
-    server: parseHostPort(values.server ?? defaultServerAddress("127.0.0.1")),
+    server: values.server === undefined
+      ? defaultServerAddress("127.0.0.1")
+      : parseHostPort(values.server),
     target: values.connect === undefined ? undefined : parseHostPort(values.connect),
     keepaliveMs: seconds("keepalive", values.keepalive, 0),
     handshakeTimeoutMs: seconds(
@@ -478,9 +644,11 @@ async function client(args: string[], io: Io): Promise<number> {
       1,
       DEFAULT_REKEY_BYTES,
     ),
+    provider: cryptoProvider(values),
   };
   const maxConns = integer("max-conns", values["max-conns"], 100, 1, 1_000_000);
   const drainTimeoutMs = seconds("drain-timeout", values["drain-timeout"], 10);
+  const delayMs = drainDelay(values);
   const listen = values.listen ?? values.socks;
   const listenAddress: HostPort | undefined = listen === undefined
     ? undefined
@@ -491,7 +659,7 @@ async function client(args: string[], io: Io): Promise<number> {
   if (metricsAddress && !listenAddress && !vpnSetting) {
     throw new UsageError("--metrics needs --listen, --socks or --tun");
   }
-  const key = await readKey(values.key, log);
+  const key = await readKey(values.key, (warning) => log.warn(warning));
   if (vpnSetting) {
     return await vpnClient({
       ...vpnSetting,
@@ -500,6 +668,7 @@ async function client(args: string[], io: Io): Promise<number> {
       keepaliveMs: values.keepalive === undefined ? undefined : connectOptions.keepaliveMs,
       handshakeTimeoutMs: connectOptions.handshakeTimeoutMs,
       rekeyBytes: connectOptions.rekeyBytes,
+      channel: { provider: connectOptions.provider },
       logger: log,
     }, metricsAddress);
   }
@@ -514,6 +683,7 @@ async function client(args: string[], io: Io): Promise<number> {
         connect: options,
         maxConns,
         drainTimeoutMs,
+        drainDelayMs: delayMs,
         logger: log,
       });
     } catch (err) {
@@ -529,6 +699,10 @@ async function client(args: string[], io: Io): Promise<number> {
       }, log);
     const name = await shutdown.signal;
     log.info("shutting down", { signal: name });
+    shutdown.again(() => {
+      log.info("second signal: ending every session now");
+      forwarder.endNow();
+    });
     await forwarder.shutdown();
     await endpoint?.shutdown();
     shutdown.remove();

@@ -2,7 +2,7 @@
  * The client's local listeners: port forwarding (`--listen`) and the SOCKS5
  * proxy (`--socks`). Every accepted local connection becomes its own tunnel
  * session, spliced to the local socket; `--max-conns` caps them and shutdown
- * drains them.
+ * drains them (accepting on for the drain delay, then a deadline).
  *
  * @example
  * ```ts
@@ -19,10 +19,10 @@
 
 import { connect, type ConnectOptions } from "./client.ts";
 import { closeQuietly } from "./conn.ts";
-import { drain } from "./drain.ts";
+import { webcrypto } from "./crypto/webcrypto.ts";
+import { drainListener, type ShutdownOptions } from "./drain.ts";
 import {
   AuthenticationError,
-  ErrorCode,
   ProtocolError,
   RemoteError,
   TimeoutError,
@@ -43,6 +43,8 @@ export interface ForwarderOptions {
   connect: ConnectOptions;
   maxConns?: number;
   drainTimeoutMs?: number;
+  /** How long shutdown() keeps accepting before it closes the listener (default 0). */
+  drainDelayMs?: number;
   logger?: Logger;
 }
 
@@ -64,6 +66,10 @@ export class LocalForwarder {
   #locals = new Map<number, Local>();
   #nextId = 0;
   #draining = false;
+  #shutdown: Promise<void> | null = null;
+  #listenerClosed = false;
+  /** Aborted by endNow(): the drain's delay and deadline end at once. */
+  #hurry = new AbortController();
 
   private constructor(listener: Deno.TcpListener, options: ForwarderOptions) {
     this.#listener = listener;
@@ -89,7 +95,11 @@ export class LocalForwarder {
           port: forwarder.addr.port,
         })
       }`,
-      { mode: options.mode, server: formatHostPort({ host, port }) },
+      {
+        mode: options.mode,
+        server: formatHostPort({ host, port }),
+        crypto: (options.connect.provider ?? webcrypto).name,
+      },
     );
     return forwarder;
   }
@@ -104,20 +114,40 @@ export class LocalForwarder {
     this.#options = { ...this.#options, connect: { ...this.#options.connect, key } };
   }
 
-  /** Stops accepting, drains open sessions, then aborts the rest (ERROR 6). */
-  async shutdown(): Promise<void> {
-    if (this.#draining) return await this.stopped;
+  /**
+   * Drains: `draining` turns true at once (/healthz answers 503), the
+   * listener keeps accepting for the drain delay (unless `delay: false`),
+   * then closes; every local connection accepted by then is served for up
+   * to the drain timeout; then the rest are ended (ERROR 6 for sessions).
+   * Calling it again returns the same drain.
+   */
+  shutdown(options: ShutdownOptions = {}): Promise<void> {
     this.#draining = true;
-    this.#listener.close();
-    await this.stopped;
-    const open = [...this.#locals.values()];
-    await drain(open.map((l) => l.done), this.#options.drainTimeoutMs ?? 10000, () => {
-      for (const local of this.#locals.values()) {
-        if (local.session) local.session.abort(ErrorCode.internal, "client shutting down");
-        else closeQuietly(local.conn);
-      }
+    this.#shutdown ??= this.#drain(options.delay ?? true);
+    return this.#shutdown;
+  }
+
+  /** Ends a drain at once (a second SIGTERM/SIGINT): no more delay, no more deadline. */
+  endNow(): Promise<void> {
+    this.#hurry.abort();
+    return this.shutdown();
+  }
+
+  #drain(delay: boolean): Promise<void> {
+    return drainListener({
+      delayMs: delay ? this.#options.drainDelayMs ?? 0 : 0,
+      timeoutMs: this.#options.drainTimeoutMs ?? 10000,
+      hurry: this.#hurry.signal,
+      closeListener: () => {
+        this.#listenerClosed = true;
+        this.#listener.close();
+        return this.stopped;
+      },
+      accepted: () => this.#locals.values(),
+      abortMessage: "client shutting down",
+      stats: this.stats,
+      log: this.#log,
     });
-    this.#log.info("stopped");
   }
 
   async #acceptLoop(): Promise<void> {
@@ -127,7 +157,7 @@ export class LocalForwarder {
       try {
         conn = await this.#listener.accept();
       } catch (err) {
-        if (this.#draining || err instanceof Deno.errors.BadResource) return;
+        if (this.#listenerClosed || err instanceof Deno.errors.BadResource) return;
         this.#log.error("accept failed", { error: (err as Error).message });
         continue;
       }
@@ -206,7 +236,11 @@ export class LocalForwarder {
     }
     local.session = session;
     this.stats.sessionStarted(session);
-    this.#log.info("session open", { local: id, peer, target: targetText });
+    // Open once the server said OPEN_OK: a refused target ends in "session end" with its ERROR.
+    session.opened.then(
+      () => this.#log.info("session open", { local: id, peer, target: targetText }),
+      () => {},
+    );
     const summary = await splice(session, conn);
     this.stats.sessionEnded(session, summary);
     const fields = {

@@ -33,19 +33,24 @@ export interface LoadedKey {
   warning: string | null;
 }
 
-function howToCreate(path: string): string {
-  return `create one with: cipherlink keygen --out ${path}`;
-}
-
 /**
  * Reads and parses a key file. Throws {@linkcode KeyFileError} with one line
- * that names the file and says how to make one.
+ * that names the file and says how to make one; `program` is how the user
+ * runs Cipherlink (`./cipherlink` from a checkout), for that hint.
  */
-export async function loadKey(path: string): Promise<LoadedKey> {
+export async function loadKey(path: string, program = "cipherlink"): Promise<LoadedKey> {
+  const howToCreate = (file: string) => `create one with: ${program} keygen --out ${file}`;
   let info: Deno.FileInfo;
   let bytes: Uint8Array;
   try {
     info = await Deno.stat(path);
+    if (info.isDirectory) {
+      // keygen cannot write a file where a folder is: suggest a file inside it.
+      const inside = `${path.replace(/\/+$/, "")}/${DEFAULT_KEY_PATH.split("/").pop()}`;
+      throw new KeyFileError(
+        `key file ${path} is a directory; give the key file's path, or ${howToCreate(inside)}`,
+      );
+    }
     if (!info.isFile) {
       throw new KeyFileError(
         `key file ${path} is not a regular file; ${howToCreate(path)}`,
@@ -158,13 +163,19 @@ export async function generateKeyFile(
   force: boolean,
 ): Promise<{ fingerprint: string }> {
   const key = crypto.getRandomValues(new Uint8Array(KEY_SIZE));
-  const slash = path.lastIndexOf("/");
-  if (slash > 0) await Deno.mkdir(path.slice(0, slash), { recursive: true });
+  const write = () =>
+    Deno.writeFile(path, encodeKey(key, format), { mode: 0o600, createNew: !force });
   try {
-    await Deno.writeFile(path, encodeKey(key, format), {
-      mode: 0o600,
-      createNew: !force,
-    });
+    try {
+      await write();
+    } catch (err) {
+      // Create the folders only when they are missing: the launcher lets keygen
+      // write the key file alone when its folder exists.
+      const slash = path.lastIndexOf("/");
+      if (!(err instanceof Deno.errors.NotFound) || slash <= 0) throw err;
+      await Deno.mkdir(path.slice(0, slash), { recursive: true });
+      await write();
+    }
   } catch (err) {
     if (err instanceof Deno.errors.AlreadyExists) {
       throw new KeyFileError(

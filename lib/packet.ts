@@ -48,22 +48,9 @@ export function parseCidr(text: string, what = "a CIDR"): Cidr {
   );
 }
 
-/** Formats an address of 4 or 16 bytes (IPv6 in its shortest form). */
+/** Formats an address of 4 or 16 bytes (IPv6 in the RFC 5952 form, as `ip` prints it). */
 export function formatAddress(address: Uint8Array): string {
-  if (address.byteLength === 4) return Array.from(address).join(".");
-  // Shorten the longest run of zero groups to "::", as `ip` prints it.
-  const groups = formatIPv6(address).split(":");
-  let best = -1, bestLength = 1;
-  for (let i = 0; i < 8;) {
-    let j = i;
-    while (j < 8 && groups[j] === "0") j++;
-    if (j - i > bestLength) best = i, bestLength = j - i;
-    i = j === i ? i + 1 : j;
-  }
-  if (best < 0) return groups.join(":");
-  const head = groups.slice(0, best).join(":");
-  const tail = groups.slice(best + bestLength).join(":");
-  return `${head}::${tail}`;
+  return address.byteLength === 4 ? Array.from(address).join(".") : formatIPv6(address);
 }
 
 /** Formats `ADDRESS/PREFIX`. */

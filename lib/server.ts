@@ -2,7 +2,8 @@
  * The Cipherlink server: accepts tunnel connections, runs the handshake under
  * a deadline, admits OPENs by policy, and serves each session with echo, the
  * fixed forward target, or an allowed address. Enforces `--max-conns` and
- * drains on shutdown.
+ * drains on shutdown: accepting on for the drain delay, then serving every
+ * accepted connection to its end until the drain timeout.
  *
  * @example
  * ```ts
@@ -23,7 +24,9 @@ import { lookup } from "node:dns/promises";
 import { AllowList } from "./allow.ts";
 import { ReplayGuard, SecureChannel } from "./channel.ts";
 import { closeQuietly } from "./conn.ts";
-import { drain } from "./drain.ts";
+import type { CryptoProvider } from "./crypto/provider.ts";
+import { webcrypto } from "./crypto/webcrypto.ts";
+import { drainListener, type ShutdownOptions } from "./drain.ts";
 import {
   AuthenticationError,
   CipherlinkError,
@@ -52,6 +55,8 @@ export interface ServerOptions {
   idleTimeoutMs?: number;
   keepaliveMs?: number;
   drainTimeoutMs?: number;
+  /** How long shutdown() keeps accepting before it closes the listener (default 0). */
+  drainDelayMs?: number;
   rekeyBytes?: number;
   logger?: Logger;
   /**
@@ -59,6 +64,8 @@ export interface ServerOptions {
    * without it). shutdown() closes it: its sessions get CLOSE at once.
    */
   vpn?: VpnService;
+  /** Who computes the cryptography (default: Web Crypto; see lib/crypto/select.ts). */
+  provider?: CryptoProvider;
 }
 
 /** How long the server waits for a target to accept its connection. */
@@ -67,8 +74,6 @@ export const UPSTREAM_CONNECT_TIMEOUT_MS = 10_000;
 interface Connection {
   conn: Deno.TcpConn;
   session: Session | null;
-  /** Whether this connection carries a VPN session (the VPN service ends those). */
-  vpn?: boolean;
   done: Promise<void>;
 }
 
@@ -92,6 +97,10 @@ export class TunnelServer {
   #replays = new ReplayGuard();
   #nextId = 0;
   #draining = false;
+  #shutdown: Promise<void> | null = null;
+  #listenerClosed = false;
+  /** Aborted by endNow(): the drain's delay and deadline end at once. */
+  #hurry = new AbortController();
 
   private constructor(listener: Deno.TcpListener, options: ServerOptions) {
     this.#listener = listener;
@@ -103,8 +112,10 @@ export class TunnelServer {
       idleTimeoutMs: 0,
       keepaliveMs: 0,
       drainTimeoutMs: 10000,
+      drainDelayMs: 0,
       rekeyBytes: 2 ** 30,
       logger: new Logger(),
+      provider: webcrypto,
       ...options,
     };
     this.#sessionOptions = {
@@ -128,6 +139,7 @@ export class TunnelServer {
       {
         service: options.forward ? `forward ${formatHostPort(options.forward)}` : "echo",
         vpn: options.vpn?.describe(),
+        crypto: server.#options.provider.name,
       },
     );
     return Promise.resolve(server);
@@ -144,33 +156,42 @@ export class TunnelServer {
   }
 
   /**
-   * Stops accepting, lets open sessions finish for up to the drain timeout,
-   * then ends the rest with ERROR 6.
+   * Drains: `draining` turns true at once (so /healthz answers 503), the
+   * listener keeps accepting for the drain delay (unless `delay: false`),
+   * then closes; every connection accepted by then is served, handshake
+   * included, for up to the drain timeout; the rest are then ended (ERROR 6
+   * for sessions). Calling it again returns the same drain.
    */
-  async shutdown(): Promise<void> {
-    if (this.#draining) return await this.stopped;
+  shutdown(options: ShutdownOptions = {}): Promise<void> {
     this.#draining = true;
-    this.#listener.close();
-    await this.stopped;
-    for (const { conn, session, vpn } of this.#connections.values()) {
-      if (!session && !vpn) closeQuietly(conn);
-    }
-    const open = [...this.#connections.values()];
-    if (open.length > 0) {
-      this.#log.info("draining", {
-        sessions: open.length,
-        drain_timeout_ms: this.#options.drainTimeoutMs,
-      });
-    }
-    // VPN sessions never end by themselves: CLOSE them now (their clients
-    // reconnect) and remove the device, so a restart can create it again.
-    await this.#options.vpn?.close();
-    await drain(open.map((c) => c.done), this.#options.drainTimeoutMs, () => {
-      for (const { session } of this.#connections.values()) {
-        session?.abort(ErrorCode.internal, "server shutting down");
-      }
+    this.#shutdown ??= this.#drain(options.delay ?? true);
+    return this.#shutdown;
+  }
+
+  /** Ends a drain at once (a second SIGTERM/SIGINT): no more delay, no more deadline. */
+  endNow(): Promise<void> {
+    this.#hurry.abort();
+    return this.shutdown();
+  }
+
+  #drain(delay: boolean): Promise<void> {
+    return drainListener({
+      delayMs: delay ? this.#options.drainDelayMs : 0,
+      timeoutMs: this.#options.drainTimeoutMs,
+      hurry: this.#hurry.signal,
+      closeListener: async () => {
+        this.#listenerClosed = true;
+        this.#listener.close();
+        await this.stopped;
+        // VPN sessions never end by themselves: CLOSE them now (their clients
+        // reconnect) and remove the device, so a restart can create it again.
+        await this.#options.vpn?.close();
+      },
+      accepted: () => this.#connections.values(),
+      abortMessage: "server shutting down",
+      stats: this.stats,
+      log: this.#log,
     });
-    this.#log.info("stopped");
   }
 
   get #log(): Logger {
@@ -183,7 +204,7 @@ export class TunnelServer {
       try {
         conn = await this.#listener.accept();
       } catch (err) {
-        if (this.#draining || err instanceof Deno.errors.BadResource) return;
+        if (this.#listenerClosed || err instanceof Deno.errors.BadResource) return;
         this.#log.error("accept failed", { error: (err as Error).message });
         continue;
       }
@@ -229,6 +250,7 @@ export class TunnelServer {
         {
           rekeyBytes: this.#options.rekeyBytes,
           replays: this.#replays,
+          provider: this.#options.provider,
         },
       );
       target = await receiveOpen(channel);
@@ -238,10 +260,6 @@ export class TunnelServer {
       return;
     } finally {
       clearTimeout(deadline);
-    }
-    if (this.#draining) {
-      await this.#reject(channel, ErrorCode.internal, "server shutting down");
-      return;
     }
     const seconds = (performance.now() - started) / 1000;
     this.stats.handshake("ok", seconds);
@@ -258,7 +276,7 @@ export class TunnelServer {
     entry: Connection,
   ): Promise<SessionSummary | null> {
     if (target.kind === "vpn") {
-      await this.#serveVpn(id, peer, channel, target.addresses, entry);
+      await this.#serveVpn(id, peer, channel, target.addresses);
       return null;
     }
     let upstream: Deno.TcpConn | null = null;
@@ -321,7 +339,6 @@ export class TunnelServer {
     peer: string,
     channel: SecureChannel,
     wanted: Cidr[],
-    entry: Connection,
   ): Promise<void> {
     const vpn = this.#options.vpn;
     const refuse = async (why: string) => {
@@ -332,7 +349,6 @@ export class TunnelServer {
     const admitted = vpn.admit(channel, wanted);
     if ("refused" in admitted) return await refuse(admitted.refused);
     const { link, addresses } = admitted;
-    entry.vpn = true;
     this.stats.open("ok");
     // VPN sessions count as sessions; their traffic is in the cipherlink_vpn_* counters.
     this.stats.sessionsOpen++;

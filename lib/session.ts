@@ -56,6 +56,11 @@ export const KEEPALIVE_MISSES = 3;
 const MAX_PING_BODY = 8;
 /** How long a last frame may take to leave before the connection is closed anyway. */
 const GOODBYE_GRACE_MS = 1000;
+/**
+ * After a failed write, how long the session looks for the peer's reason (an
+ * ERROR already on its way) before it reports the write failure itself.
+ */
+const WRITE_FAILURE_GRACE_MS = 1000;
 
 /**
  * Waits for the client's OPEN, the first transport message, and decodes its
@@ -111,6 +116,8 @@ export class Session {
   #receiving = false;
   #unansweredPings = 0;
   #timer: ReturnType<typeof setInterval> | undefined;
+  /** Set while a failed write waits for the peer's last words (see #writeFailed). */
+  #readingLastWords: Promise<void> | null = null;
 
   private constructor(
     channel: SecureChannel,
@@ -218,7 +225,10 @@ export class Session {
         }
       }
     } catch (err) {
-      if (!this.#finished) this.abort(ErrorCode.internal, "reading the local stream failed");
+      // A failed send (awaited in #settleOldest) is #writeFailed's to report.
+      if (!this.#finished && !this.#readingLastWords) {
+        this.abort(ErrorCode.internal, "reading the local stream failed");
+      }
       throw err;
     } finally {
       reader.releaseLock();
@@ -249,6 +259,13 @@ export class Session {
 
   /** Closes the connection without a word: for peers that broke the protocol. */
   drop(error: Error): void {
+    // A failed write is waiting for the peer's last frames, which end the
+    // session with the peer's reason; a caller's drop must not pre-empt them.
+    if (this.#readingLastWords) return;
+    this.#drop(error);
+  }
+
+  #drop(error: Error): void {
     if (this.#finished) return;
     this.channel.close();
     this.#finish(error);
@@ -284,8 +301,46 @@ export class Session {
 
   /** Watches a send: a failed write ends the session. */
   #track(sent: Promise<void>): Promise<void> {
-    sent.catch((err) => this.#fail(err));
+    sent.catch((err) => this.#writeFailed(err));
     return sent;
+  }
+
+  /**
+   * A write failed, typically because the peer answered ERROR and closed
+   * while we were still sending (a refused target with data already queued).
+   * What the peer said is the real reason: read what remains of the
+   * connection first, and report the write failure only if no ERROR (or
+   * other end) arrives within WRITE_FAILURE_GRACE_MS.
+   */
+  #writeFailed(err: unknown): void {
+    if (this.#finished || this.#readingLastWords) return;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const deadline = new Promise<void>((
+      resolve,
+    ) => (timer = setTimeout(resolve, WRITE_FAILURE_GRACE_MS)));
+    // A reader already waiting on the channel will see the peer's frames
+    // itself; otherwise read them here (one receiver at a time).
+    const reading = this.#receiving ? this.ended.then(() => {}) : this.#readLastWords();
+    this.#readingLastWords = Promise.race([reading, deadline]).then(() => {
+      clearTimeout(timer);
+      this.#readingLastWords = null;
+      this.#fail(err);
+    });
+  }
+
+  async #readLastWords(): Promise<void> {
+    this.#receiving = true;
+    try {
+      while (!this.#finished) {
+        const message = await this.channel.receive();
+        if (!message) return;
+        this.#handle(message.type, message.body);
+      }
+    } catch {
+      // The connection failed: the write failure stands.
+    } finally {
+      this.#receiving = false;
+    }
   }
 
   async #settleOldest(): Promise<void> {
@@ -295,6 +350,7 @@ export class Session {
   }
 
   async #pull(): Promise<void> {
+    if (this.#readingLastWords) await this.#readingLastWords;
     while (!this.#finished) {
       let message;
       this.#receiving = true;
@@ -364,6 +420,7 @@ export class Session {
    * still come while we send: keep reading them until the session ends.
    */
   async #serviceControlAfterClose(): Promise<void> {
+    if (this.#readingLastWords) await this.#readingLastWords;
     while (!this.#finished) {
       let message;
       this.#receiving = true;
@@ -394,7 +451,7 @@ export class Session {
     // frame that arrived whole but broke the rules may be answered ERROR 1.
     if (error instanceof ProtocolError && !(error instanceof FrameHeaderError)) {
       this.abort(ErrorCode.protocolViolation, "protocol violation", error);
-    } else this.drop(error);
+    } else this.#drop(error);
   }
 
   #maybeFinish(): void {

@@ -158,7 +158,37 @@ export class TunnelStats {
   rekeysSent = 0;
   rekeysReceived = 0;
   keepaliveDrops = 0;
+  /** Sessions that ended on their own while draining. */
+  sessionsDrained = 0;
+  /** Sessions still open at the drain's deadline (or a second signal), ended with ERROR 6. */
+  sessionsDrainAborted = 0;
+  /** Accepted connections closed unserved by the drain (still before their session). */
+  connectionsDrainRefused = 0;
   #live = new Set<Session>();
+  #drainStarted: number | null = null;
+  #drainEnded: number | null = null;
+  #drainLate = false;
+
+  /** The drain began (SIGTERM): sessions ending from now on count as drained. */
+  drainStarted(): void {
+    this.#drainStarted ??= performance.now();
+  }
+
+  /** The drain's deadline passed: sessions ending from now on were ended by it. */
+  drainDeadline(): void {
+    this.#drainLate = true;
+  }
+
+  /** The drain is over. */
+  drainEnded(): void {
+    this.#drainEnded ??= performance.now();
+  }
+
+  /** Seconds the drain took (so far, while it runs); 0 before one began. */
+  get drainSeconds(): number {
+    if (this.#drainStarted === null) return 0;
+    return ((this.#drainEnded ?? performance.now()) - this.#drainStarted) / 1000;
+  }
 
   /** Handshakes completed (and OPEN received, on a server). */
   get handshakesOk(): number {
@@ -200,6 +230,10 @@ export class TunnelStats {
     this.rekeysSent += summary.rekeysSent;
     this.rekeysReceived += summary.rekeysReceived;
     if (summary.error instanceof KeepaliveTimeoutError) this.keepaliveDrops++;
+    if (this.#drainStarted !== null) {
+      if (this.#drainLate) this.sessionsDrainAborted++;
+      else this.sessionsDrained++;
+    }
   }
 
   /** Bytes so far, open sessions included. */
@@ -370,6 +404,34 @@ export function renderMetrics(sources: MetricsSource[]): string {
       stats.keepaliveDrops,
     );
     if (stats.vpn) addVpn(stats.vpn, labels, add);
+    add(
+      "cipherlink_drain_sessions_total",
+      "counter",
+      "Sessions that ended during a drain: finished on their own, or aborted (ERROR 6) at its deadline.",
+      { ...labels, outcome: "finished" },
+      stats.sessionsDrained,
+    );
+    add(
+      "cipherlink_drain_sessions_total",
+      "counter",
+      "",
+      { ...labels, outcome: "aborted" },
+      stats.sessionsDrainAborted,
+    );
+    add(
+      "cipherlink_drain_refused_total",
+      "counter",
+      "Accepted connections the drain closed before their session began.",
+      labels,
+      stats.connectionsDrainRefused,
+    );
+    add(
+      "cipherlink_drain_duration_seconds",
+      "gauge",
+      "Time since SIGTERM began the drain, or its total once over; 0 before.",
+      labels,
+      stats.drainSeconds,
+    );
     const histogram = stats.handshakeSeconds;
     const name = "cipherlink_handshake_duration_seconds";
     const help =

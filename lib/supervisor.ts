@@ -7,8 +7,9 @@
  * Otherwise new tunnels start, removed ones stop accepting and drain, a
  * tunnel whose key (file path or contents) is all that changed gets the new
  * key for new sessions while open ones go on, and a tunnel with any other
- * change is drained and started again. SIGINT/SIGTERM drain every tunnel and
- * exit 0.
+ * change is drained and started again (at once: no drain delay on a reload).
+ * SIGINT/SIGTERM drain every tunnel (each keeps accepting for its drain delay
+ * first) and exit 0; a second one ends every session at once.
  *
  * @example
  * ```ts
@@ -31,9 +32,12 @@ import {
   type TunnelConfig,
   type TunSettings,
 } from "./config.ts";
+import { drainDelayFor, type ShutdownOptions } from "./drain.ts";
 import { UsageError } from "./errors.ts";
 import { LocalForwarder } from "./forwarder.ts";
+import { type CryptoProvider, loadCryptoProvider } from "./crypto/select.ts";
 import { fingerprint, type LoadedKey } from "./keys.ts";
+import { forgetPsk } from "./noise.ts";
 import {
   LOG_FORMATS,
   LOG_LEVELS,
@@ -57,7 +61,8 @@ interface Runner {
   readonly addr: Deno.NetAddr | null;
   /** Resolves once the listener is closed and the accept loop ended. */
   readonly stopped: Promise<void>;
-  shutdown(): Promise<void>;
+  shutdown(options?: ShutdownOptions): Promise<void>;
+  endNow(): Promise<void>;
   setKey(key: Uint8Array): void;
   readonly stats: TunnelStats;
 }
@@ -100,6 +105,8 @@ export interface SupervisorOptions {
   format?: LogFormat;
   /** Where log lines go (stderr by default); tests capture them. */
   sink?: LogSink;
+  /** Whether /healthz is served (--metrics): the default drain delay applies only then. */
+  healthServed?: boolean;
 }
 
 /** Everything but the key path: what decides between a key swap and a restart. */
@@ -124,6 +131,9 @@ export class Supervisor {
   #logSettings: Config["log"];
   #running = new Map<string, Running>();
   #draining = new Set<Promise<void>>();
+  /** Tunnels still draining: for endNow(), and their drain metrics. */
+  #drainingTunnels = new Set<Running>();
+  #healthServed = false;
   #queue: Promise<unknown> = Promise.resolve();
   #queuedReload: Promise<boolean> | null = null;
   #shutdown: Promise<void> | null = null;
@@ -148,6 +158,7 @@ export class Supervisor {
       options.sink,
     );
     const supervisor = new Supervisor(file, log, config.log);
+    supervisor.#healthServed = options.healthServed ?? false;
     log.info("config loaded", { config: file, tunnels: config.tunnels.length });
     try {
       for (const tunnel of config.tunnels) await supervisor.#start(tunnel, keys.get(tunnel.name)!);
@@ -184,9 +195,14 @@ export class Supervisor {
     return run;
   }
 
-  /** The running tunnels' counters, labelled by role and tunnel name. */
+  /** The counters of the running tunnels and of those still draining, by role and tunnel name. */
   metricsSources(): MetricsSource[] {
-    return [...this.#running.values()].map(({ config, runner }) => ({
+    // A draining tunnel is shown (its drain counters) unless one of that name is shown already.
+    const shown = new Map(this.#running);
+    for (const tunnel of this.#drainingTunnels) {
+      if (!shown.has(tunnel.config.name)) shown.set(tunnel.config.name, tunnel);
+    }
+    return [...shown.values()].map(({ config, runner }) => ({
       stats: runner.stats,
       labels: { role: config.role, tunnel: config.name },
     }));
@@ -200,21 +216,41 @@ export class Supervisor {
   /** Stops every tunnel: stop accepting, drain open sessions, end the rest. */
   shutdown(): Promise<void> {
     this.#shutdown ??= this.#queue.then(async () => {
-      for (const running of [...this.#running.values()]) this.#stop(running);
+      for (const running of [...this.#running.values()]) this.#stop(running, { delay: true });
       await Promise.all(this.#draining);
     });
     return this.#shutdown;
   }
 
+  /** Ends every drain at once (a second SIGINT/SIGTERM), shutting down if not yet. */
+  endNow(): Promise<void> {
+    const shutdown = this.shutdown();
+    for (const running of this.#running.values()) running.runner.endNow();
+    for (const { runner } of this.#drainingTunnels) runner.endNow();
+    return shutdown;
+  }
+
   async #start(tunnel: TunnelConfig, loaded: LoadedKey): Promise<void> {
     const log = new TunnelLogger(this.log, tunnel.name);
     if (loaded.warning) log.warn(loaded.warning);
+    let provider: CryptoProvider;
+    try {
+      provider = loadCryptoProvider(tunnel.crypto, tunnel.libcrypto);
+    } catch (err) {
+      throw new ConfigError(this.file, messageOf(err), {
+        tunnel: tunnel.name,
+        field: tunnel.libcrypto === undefined ? "crypto" : "libcrypto",
+      });
+    }
     let runner: Runner;
     try {
       runner = tunnel.role === "server"
-        ? await startServer(tunnel, loaded.key, log)
+        ? await startServer(tunnel, loaded.key, log, {
+          provider,
+          drainDelayMs: drainDelayFor(tunnel.drainDelayMs, this.#healthServed),
+        })
         : tunnel.vpn
-        ? await startVpnClient(tunnel, tunnel.vpn, loaded.key, log)
+        ? await startVpnClient(tunnel, tunnel.vpn, loaded.key, log, provider)
         : LocalForwarder.start({
           listen: tunnel.listen!,
           mode: tunnel.mode as "forward" | "socks",
@@ -225,9 +261,11 @@ export class Supervisor {
             keepaliveMs: tunnel.keepaliveMs,
             handshakeTimeoutMs: tunnel.handshakeTimeoutMs,
             rekeyBytes: tunnel.rekeyBytes,
+            provider,
           },
           maxConns: tunnel.maxConns,
           drainTimeoutMs: tunnel.drainTimeoutMs,
+          drainDelayMs: drainDelayFor(tunnel.drainDelayMs, this.#healthServed),
           logger: log,
         });
     } catch (err) {
@@ -243,15 +281,23 @@ export class Supervisor {
     this.#running.set(tunnel.name, { config: tunnel, key: loaded.key, runner, log });
   }
 
-  /** Begins draining; resolves once its listener is closed (its port is free). */
-  #stop(running: Running): Promise<void> {
+  /**
+   * Begins draining (after the drain delay only when `delay`: a reload has no
+   * 503 to show first); resolves once its listener is closed (its port is free).
+   */
+  #stop(running: Running, options: ShutdownOptions = { delay: false }): Promise<void> {
     this.#running.delete(running.config.name);
-    const drained = running.runner.shutdown().catch((err) => {
+    const { runner } = running;
+    this.#drainingTunnels.add(running);
+    const drained = runner.shutdown(options).catch((err) => {
       running.log.error("shutdown failed", { error: messageOf(err) });
     });
     this.#draining.add(drained);
-    drained.finally(() => this.#draining.delete(drained));
-    return running.runner.stopped;
+    drained.finally(() => {
+      this.#draining.delete(drained);
+      this.#drainingTunnels.delete(running);
+    });
+    return runner.stopped;
   }
 
   async #reloadNow(): Promise<boolean> {
@@ -291,6 +337,7 @@ export class Supervisor {
         running.config = next;
         if (!sameBytes(key, running.key)) {
           running.runner.setKey(key);
+          forgetPsk(running.key); // its cached handshake prefix is zeroed
           running.key = key;
           if (warning) running.log.warn(warning);
           running.log.info("key changed; new sessions use it", {
@@ -328,6 +375,7 @@ async function startServer(
   tunnel: ServerTunnelConfig,
   key: Uint8Array,
   log: Logger,
+  { provider, drainDelayMs }: { provider: CryptoProvider; drainDelayMs: number },
 ): Promise<Runner> {
   const vpn = tunnel.vpn
     ? await VpnService.start({
@@ -351,8 +399,10 @@ async function startServer(
       idleTimeoutMs: tunnel.idleTimeoutMs,
       keepaliveMs: tunnel.keepaliveMs,
       drainTimeoutMs: tunnel.drainTimeoutMs,
+      drainDelayMs,
       rekeyBytes: tunnel.rekeyBytes,
       logger: log,
+      provider,
       vpn,
     });
   } catch (err) {
@@ -365,7 +415,8 @@ async function startServer(
     addr: server.addr,
     stats: server.stats,
     setKey: (key) => server.setKey(key),
-    shutdown: () => server.shutdown(),
+    shutdown: (options) => server.shutdown(options),
+    endNow: () => server.endNow(),
     stopped: server.stopped.then(() => vpn.close()),
   };
 }
@@ -376,6 +427,7 @@ async function startVpnClient(
   settings: TunSettings,
   key: Uint8Array,
   log: Logger,
+  provider: CryptoProvider,
 ): Promise<Runner> {
   const client = await VpnClient.start({
     server: tunnel.server,
@@ -387,6 +439,7 @@ async function startVpnClient(
     keepaliveMs: tunnel.keepaliveMs || undefined,
     handshakeTimeoutMs: tunnel.handshakeTimeoutMs,
     rekeyBytes: tunnel.rekeyBytes,
+    channel: { provider },
     logger: log,
   });
   log.info("vpn device up", { device: client.describe() });
@@ -400,13 +453,15 @@ async function startVpnClient(
     stats: client.stats,
     setKey: (next) => client.setKey(next),
     shutdown,
+    endNow: shutdown,
     get stopped() {
       return stopped ?? client.done.then(() => {});
     },
   };
 }
 
-const CONFIG_OPTIONS = ["config", "log-level", "log-format", "metrics"];
+/** The command-line options `--config` mode takes; every other one is a usage error. */
+export const CONFIG_OPTIONS: readonly string[] = ["config", "log-level", "log-format", "metrics"];
 
 function optionOneOf<T extends string>(
   name: string,
@@ -422,8 +477,8 @@ function optionOneOf<T extends string>(
 
 /**
  * The CLI's `--config FILE` mode for `server` and `client`: the only other
- * options it takes are --log-level and --log-format (they win over the
- * file's `log`). Runs until SIGINT/SIGTERM, reloading on SIGHUP; resolves
+ * options it takes are {@linkcode CONFIG_OPTIONS} (--log-level and
+ * --log-format win over the file's `log`; --metrics serves every tunnel). Runs until SIGINT/SIGTERM, reloading on SIGHUP; resolves
  * the exit code. Throws {@linkcode UsageError} for a bad command line and
  * {@linkcode ConfigError} for a bad file or a tunnel that cannot listen.
  */
@@ -456,13 +511,26 @@ export async function runConfig(
   };
   let onStop = (_signal: string) => {};
   const stopSignal = new Promise<string>((resolve) => (onStop = resolve));
+  let stopping = false;
   const handlers = (["SIGINT", "SIGTERM"] as const).map((name) =>
-    [name, () => onStop(name)] as const
+    [name, () => {
+      if (!stopping || !supervisor) {
+        stopping = true;
+        onStop(name);
+        return;
+      }
+      supervisor.log.info("second signal: ending every session now");
+      supervisor.endNow();
+    }] as const
   );
   Deno.addSignalListener("SIGHUP", onHangup);
   for (const [name, handler] of handlers) Deno.addSignalListener(name, handler);
   try {
-    supervisor = await Supervisor.start(file, { level, format });
+    supervisor = await Supervisor.start(file, {
+      level,
+      format,
+      healthServed: typeof values.metrics === "string",
+    });
     const running = supervisor;
     const endpoint = typeof values.metrics === "string"
       ? serveMetrics(parseHostPort(values.metrics, true), {

@@ -172,11 +172,31 @@ export function parseIPv6(text: string): number[] | null {
   return all.flatMap((g) => [g >> 8, g & 0xff]);
 }
 
-/** Formats 16 bytes as a (non-compressed) IPv6 address. */
+/**
+ * Formats 16 bytes as an IPv6 address in the RFC 5952 form: lower case, no
+ * leading zeros, the longest run of two or more zero groups (the first of
+ * equals) as `::`, an IPv4-mapped tail dotted: `::1`, `2001:db8::7`,
+ * `::ffff:192.0.2.1`.
+ */
 export function formatIPv6(bytes: Uint8Array): string {
-  const groups: string[] = [];
-  for (let i = 0; i < 16; i += 2) {
-    groups.push(((bytes[i] << 8) | bytes[i + 1]).toString(16));
+  const groups: number[] = [];
+  for (let i = 0; i < 16; i += 2) groups.push((bytes[i] << 8) | bytes[i + 1]);
+  let bestStart = -1;
+  let bestLength = 1;
+  for (let start = 0; start < 8; start++) {
+    let length = 0;
+    while (start + length < 8 && groups[start + length] === 0) length++;
+    if (length > bestLength) {
+      bestStart = start;
+      bestLength = length;
+    }
   }
-  return groups.join(":");
+  const text = (from: number, to: number) =>
+    groups.slice(from, to).map((g) => g.toString(16)).join(":");
+  // An IPv4-mapped address keeps its dotted tail (RFC 5952, section 5).
+  if (bestStart === 0 && bestLength === 5 && groups[5] === 0xffff) {
+    return `::ffff:${bytes.subarray(12).join(".")}`;
+  }
+  if (bestStart < 0) return text(0, 8);
+  return `${text(0, bestStart)}::${text(bestStart + bestLength, 8)}`;
 }

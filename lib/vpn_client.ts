@@ -26,6 +26,7 @@
 
 import { type ChannelOptions, MessageType, SecureChannel } from "./channel.ts";
 import { CLIENT_HANDSHAKE_TIMEOUT_MS } from "./client.ts";
+import { DEFAULT_CRYPTO_PROVIDER } from "./crypto/provider.ts";
 import { closeQuietly } from "./conn.ts";
 import {
   AuthenticationError,
@@ -204,6 +205,7 @@ export class VpnClient {
         server: formatHostPort(this.#options.server),
         device: this.device.name,
         addresses: this.#options.addresses.map(formatCidr).join(" "),
+        crypto: this.#options.channel?.provider?.name ?? DEFAULT_CRYPTO_PROVIDER,
       });
       const { error } = await link.run();
       this.#link = null;

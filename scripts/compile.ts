@@ -10,7 +10,9 @@
  * @module
  */
 
+import { isAbsolute } from "node:path";
 import { parseArgs } from "node:util";
+import { compileFailureCause } from "./compile/cause.ts";
 
 /** Every target the release ships. */
 export const TARGETS = [
@@ -58,12 +60,14 @@ const { values } = parseArgs({
 const denort = Deno.env.get("DENORT_BIN");
 const targets = values.target ?? (denort ? [hostTarget()] : [...TARGETS]);
 const root = new URL("../", import.meta.url).pathname;
-await Deno.mkdir(`${root}${values.out}`, { recursive: true });
+/** Where the executables go: --out, relative to the repository unless absolute. */
+const outDir = isAbsolute(values.out) ? values.out : `${root}${values.out}`;
+await Deno.mkdir(outDir, { recursive: true });
 
 const built: string[] = [];
 for (const target of targets) {
   const name = `cipherlink-${target}${target.includes("windows") ? ".exe" : ""}`;
-  const output = `${root}${values.out}/${name}`;
+  const output = `${outDir}/${name}`;
   const result = await new Deno.Command(Deno.execPath(), {
     args: [
       "compile",
@@ -80,15 +84,13 @@ for (const target of targets) {
     env: { NO_COLOR: "1" },
   }).output();
   if (!result.success) {
-    const detail = new TextDecoder().decode(result.stderr).split("\n").find((l) =>
-      /error/i.test(l)
-    ) ?? "";
+    const detail = compileFailureCause(new TextDecoder().decode(result.stderr));
     console.error(
       `compile: deno compile could not build ${target}${
         denort
           ? ` with DENORT_BIN=${denort}`
           : " (it downloads the denort runtime; set DENORT_BIN to a local one)"
-      }: ${detail.trim()}`,
+      }: ${detail}`,
     );
     Deno.exit(1);
   }
@@ -96,7 +98,7 @@ for (const target of targets) {
   console.log(`compile: ${values.out}/${name}`);
 }
 const sums = await Promise.all(
-  built.map(async (name) => `${await sha256(`${root}${values.out}/${name}`)}  ${name}`),
+  built.map(async (name) => `${await sha256(`${outDir}/${name}`)}  ${name}`),
 );
-await Deno.writeTextFile(`${root}${values.out}/SHA256SUMS`, sums.join("\n") + "\n");
+await Deno.writeTextFile(`${outDir}/SHA256SUMS`, sums.join("\n") + "\n");
 console.log(`compile: ${values.out}/SHA256SUMS (${built.length} executables)`);

@@ -248,3 +248,177 @@ Deno.test("cli: an ERROR from the server (target refused by policy) fails the cl
     await key.cleanup();
   }
 });
+
+Deno.test("cli: every usage error is one line in our words, with a suggestion where one is close, then the usage line", async () => {
+  const cases: [string[], string][] = [
+    [["client", "--sever", "127.0.0.1:1"], "unknown option --sever; did you mean --server?"],
+    [["client", "--allow", "*:80"], "--allow is a server option; client does not take it"],
+    [["server", "--connect", "a:1"], "--connect is a client option; server does not take it"],
+    [["client", "--keepalive", "-1"], "--keepalive takes a number of seconds, not '-1'"],
+    [["server", "--drain-timeout", "-5"], "--drain-timeout takes a number of seconds, not '-5'"],
+    [["server", "--lisen", "127.0.0.1:0"], "unknown option --lisen; did you mean --listen?"],
+    [["keygen", "--fromat", "hex"], "unknown option --fromat; did you mean --format?"],
+    [["keygen", "--force=yes"], "--force takes no value"],
+    [["client", "--key"], "--key needs a value"],
+    [["server", "--frobnicate"], "unknown option --frobnicate"],
+    [
+      ["server", "listen", "127.0.0.1:0"],
+      "server takes no arguments besides options, got 'listen'; did you mean --listen?",
+    ],
+    [["sever"], "unknown command 'sever'; did you mean server?"],
+    [["check-config", "--bogus"], "unknown option --bogus"],
+    [
+      ["server", "--allow", "nowhere"],
+      "--allow 'nowhere' is not HOST:PORT, HOST:*, *:PORT, CIDR:PORT or CIDR:*",
+    ],
+  ];
+  for (const [args, message] of cases) {
+    const result = await runCipherlink(args);
+    assert.equal(result.code, 2, `${args.join(" ")}: ${result.stderr}`);
+    const lines = result.stderr.split("\n");
+    assert.equal(lines.length, 3, `two lines and a final newline:\n${result.stderr}`);
+    assert.equal(lines[0], `cipherlink: error: ${message}`);
+    assert.match(lines[1], /^usage: cipherlink /);
+    if (args[0] !== "sever") assert.match(lines[1], new RegExp(`^usage: cipherlink ${args[0]}`));
+    assert.equal(result.stdout, "");
+  }
+});
+
+Deno.test("cli: a bad environment value is a usage error that names the variable", async () => {
+  const cases: [Record<string, string>, string[], string][] = [
+    [
+      { CIPHERLINK_SERVER_PORT: "abc" },
+      ["client", "hi"],
+      "CIPHERLINK_SERVER_PORT='abc' is not a port number (1 to 65535)",
+    ],
+    [
+      { CIPHERLINK_SERVER_PORT: "70000" },
+      ["server"],
+      "CIPHERLINK_SERVER_PORT='70000' is not a port number (0 to 65535)",
+    ],
+    [
+      { CIPHERLINK_SERVER_HOST: "two words" },
+      ["client", "hi"],
+      "CIPHERLINK_SERVER_HOST='two words' is not a host name or IP address",
+    ],
+  ];
+  for (const [env, args, message] of cases) {
+    const result = await runCipherlink(args, { env });
+    assert.equal(result.code, 2, result.stderr);
+    assert.equal(result.stderr.split("\n")[0], `cipherlink: error: ${message}`);
+  }
+  const missing = await runCipherlink(["client", "hi"], {
+    env: { CIPHERLINK_KEY_FILE: "/nonexistent/k.key" },
+  });
+  assert.equal(missing.code, 1);
+  assert.match(
+    missing.stderr,
+    /key file \/nonexistent\/k\.key does not exist.*CIPHERLINK_KEY_FILE/,
+  );
+});
+
+Deno.test("cli: fingerprint prints the fingerprint keygen printed, for raw, hex and base64 files", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    for (const format of ["raw", "hex", "base64"]) {
+      const path = `${dir}/${format}.key`;
+      const made = await runCipherlink(["keygen", "--out", path, "--format", format]);
+      const printed = /fingerprint (SHA256:\S+)/.exec(made.stdout)![1];
+      const shown = await runCipherlink(["fingerprint", "--key", path]);
+      assert.equal(shown.code, 0, shown.stderr);
+      assert.equal(shown.stdout, `${printed}\n`);
+      const viaEnv = await runCipherlink(["fingerprint"], { env: { CIPHERLINK_KEY_FILE: path } });
+      assert.equal(viaEnv.stdout, `${printed}\n`);
+    }
+    const missing = await runCipherlink(["fingerprint", "--key", `${dir}/none.key`]);
+    assert.equal(missing.code, 1);
+    assert.match(missing.stderr, /^cipherlink: error: key file .*none\.key does not exist; create/);
+    await Deno.writeTextFile(`${dir}/bad.key`, "nope");
+    const malformed = await runCipherlink(["fingerprint", "--key", `${dir}/bad.key`]);
+    assert.equal(malformed.code, 1);
+    assert.match(malformed.stderr, /^cipherlink: error: key file .*bad\.key is malformed/);
+    assert.equal(malformed.stdout, "");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("cli: --key naming a directory suggests a key file inside it, and that suggestion works", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const result = await runCipherlink(["client", "--key", dir, "hi"]);
+    assert.equal(result.code, 1);
+    const hint = /create one with: cipherlink (keygen .*)$/m.exec(result.stderr);
+    assert.ok(hint, result.stderr);
+    const keygen = await runCipherlink(hint[1].split(" "));
+    assert.equal(keygen.code, 0, keygen.stderr);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("cli: hints name the program the way the user ran it (./cipherlink from a checkout)", async () => {
+  const root = new URL("../", import.meta.url).pathname;
+  // From a shell, as the README has it (Deno.Command would pass an absolute path as $0).
+  const result = await new Deno.Command("bash", {
+    args: ["-c", "./cipherlink client --key /nonexistent/k.key hi"],
+    cwd: root,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(
+    new TextDecoder().decode(result.stderr),
+    "cipherlink: error: key file /nonexistent/k.key does not exist; create one with: ./cipherlink keygen --out /nonexistent/k.key\n",
+  );
+});
+
+Deno.test("cli: --help names every option --config accepts, and each is accepted with --config", async () => {
+  for (const command of ["server", "client"]) {
+    const help = (await runCipherlink([command, "--help"])).stdout;
+    const line = /SIGHUP reloads it; only (.*) may be added/.exec(help);
+    assert.ok(line, help);
+    assert.match(line[1], /--log-level/);
+    assert.match(line[1], /--log-format/);
+    assert.match(line[1], /--metrics/);
+  }
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.writeFile(`${dir}/k.key`, crypto.getRandomValues(new Uint8Array(32)), {
+      mode: 0o600,
+    });
+    await Deno.writeTextFile(
+      `${dir}/c.json`,
+      `{ "tunnels": [{ "name": "a", "role": "server", "listen": "127.0.0.1:0", "key": "k.key" }] }`,
+    );
+    const server = await startDaemon([
+      "server",
+      "--config",
+      `${dir}/c.json`,
+      "--log-level",
+      "info",
+      "--log-format",
+      "text",
+      "--metrics",
+      "127.0.0.1:0",
+    ]);
+    assert.equal(await server.stop(), 0);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("cli: the launcher refuses a path with a comma (Deno would read it as two permission paths)", async () => {
+  const root = new URL("../", import.meta.url).pathname;
+  const result = await new Deno.Command("bash", {
+    args: ["-c", "./cipherlink fingerprint --key 'k.key,/etc/passwd'"],
+    cwd: root,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(result.code, 1);
+  assert.equal(
+    new TextDecoder().decode(result.stderr),
+    "cipherlink: error: cannot run with a path that contains a comma: k.key,/etc/passwd\n",
+  );
+  assert.equal(result.stdout.length, 0);
+});

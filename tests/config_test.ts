@@ -8,6 +8,7 @@
 
 import assert from "node:assert/strict";
 import { connect, forward } from "../lib/client.ts";
+import { AuthenticationError } from "../lib/errors.ts";
 import {
   ConfigError,
   loadConfig,
@@ -90,8 +91,36 @@ Deno.test("config: comments, trailing commas and defaults parse into tunnels; ke
     keepaliveMs: 0,
     drainTimeoutMs: 10000,
     rekeyBytes: 2 ** 30,
+    crypto: "webcrypto",
   });
   assert.deepEqual(config.log, { level: "warn", format: "json" });
+});
+
+Deno.test('config: "crypto" picks the provider per tunnel; "libcrypto" resolves next to the file', () => {
+  const config = parseConfig(
+    JSON.stringify({
+      tunnels: [
+        { name: "a", role: "server", listen: "127.0.0.1:1", key: "k", crypto: "openssl" },
+        {
+          name: "b",
+          role: "server",
+          listen: "127.0.0.1:2",
+          key: "k",
+          crypto: "openssl",
+          libcrypto: "lib/libcrypto.so.3",
+        },
+        { name: "c", role: "server", listen: "127.0.0.1:3", key: "k", crypto: "webcrypto" },
+      ],
+    }),
+    FILE,
+  );
+  assert.deepEqual(
+    config.tunnels.map((t) => [t.crypto, t.libcrypto]),
+    [["openssl", undefined], ["openssl", "/etc/cipherlink/lib/libcrypto.so.3"], [
+      "webcrypto",
+      undefined,
+    ]],
+  );
 });
 
 Deno.test("config: comment markers inside strings are text, and escapes decode", () => {
@@ -136,7 +165,7 @@ Deno.test("config: validation errors name the file, the tunnel and the field", (
     ],
     [
       withSecondTunnel({ ...redis, forwrd: "127.0.0.1:1" }),
-      `config ${FILE}: tunnel "redis": field "forwrd": unknown field; allowed here: name, role, listen, key, maxConns, handshakeTimeout, keepalive, drainTimeout, rekeyBytes, forward, allow, idleTimeout, tun, tunAddresses, tunMtu`,
+      `config ${FILE}: tunnel "redis": field "forwrd": unknown field; allowed here: name, role, listen, key, maxConns, handshakeTimeout, keepalive, drainTimeout, drainDelay, rekeyBytes, crypto, libcrypto, forward, allow, idleTimeout, tun, tunAddresses, tunMtu`,
     ],
     [
       withSecondTunnel({ ...redis, name: "echo", listen: "127.0.0.1:7002" }),
@@ -185,6 +214,14 @@ Deno.test("config: validation errors name the file, the tunnel and the field", (
     [
       withSecondTunnel({ name: "web", role: "client", listen: "127.0.0.1:1080", key: "k" }),
       `config ${FILE}: tunnel "web": field "server": is missing (HOST:PORT of the Cipherlink server)`,
+    ],
+    [
+      withSecondTunnel({ ...redis, crypto: "nacl" }),
+      `config ${FILE}: tunnel "redis": field "crypto": must be one of "webcrypto", "openssl", not 'nacl'`,
+    ],
+    [
+      withSecondTunnel({ ...redis, libcrypto: "/usr/lib/libcrypto.so.3" }),
+      `config ${FILE}: tunnel "redis": field "libcrypto": has no meaning unless "crypto" is "openssl"`,
     ],
     [
       JSON.stringify({ tunnels: [] }),
@@ -465,7 +502,7 @@ Deno.test("config: one process runs two server tunnels and a client tunnel, each
     assert.equal(await viaServer(ports.get("b")!, keyB, "to b"), "target:to b");
     assert.equal(await viaClientTunnel(ports.get("c")!, "through c"), "through c");
     // Each tunnel has its own key: a's key does not open b.
-    await assert.rejects(viaServer(ports.get("b")!, keyA, "wrong key"));
+    await assert.rejects(viaServer(ports.get("b")!, keyA, "wrong key"), AuthenticationError);
   } finally {
     if (daemon) assert.equal(await daemon.stop("SIGTERM"), 0);
     await target.close();
@@ -575,7 +612,7 @@ Deno.test("config: SIGHUP adds, removes, re-keys and restarts tunnels; an invali
           await reload(),
           /config reloaded .*added=0 removed=0 restarted=0 key_changed=2/,
         );
-        await assert.rejects(viaServer(portA, keyA, "old key"));
+        await assert.rejects(viaServer(portA, keyA, "old key"), AuthenticationError);
         assert.equal(await viaServer(portA, newKey, "new key"), "new key");
         // The client tunnel c now opens its sessions to a with the new key as well.
         assert.equal(await viaClientTunnel(portC, "c re-keyed"), "c re-keyed");

@@ -1,7 +1,10 @@
 /**
- * The systemd units in deploy/: systemd itself accepts them, they carry the
- * hardening the README promises, and their command lines (run from source
- * with the unit's narrowed Deno permissions) really serve traffic.
+ * The systemd units in deploy/: systemd itself accepts them (the release
+ * units with the launcher standing in for the executable, the checkout units
+ * as shipped but for the checkout's place), they carry the hardening the
+ * README promises, the checkout variants differ from the release units only
+ * in how they start, and the checkout command line (the launcher, with its
+ * narrowed Deno permissions) really serves traffic.
  * @module
  */
 
@@ -9,9 +12,24 @@ import assert from "node:assert/strict";
 import { runCipherlink } from "./process.ts";
 
 const DEPLOY = new URL("../deploy/", import.meta.url).pathname;
-const MAIN = new URL("../main.ts", import.meta.url).pathname;
-const LAUNCHER = new URL("../cipherlink", import.meta.url).pathname;
+const ROOT = new URL("../", import.meta.url).pathname.replace(/\/$/, "");
+const LAUNCHER = `${ROOT}/cipherlink`;
 const UNITS = ["cipherlink-server.service", "cipherlink-client.service"];
+const CHECKOUT_UNITS = UNITS.map((name) => name.replace(".service", "-checkout.service"));
+/** Where the checkout units expect the checkout. */
+const CHECKOUT = "/opt/cipherlink";
+
+/** `systemd-analyze verify` of one unit file: its output and exit code. */
+async function verify(path: string): Promise<{ code: number; output: string }> {
+  const result = await new Deno.Command("systemd-analyze", {
+    args: ["verify", "--man=no", path],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const output = new TextDecoder().decode(result.stdout) +
+    new TextDecoder().decode(result.stderr);
+  return { code: result.code, output };
+}
 
 function directives(unit: string): Map<string, string[]> {
   const found = new Map<string, string[]>();
@@ -32,24 +50,54 @@ Deno.test("deploy: systemd-analyze verifies both units without complaint", async
         LAUNCHER,
       );
       await Deno.writeTextFile(`${dir}/${name}`, unit);
-      const result = await new Deno.Command("systemd-analyze", {
-        args: ["verify", "--man=no", `${dir}/${name}`],
-        stdout: "piped",
-        stderr: "piped",
-      }).output();
-      const output = new TextDecoder().decode(result.stdout) +
-        new TextDecoder().decode(result.stderr);
+      const { code, output } = await verify(`${dir}/${name}`);
       const ours = output.split("\n").filter((l) => l.includes(name));
       assert.deepEqual(ours, [], output);
-      assert.equal(result.code, 0, output);
+      assert.equal(code, 0, output);
     }
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
 });
 
+Deno.test("deploy: the checkout units verify as shipped, given the checkout where they expect it", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    for (const name of CHECKOUT_UNITS) {
+      const shipped = await Deno.readTextFile(DEPLOY + name);
+      // The README's command, `systemd-analyze verify /opt/cipherlink/deploy/NAME`,
+      // with this checkout in the place of /opt/cipherlink.
+      assert.match(shipped, new RegExp(`systemd-analyze verify ${CHECKOUT}/deploy/${name}`));
+      await Deno.writeTextFile(`${dir}/${name}`, shipped.replaceAll(CHECKOUT, ROOT));
+      const { code, output } = await verify(`${dir}/${name}`);
+      assert.deepEqual(output.split("\n").filter((l) => l.includes(name)), [], output);
+      assert.equal(code, 0, output);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("deploy: a checkout unit is its release unit but for how it starts", async () => {
+  const comparable = (unit: string) =>
+    unit.slice(unit.indexOf("[Unit]")).split("\n").filter((l) =>
+      !/^(ExecStart|CacheDirectory|Environment=DENO_DIR)=|^#/.test(l)
+    );
+  for (const [i, name] of UNITS.entries()) {
+    const release = await Deno.readTextFile(DEPLOY + name);
+    const checkout = await Deno.readTextFile(DEPLOY + CHECKOUT_UNITS[i]);
+    assert.deepEqual(comparable(checkout), comparable(release), CHECKOUT_UNITS[i]);
+    const args = (unit: string, program: string) =>
+      directives(unit).get("ExecStart")![0].replace(program, "");
+    assert.equal(
+      args(checkout, `${CHECKOUT}/cipherlink`),
+      args(release, "/usr/local/bin/cipherlink"),
+    );
+  }
+});
+
 Deno.test("deploy: the units are hardened and hold no capability", async () => {
-  for (const name of UNITS) {
+  for (const name of [...UNITS, ...CHECKOUT_UNITS]) {
     const unit = directives(await Deno.readTextFile(DEPLOY + name));
     assert.deepEqual(unit.get("DynamicUser"), ["yes"], name);
     assert.deepEqual(unit.get("ProtectSystem"), ["strict"], name);
@@ -62,21 +110,17 @@ Deno.test("deploy: the units are hardened and hold no capability", async () => {
   }
 });
 
-Deno.test("deploy: the server unit's source command line serves with only its narrowed permissions", async () => {
+Deno.test("deploy: the server checkout unit's command line serves with only the key readable, and stops on SIGTERM", async () => {
   const credentials = await Deno.makeTempDir();
   const target = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const unit = await Deno.readTextFile(DEPLOY + "cipherlink-server.service");
-  const line = /^#ExecStart=(.*)$/m.exec(unit)![1]
+  const unit = await Deno.readTextFile(DEPLOY + "cipherlink-server-checkout.service");
+  const line = directives(unit).get("ExecStart")![0]
     .replaceAll("%d", credentials)
-    .replace("/usr/bin/deno", Deno.execPath())
-    .replace("/opt/cipherlink/main.ts", MAIN)
+    .replace(CHECKOUT, ROOT)
     .replace("--listen 0.0.0.0:8888", "--listen 127.0.0.1:0")
     .replace("--forward 127.0.0.1:6379", `--forward 127.0.0.1:${target.addr.port}`);
   const [program, ...args] = line.split(" ");
-  assert.ok(
-    args.includes(`--allow-read=${credentials}/shared.key`),
-    "read access is limited to the key",
-  );
+  assert.equal(program, LAUNCHER);
   await Deno.writeFile(`${credentials}/shared.key`, crypto.getRandomValues(new Uint8Array(32)), {
     mode: 0o600,
   });
@@ -89,6 +133,11 @@ Deno.test("deploy: the server unit's source command line serves with only its na
       assert.ok(!done, `the server exited:\n${seen}`);
       seen += value;
     }
+    // The launcher became Deno, with read access to the key alone.
+    const argv = (await Deno.readTextFile(`/proc/${server.pid}/cmdline`)).split("\0");
+    assert.ok(argv.includes(`--allow-read=${credentials}/shared.key`), argv.join(" "));
+    assert.ok(!argv.includes("--allow-read"), "no blanket read access");
+    assert.ok(!argv.some((a) => a.startsWith("--allow-write")), "no write access");
     const port = /listening on \S*:(\d+)/.exec(seen)![1];
     const upstream = (async () => {
       const conn = await target.accept();
@@ -107,8 +156,14 @@ Deno.test("deploy: the server unit's source command line serves with only its na
     ]);
     await upstream;
     assert.equal(reply.stdout, "cba", reply.stderr);
-  } finally {
     server.kill("SIGTERM");
+    assert.equal((await server.status).code, 0);
+  } finally {
+    try {
+      server.kill("SIGKILL");
+    } catch {
+      // Exited already.
+    }
     await server.status;
     await stderr.cancel();
     target.close();

@@ -8,10 +8,17 @@
 
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { type Daemon, startDaemon, tempKey } from "./process.ts";
+import { type Daemon, startDaemon, tempKey, within } from "./process.ts";
 import { randomBytes, sha256Hex } from "./helpers.ts";
 
 const MiB = 1024 * 1024;
+/** No single read in these tests may wait longer: a regression fails instead of hanging. */
+const READ_DEADLINE_MS = 30_000;
+
+/** `conn.read(buffer)` (a reset reads as EOF) under READ_DEADLINE_MS. */
+function readSome(conn: Deno.Conn, buffer: Uint8Array, what: string): Promise<number | null> {
+  return within(conn.read(buffer).catch(() => null), READ_DEADLINE_MS, what);
+}
 
 /** A deterministic stream of `total` bytes: a random MiB stamped with its index. */
 function* pattern(total: number, seed = randomBytes(MiB)): Generator<Uint8Array> {
@@ -32,7 +39,7 @@ async function drainAndHash(conn: Deno.Conn): Promise<{ bytes: number; sha: stri
   const buffer = new Uint8Array(256 * 1024);
   let bytes = 0;
   for (;;) {
-    const n = await conn.read(buffer);
+    const n = await readSome(conn, buffer, "the forwarded stream");
     if (n === null) return { bytes, sha: hash.digest("hex") };
     hash.update(buffer.subarray(0, n));
     bytes += n;
@@ -43,7 +50,7 @@ async function readAll(conn: Deno.Conn): Promise<Uint8Array> {
   const parts: Uint8Array[] = [];
   const buffer = new Uint8Array(64 * 1024);
   for (;;) {
-    const n = await conn.read(buffer);
+    const n = await readSome(conn, buffer, "the forwarded stream");
     if (n === null) break;
     parts.push(buffer.slice(0, n));
   }
@@ -243,7 +250,7 @@ Deno.test("forward: keepalive drops a client that was stopped with SIGSTOP", asy
     const conn = await connectTo(t.port);
     await writeAll(conn, Uint8Array.of(42));
     const one = new Uint8Array(1);
-    assert.equal(await conn.read(one), 1); // the session is up and echoed
+    assert.equal(await readSome(conn, one, "the echoed byte"), 1); // the session is up and echoed
     t.client.process.kill("SIGSTOP");
     try {
       const line = await t.server.waitForLine(/session end.*keepalive/);
@@ -263,9 +270,9 @@ Deno.test("forward: --idle-timeout closes a silent session and the application s
     const conn = await connectTo(t.port);
     await writeAll(conn, Uint8Array.of(1, 2, 3));
     const buffer = new Uint8Array(16);
-    assert.equal(await conn.read(buffer), 3);
+    assert.equal(await readSome(conn, buffer, "the echoed bytes"), 3);
     // Nothing more is sent; the server ends the session and the local connection closes.
-    const next = await conn.read(buffer).catch(() => null);
+    const next = await readSome(conn, buffer, "EOF after the idle timeout");
     assert.equal(next, null);
     conn.close();
     assert.match(await t.server.waitForLine(/session end/), /idle timeout/);
@@ -289,7 +296,7 @@ async function drainOnSigterm(side: "server" | "client"): Promise<void> {
     const first = new Uint8Array(MiB);
     await writeAll(conn, payload.subarray(0, MiB));
     // Once the first echoed bytes are back, the session is surely open.
-    const firstCount = (await conn.read(first))!;
+    const firstCount = (await readSome(conn, first, "the first echoed bytes"))!;
     daemon.process.kill("SIGTERM");
     await daemon.waitForLine(/shutting down/);
     const rest = drainAndHash(conn);
@@ -319,10 +326,10 @@ Deno.test("forward: the client's --max-conns closes excess local connections at 
     // Both sessions are open once each has echoed a byte.
     for (const conn of held) {
       await writeAll(conn, Uint8Array.of(7));
-      assert.equal(await conn.read(new Uint8Array(1)), 1);
+      assert.equal(await readSome(conn, new Uint8Array(1), "the echoed byte"), 1);
     }
     const excess = await connectTo(t.port);
-    assert.equal(await excess.read(new Uint8Array(1)).catch(() => null), null);
+    assert.equal(await readSome(excess, new Uint8Array(1), "EOF of the excess connection"), null);
     excess.close();
     assert.match(
       await t.client.waitForLine(/local connection refused/),
@@ -342,7 +349,7 @@ Deno.test("forward: an upstream refusal (ERROR 3) closes the local connection an
   try {
     const conn = await connectTo(t.port);
     await writeAll(conn, new TextEncoder().encode("anyone there?"));
-    assert.equal(await conn.read(new Uint8Array(16)).catch(() => null), null);
+    assert.equal(await readSome(conn, new Uint8Array(16), "EOF after the refusal"), null);
     conn.close();
     assert.match(
       await t.server.waitForLine(/target unreachable/),

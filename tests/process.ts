@@ -8,6 +8,9 @@
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 const decoder = new TextDecoder();
 
+/** How long a test waits for a log line unless it names its own bound. */
+export const LINE_DEADLINE_MS = 20_000;
+
 /** The deno flags the launcher would use, plus what tests need. */
 function denoArgs(args: string[]): string[] {
   return [
@@ -18,6 +21,9 @@ function denoArgs(args: string[]): string[] {
     "--allow-read",
     "--allow-write",
     "--allow-env",
+    // --crypto openssl: the tests run the program directly; the launcher's
+    // narrowed grant is tested through ./cipherlink itself.
+    "--allow-ffi",
     MAIN,
     ...args,
   ];
@@ -44,12 +50,19 @@ export async function runCipherlink(
     env: options.env,
     cwd: options.cwd,
   }).spawn();
-  if (options.stdin) {
-    const writer = child.stdin.getWriter();
-    await writer.write(options.stdin);
-    await writer.close();
-  }
+  // The child may exit before it read all its input (a refused session): a
+  // broken pipe on its stdin is not the test's failure; its exit code says.
+  const feeding = options.stdin
+    ? (async () => {
+      const writer = child.stdin.getWriter();
+      await writer.write(options.stdin);
+      await writer.close();
+    })().catch((err) => {
+      if (!(err instanceof Deno.errors.BrokenPipe)) throw err;
+    })
+    : Promise.resolve();
   const { code, stdout, stderr } = await child.output();
+  await feeding;
   return {
     code,
     stdout: decoder.decode(stdout),
@@ -64,8 +77,13 @@ export interface Daemon {
   port: number;
   /** Every stderr line so far (the stream keeps being drained). */
   lines: string[];
-  /** Resolves the first stderr line matching `pattern`, including past ones. */
-  waitForLine(pattern: RegExp): Promise<string>;
+  /**
+   * Resolves the first stderr line matching `pattern`, including past ones.
+   * Rejects, with the lines so far, when the process ends without such a
+   * line or after `ms` (default LINE_DEADLINE_MS): a bound against a hang,
+   * never a pacing.
+   */
+  waitForLine(pattern: RegExp, ms?: number): Promise<string>;
   /** Sends a signal and resolves the exit code. */
   stop(signal?: Deno.Signal): Promise<number>;
 }
@@ -83,8 +101,14 @@ export async function startDaemon(args: string[], env?: Record<string, string>):
     env,
   }).spawn();
   const lines: string[] = [];
-  const waiters: { pattern: RegExp; resolve: (line: string) => void }[] = [];
+  const waiters: {
+    pattern: RegExp;
+    resolve: (line: string) => void;
+    reject: (err: Error) => void;
+  }[] = [];
   let ended = false;
+  const endedWithout = (pattern: RegExp) =>
+    new Error(`process ended without a line matching ${pattern}:\n${lines.join("\n")}`);
   const drained = (async () => {
     let pending = "";
     for await (const chunk of process.stderr.pipeThrough(new TextDecoderStream())) {
@@ -100,12 +124,24 @@ export async function startDaemon(args: string[], env?: Record<string, string>):
       }
     }
     ended = true;
+    for (const w of waiters.splice(0)) w.reject(endedWithout(w.pattern));
   })();
-  const waitForLine = (pattern: RegExp): Promise<string> => {
+  const waitForLine = (pattern: RegExp, ms = LINE_DEADLINE_MS): Promise<string> => {
     const seen = lines.find((l) => pattern.test(l));
     if (seen) return Promise.resolve(seen);
-    if (ended) return Promise.reject(new Error(`process ended without a line matching ${pattern}`));
-    return new Promise((resolve) => waiters.push({ pattern, resolve }));
+    if (ended) return Promise.reject(endedWithout(pattern));
+    return new Promise((resolve, reject) => {
+      const waiter = {
+        pattern,
+        resolve: (line: string) => (clearTimeout(timer), resolve(line)),
+        reject: (err: Error) => (clearTimeout(timer), reject(err)),
+      };
+      const timer = setTimeout(() => {
+        waiters.splice(waiters.indexOf(waiter), 1);
+        reject(new Error(`no line matching ${pattern} within ${ms} ms:\n${lines.join("\n")}`));
+      }, ms);
+      waiters.push(waiter);
+    });
   };
   const status = process.status;
   const ready = await Promise.race([
@@ -162,27 +198,31 @@ export function freePort(): number {
   return port;
 }
 
-/**
- * `daemon.waitForLine(pattern)`, but rejects with the lines so far after
- * `ms`: a bound against a hang when the line never comes, never a pacing.
- */
-export async function waitForLineWithin(
+/** `daemon.waitForLine(pattern, ms)`: kept for the tests that name their bound. */
+export function waitForLineWithin(
   daemon: Daemon,
   pattern: RegExp,
   ms = 5000,
 ): Promise<string> {
+  return daemon.waitForLine(pattern, ms);
+}
+
+/**
+ * `promise`, or a rejection naming `what` after `ms`: the deadline every
+ * test wait gets, so a regression fails the test instead of hanging CI.
+ *
+ * @example
+ * ```ts
+ * const n = await within(conn.read(buffer), 5000, "the echoed byte");
+ * ```
+ */
+export async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: ReturnType<typeof setTimeout> | undefined;
   const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () =>
-        reject(
-          new Error(`no line matching ${pattern} within ${ms} ms:\n${daemon.lines.join("\n")}`),
-        ),
-      ms,
-    );
+    timer = setTimeout(() => reject(new Error(`${what}: nothing within ${ms} ms`)), ms);
   });
   try {
-    return await Promise.race([daemon.waitForLine(pattern), timeout]);
+    return await Promise.race([promise, timeout]);
   } finally {
     clearTimeout(timer);
   }

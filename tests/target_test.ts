@@ -100,6 +100,8 @@ Deno.test("target: an IPv6 target encodes as ATYP 4 and decodes to the same addr
   if (decoded.kind !== "address") return;
   assert.equal(decoded.port, 22);
   assert.deepEqual(parseIPv6(decoded.host), parseIPv6("2001:db8::1"));
+  // What logs show: the RFC 5952 form, bracketed with its port.
+  assert.equal(formatHostPort(decoded), "[2001:db8::1]:22");
   // The decoded text is itself an IPv6 literal: encoding it again gives the same body.
   assert.deepEqual(encodeTarget(decoded), body);
 });
@@ -260,8 +262,21 @@ Deno.test("target: parseIPv6 rejects malformed addresses", () => {
   for (const text of bad) assert.equal(parseIPv6(text), null, JSON.stringify(text));
 });
 
-Deno.test("target: formatIPv6 writes eight hex groups that parseIPv6 reads back", () => {
-  const bytes = Uint8Array.from(parseIPv6("2001:db8::ff00:42:8329")!);
-  assert.equal(formatIPv6(bytes), "2001:db8:0:0:0:ff00:42:8329");
-  assert.deepEqual(parseIPv6(formatIPv6(bytes)), [...bytes]);
+Deno.test("target: formatIPv6 writes the RFC 5952 form, which parseIPv6 reads back", () => {
+  const cases: [string, string][] = [
+    ["2001:0db8:0000:0000:0000:ff00:0042:8329", "2001:db8::ff00:42:8329"],
+    ["0:0:0:0:0:0:0:1", "::1"],
+    ["0:0:0:0:0:0:0:0", "::"],
+    ["2001:db8:0:1:1:1:1:1", "2001:db8:0:1:1:1:1:1"],
+    ["2001:0:0:1:0:0:0:1", "2001:0:0:1::1"],
+    ["2001:db8:0:0:1:0:0:1", "2001:db8::1:0:0:1"],
+    ["fe80:0:0:0:0:0:0:0", "fe80::"],
+    ["0:0:0:0:0:ffff:c000:0201", "::ffff:192.0.2.1"],
+    ["2001:DB8:AAAA:0:0:0:0:0", "2001:db8:aaaa::"],
+  ];
+  for (const [input, expected] of cases) {
+    const bytes = Uint8Array.from(parseIPv6(input)!);
+    assert.equal(formatIPv6(bytes), expected, input);
+    assert.deepEqual(parseIPv6(formatIPv6(bytes)), [...bytes]);
+  }
 });

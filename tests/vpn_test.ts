@@ -120,9 +120,12 @@ Deno.test({
         "10.100.9.0/24",
         "--metrics",
         METRICS,
+        // Both providers in one tunnel: this client seals with OpenSSL, the server with Web Crypto.
+        "--crypto",
+        "openssl",
       ]),
     );
-    await client1.waitForLine(/vpn connected/);
+    await client1.waitForLine(/vpn connected .*crypto=openssl/);
 
     await t.step("ping both ways across the tunnel", async () => {
       const out = await ping(c1, "10.100.0.1");
@@ -284,6 +287,7 @@ Deno.test({
           tun: "clvpncfg0",
           tunAddresses: ["10.100.0.1/24", "fd10::1/64"],
           tunMtu: 1380,
+          crypto: "openssl",
         }],
       }),
     );
@@ -322,7 +326,9 @@ Deno.test({
     assert.equal(checked.code, 0, checked.stderr);
     const server = NsProcess.cipherlink(topology.server, ["server", "--config", serverFile]);
     processes.push(server);
-    await server.waitForLine(/listening on .*vpn="clvpncfg0 10\.100\.0\.1\/24 fd10::1\/64"/);
+    await server.waitForLine(
+      /listening on .*vpn="clvpncfg0 10\.100\.0\.1\/24 fd10::1\/64".*crypto=openssl/,
+    );
     const client = NsProcess.cipherlink(c1, ["client", "--config", clientFile]);
     processes.push(client);
     await client.waitForLine(/vpn connected .*tunnel=laptop|tunnel=laptop.*vpn connected/);

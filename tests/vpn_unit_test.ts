@@ -262,7 +262,23 @@ Deno.test("VPN mode says what is missing: no --allow-ffi, or not root", async ()
 });
 
 async function missingRights(args: string[], dir: string): Promise<void> {
-  const noFfi = await runCipherlink(args);
+  const main = new URL("../main.ts", import.meta.url).pathname;
+  // Everything the command needs except FFI.
+  const without = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--quiet",
+      "--no-prompt",
+      "--allow-net",
+      "--allow-read",
+      "--allow-run",
+      main,
+      ...args,
+    ],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const noFfi = { code: without.code, stderr: new TextDecoder().decode(without.stderr) };
   assert.equal(noFfi.code, 1, noFfi.stderr);
   assert.match(
     noFfi.stderr,
@@ -273,7 +289,6 @@ async function missingRights(args: string[], dir: string): Promise<void> {
   assert.match(usage.stderr, /--tun-address needs --tun/);
   if (Deno.uid() !== 0) return;
   // As an unprivileged user (root drops to nobody), TUNSETIFF is refused.
-  const main = new URL("../main.ts", import.meta.url).pathname;
   const out = await new Deno.Command("setpriv", {
     args: [
       "--reuid=65534",
