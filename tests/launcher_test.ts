@@ -9,6 +9,7 @@
 
 import assert from "node:assert/strict";
 import { basename, dirname } from "node:path";
+import { copyCheckout } from "./process.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 /** npm may fetch Deno (tens of MB) on the first run: a generous bound. */
@@ -52,25 +53,11 @@ async function pathWithoutDeno(scratch: string): Promise<string> {
   return path;
 }
 
-/** A copy of what the launcher runs: no .deno/, no keys/. */
+/** A copy of what the launcher runs, in `scratch/name`: no .deno/, no keys/. */
 async function checkoutCopy(scratch: string, name: string): Promise<string> {
   const dir = `${scratch}/${name}`;
-  await Deno.mkdir(dir, { recursive: true });
-  for (const file of ["cipherlink", "main.ts", "deno.json", "deno.lock"]) {
-    await Deno.copyFile(`${ROOT}${file}`, `${dir}/${file}`);
-  }
-  await Deno.chmod(`${dir}/cipherlink`, 0o755);
-  await copyTree(`${ROOT}lib`, `${dir}/lib`);
+  await copyCheckout(dir);
   return dir;
-}
-
-/** Copies the folder `from` (files and subfolders) to `to`. */
-async function copyTree(from: string, to: string): Promise<void> {
-  await Deno.mkdir(to, { recursive: true });
-  for await (const entry of Deno.readDir(from)) {
-    if (entry.isDirectory) await copyTree(`${from}/${entry.name}`, `${to}/${entry.name}`);
-    else await Deno.copyFile(`${from}/${entry.name}`, `${to}/${entry.name}`);
-  }
 }
 
 interface Launched {

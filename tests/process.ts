@@ -227,3 +227,25 @@ export async function within<T>(promise: Promise<T>, ms: number, what: string): 
     clearTimeout(timer);
   }
 }
+
+/**
+ * Copies what the launcher runs (the launcher, main.ts, deno.json, deno.lock
+ * and lib/ with its subfolders) into `dir`: a checkout with no .deno/ and no
+ * keys/, as a fresh clone has.
+ */
+export async function copyCheckout(dir: string): Promise<void> {
+  const root = new URL("../", import.meta.url).pathname;
+  await Deno.mkdir(dir, { recursive: true });
+  for (const file of ["cipherlink", "main.ts", "deno.json", "deno.lock"]) {
+    await Deno.copyFile(`${root}${file}`, `${dir}/${file}`);
+  }
+  await Deno.chmod(`${dir}/cipherlink`, 0o755);
+  const copyTree = async (from: string, to: string): Promise<void> => {
+    await Deno.mkdir(to, { recursive: true });
+    for await (const entry of Deno.readDir(from)) {
+      if (entry.isDirectory) await copyTree(`${from}/${entry.name}`, `${to}/${entry.name}`);
+      else await Deno.copyFile(`${from}/${entry.name}`, `${to}/${entry.name}`);
+    }
+  };
+  await copyTree(`${root}lib`, `${dir}/lib`);
+}

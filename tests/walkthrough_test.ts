@@ -9,7 +9,7 @@
  */
 
 import assert from "node:assert/strict";
-import { freePort } from "./process.ts";
+import { copyCheckout, freePort } from "./process.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 
@@ -22,17 +22,6 @@ async function walkthroughLines(): Promise<string[]> {
   const section = readme.slice(start, end);
   const blocks = [...section.matchAll(/```sh\n([\s\S]*?)```/g)].map((m) => m[1]);
   return blocks.flatMap((b) => b.split("\n")).filter((l) => l.trim() !== "");
-}
-
-async function copyCheckout(dir: string): Promise<void> {
-  await Deno.mkdir(`${dir}/lib`, { recursive: true });
-  for (const file of ["cipherlink", "main.ts", "deno.json", "deno.lock"]) {
-    await Deno.copyFile(`${ROOT}${file}`, `${dir}/${file}`);
-  }
-  await Deno.chmod(`${dir}/cipherlink`, 0o755);
-  for await (const entry of Deno.readDir(`${ROOT}lib`)) {
-    await Deno.copyFile(`${ROOT}lib/${entry.name}`, `${dir}/lib/${entry.name}`);
-  }
 }
 
 Deno.test({
