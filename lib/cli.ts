@@ -40,6 +40,10 @@ import { serveMetrics } from "./metrics.ts";
 import { type OptionTable, parseOptions, suggestion, type ValuesOf } from "./options.ts";
 import { TunnelServer } from "./server.ts";
 import { CONFIG_OPTIONS, runConfig } from "./supervisor.ts";
+import { type Cidr, parseCidr } from "./packet.ts";
+import { DEFAULT_TUN_MTU, MAX_TUN_MTU, MIN_TUN_MTU } from "./netdev.ts";
+import { VpnClient, type VpnClientOptions } from "./vpn_client.ts";
+import { VpnService } from "./vpn_server.ts";
 import { formatHostPort, type HostPort, parseHostPort } from "./target.ts";
 
 /** The program version. */
@@ -63,8 +67,8 @@ ${USAGE}
 commands:
   keygen              write a fresh 32-byte key file
   fingerprint         print a key file's fingerprint (compare keys without showing them)
-  server              accept tunnels: echo service, a fixed forward target, allowed addresses
-  client              one session (MESSAGE or stdin/stdout), a port forward, or a SOCKS5 proxy
+  server              accept tunnels: echo service, a fixed forward target, allowed addresses, VPN (--tun)
+  client              one session (MESSAGE or stdin/stdout), a port forward, a SOCKS5 proxy, or a VPN (--tun)
   check-config FILE   validate a --config file and its key files without starting
 
 cipherlink COMMAND --help shows a command's options.
@@ -103,6 +107,10 @@ so two hosts can check that they hold the same key without showing it.
   --rekey-bytes N             plaintext bytes sent under one key before REKEY (default 2^30)
   --crypto PROVIDER           webcrypto (default) or openssl (OpenSSL 3 libcrypto, faster)
   --libcrypto PATH            the libcrypto for --crypto openssl (default: searched)
+  --tun NAME                  VPN mode: also carry IP packets through the TUN device NAME
+  --tun-address CIDR          the server's tunnel address; its network is the clients' pool
+                              (one IPv4 and one IPv6 at most; repeat for both)
+  --tun-mtu N                 the device's MTU (default ${DEFAULT_TUN_MTU})
   --metrics HOST:PORT         serve GET /metrics (Prometheus) and GET /healthz there
   --log-level LEVEL           debug, info (default), warn, error
   --log-format FORMAT         text (default) or json
@@ -123,7 +131,11 @@ so two hosts can check that they hold the same key without showing it.
   --handshake-timeout SECS    time the server gets to answer the handshake (default 5)
   --crypto PROVIDER           webcrypto (default) or openssl (OpenSSL 3 libcrypto, faster)
   --libcrypto PATH            the libcrypto for --crypto openssl (default: searched)
-  --metrics HOST:PORT         with --listen/--socks: serve GET /metrics and GET /healthz there
+  --tun NAME                  VPN mode: carry IP packets through the TUN device NAME
+  --tun-address CIDR          the client's tunnel address (one IPv4 and one IPv6 at most)
+  --route CIDR                with --tun: route this network through the tunnel; repeatable
+  --tun-mtu N                 the device's MTU (default ${DEFAULT_TUN_MTU})
+  --metrics HOST:PORT         with --listen/--socks/--tun: serve GET /metrics and GET /healthz
   --log-level LEVEL, --log-format FORMAT   as for the server
   --config FILE               run every tunnel of a config file instead (docs/config.md);
                               SIGHUP reloads it; only ${CONFIG_EXTRAS} may be added
@@ -131,6 +143,8 @@ so two hosts can check that they hold the same key without showing it.
 Without --listen/--socks: with MESSAGE, sends it, prints the reply, exits after the
 server's CLOSE; without MESSAGE, pipes stdin/stdout through one session (usable as an
 ssh ProxyCommand with --connect %h:%p).
+With --tun (root or CAP_NET_ADMIN): a VPN client that reconnects with backoff until
+SIGINT/SIGTERM; --keepalive defaults to 25 there.
 `,
   "check-config": `usage: cipherlink check-config FILE
 
@@ -140,6 +154,35 @@ loads every tunnel's key file, without starting anything. Prints
 file, the tunnel and the field, and exits 1. The format is in docs/config.md.
 `,
 };
+
+const vpnOptions = {
+  tun: { type: "string" },
+  "tun-address": { type: "string", multiple: true },
+  "tun-mtu": { type: "string" },
+} as const;
+
+/** The VPN options of a command line, checked: null without --tun. */
+function vpnSettings(
+  values: { tun?: string; "tun-address"?: string[]; "tun-mtu"?: string; route?: string[] },
+): { device: string; addresses: Cidr[]; mtu: number; routes: Cidr[] } | null {
+  if (values.tun === undefined) {
+    for (const name of ["tun-address", "tun-mtu", "route"] as const) {
+      if (values[name] !== undefined) throw new UsageError(`--${name} needs --tun`);
+    }
+    return null;
+  }
+  const addresses = (values["tun-address"] ?? []).map((text) => parseCidr(text, "--tun-address"));
+  if (addresses.length === 0) throw new UsageError("--tun needs --tun-address CIDR");
+  if (
+    addresses.length > 2 ||
+    (addresses.length === 2 && addresses[0].family === addresses[1].family)
+  ) {
+    throw new UsageError("--tun-address takes at most one IPv4 and one IPv6 address");
+  }
+  const mtu = integer("tun-mtu", values["tun-mtu"], DEFAULT_TUN_MTU, MIN_TUN_MTU, MAX_TUN_MTU);
+  const routes = (values.route ?? []).map((text) => parseCidr(text, "--route"));
+  return { device: values.tun, addresses, mtu, routes };
+}
 
 const commonOptions = {
   key: { type: "string" },
@@ -176,6 +219,7 @@ const OPTION_TABLES = {
     allow: { type: "string", multiple: true },
     "idle-timeout": { type: "string" },
     config: { type: "string" },
+    ...vpnOptions,
   },
   client: {
     ...commonOptions,
@@ -184,6 +228,8 @@ const OPTION_TABLES = {
     listen: { type: "string" },
     socks: { type: "string" },
     config: { type: "string" },
+    ...vpnOptions,
+    route: { type: "string", multiple: true },
   },
 } as const satisfies Record<string, OptionTable>;
 
@@ -520,13 +566,23 @@ async function server(args: string[], io: Io): Promise<number> {
   const metricsAddress = values.metrics === undefined
     ? undefined
     : parseHostPort(values.metrics, true);
+  const vpnSetting = vpnSettings(values);
   const key = await readKey(values.key, (warning) => log.warn(warning));
+  const vpn = vpnSetting
+    ? await VpnService.start({
+      ...vpnSetting,
+      keepaliveMs: values.keepalive === undefined ? undefined : options.keepaliveMs,
+      idleTimeoutMs: options.idleTimeoutMs,
+      logger: log,
+    })
+    : undefined;
   const shutdown = onShutdownSignal();
   let running: TunnelServer;
   try {
-    running = await TunnelServer.start({ ...options, key });
+    running = await TunnelServer.start({ ...options, key, vpn });
   } catch (err) {
     shutdown.remove();
+    await vpn?.close();
     throw new CipherlinkError(
       `cannot listen on ${formatHostPort(options.listen)}: ${(err as Error).message}`,
     );
@@ -561,6 +617,14 @@ async function client(args: string[], io: Io): Promise<number> {
   if (values.socks && values.connect) {
     throw new UsageError("--connect has no meaning with --socks");
   }
+  const vpnSetting = vpnSettings(values);
+  if (vpnSetting) {
+    const other = ["listen", "socks", "connect"].find((name) =>
+      values[name as "listen"] !== undefined
+    );
+    if (other) throw new UsageError(`--tun cannot be combined with --${other}`);
+    if (positionals.length > 0) throw new UsageError("MESSAGE cannot be combined with --tun");
+  }
   const log = logger(values);
   const connectOptions: Omit<ConnectOptions, "key"> = {
     server: values.server === undefined
@@ -592,8 +656,22 @@ async function client(args: string[], io: Io): Promise<number> {
   const metricsAddress = values.metrics === undefined
     ? undefined
     : parseHostPort(values.metrics, true);
-  if (metricsAddress && !listenAddress) throw new UsageError("--metrics needs --listen or --socks");
+  if (metricsAddress && !listenAddress && !vpnSetting) {
+    throw new UsageError("--metrics needs --listen, --socks or --tun");
+  }
   const key = await readKey(values.key, (warning) => log.warn(warning));
+  if (vpnSetting) {
+    return await vpnClient({
+      ...vpnSetting,
+      server: connectOptions.server,
+      key,
+      keepaliveMs: values.keepalive === undefined ? undefined : connectOptions.keepaliveMs,
+      handshakeTimeoutMs: connectOptions.handshakeTimeoutMs,
+      rekeyBytes: connectOptions.rekeyBytes,
+      channel: { provider: connectOptions.provider },
+      logger: log,
+    }, metricsAddress);
+  }
   const options: ConnectOptions = { ...connectOptions, key };
   if (listenAddress) {
     const shutdown = onShutdownSignal();
@@ -633,6 +711,44 @@ async function client(args: string[], io: Io): Promise<number> {
   return positionals.length > 0
     ? await oneShot(new TextEncoder().encode(positionals.join(" ")), options)
     : await pipe(options);
+}
+
+/**
+ * VPN mode: runs until SIGINT/SIGTERM (CLOSE, routes and device removed,
+ * exit 0) or until the first connection is refused (exit 1).
+ */
+async function vpnClient(
+  options: VpnClientOptions,
+  metricsAddress: HostPort | undefined,
+): Promise<number> {
+  const log = options.logger!;
+  const shutdown = onShutdownSignal();
+  let running: VpnClient;
+  try {
+    running = await VpnClient.start(options);
+  } catch (err) {
+    shutdown.remove();
+    throw err;
+  }
+  log.info("vpn device up", { device: running.describe() });
+  const endpoint = metricsAddress &&
+    serveMetrics(metricsAddress, {
+      sources: () => [{ stats: running.stats, labels: { role: "client" } }],
+      healthy: () => running.connected,
+    }, log);
+  try {
+    const outcome = await Promise.race([
+      shutdown.signal.then((name) => ({ name })),
+      running.done.then((error) => ({ error })),
+    ]);
+    if ("name" in outcome) log.info("shutting down", { signal: outcome.name });
+    await running.shutdown();
+    if ("error" in outcome && outcome.error) throw outcome.error;
+    return ExitCode.ok;
+  } finally {
+    await endpoint?.shutdown();
+    shutdown.remove();
+  }
 }
 
 /** MESSAGE mode: send, half-close, copy the reply to stdout until CLOSE. */

@@ -28,6 +28,9 @@ import { type LoadedKey, loadKey } from "./keys.ts";
 import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from "./log.ts";
 import { parseOptions } from "./options.ts";
 import { formatHostPort, type HostPort, parseHostPort } from "./target.ts";
+import { DEFAULT_TUN_MTU, MAX_TUN_MTU, MIN_TUN_MTU } from "./netdev.ts";
+import { type Cidr, parseCidr } from "./packet.ts";
+import { checkDeviceName } from "./tun.ts";
 
 /**
  * A config file that cannot be read, parsed or validated. The CLI prints the
@@ -64,7 +67,8 @@ export class ConfigError extends CipherlinkError {
 /** Settings every tunnel has; times in milliseconds. */
 interface TunnelBase {
   name: string;
-  listen: HostPort;
+  /** Where it accepts connections; null for a VPN client, which accepts none. */
+  listen: HostPort | null;
   /** The key file's path, resolved against the config file's folder. */
   key: string;
   maxConns: number;
@@ -87,15 +91,29 @@ export interface ServerTunnelConfig extends TunnelBase {
   /** `--allow` rules, already checked by {@linkcode AllowList.parse}. */
   allow: string[];
   idleTimeoutMs: number;
+  /** VPN mode (`tun`, `tunAddresses`, `tunMtu`): absent when off. */
+  vpn?: TunSettings;
+}
+
+/** A VPN device's settings, as `--tun`, `--tun-address`, `--tun-mtu` and `--route` give them. */
+export interface TunSettings {
+  device: string;
+  addresses: Cidr[];
+  mtu: number;
+  /** Client only: networks routed through the device. */
+  routes: Cidr[];
 }
 
 /** A client listener: a port forward or a SOCKS5 proxy into a Cipherlink server. */
 export interface ClientTunnelConfig extends TunnelBase {
   role: "client";
-  mode: "forward" | "socks";
+  /** "vpn": a VPN client (`tun`, `tunAddresses`, `routes`, `tunMtu`), with no `listen`. */
+  mode: "forward" | "socks" | "vpn";
   server: HostPort;
   /** Forward mode: the address to OPEN; absent means the server's own service. */
   connect?: HostPort;
+  /** VPN mode's device settings. */
+  vpn?: TunSettings;
 }
 
 /** One validated tunnel. */
@@ -346,8 +364,17 @@ const COMMON_FIELDS = [
   "libcrypto",
 ];
 const ROLE_FIELDS = {
-  server: [...COMMON_FIELDS, "forward", "allow", "idleTimeout"],
-  client: [...COMMON_FIELDS, "mode", "server", "connect"],
+  server: [...COMMON_FIELDS, "forward", "allow", "idleTimeout", "tun", "tunAddresses", "tunMtu"],
+  client: [
+    ...COMMON_FIELDS,
+    "mode",
+    "server",
+    "connect",
+    "tun",
+    "tunAddresses",
+    "tunMtu",
+    "routes",
+  ],
 } as const;
 const TOP_FIELDS = ["tunnels", "log"];
 const LOG_FIELDS = ["level", "format"];
@@ -508,9 +535,17 @@ function parseTunnel(entry: JsonValue, index: number, file: string, folder: stri
   if (role === undefined) fail("role", `is missing ("server" or "client")`);
   const other = role === "server" ? ROLE_FIELDS.client : ROLE_FIELDS.server;
   fields.rejectUnknown(ROLE_FIELDS[role], other, role);
+  const mode = role === "client"
+    ? fields.oneOf("mode", ["forward", "socks", "vpn"] as const) ?? "forward"
+    : undefined;
+  if (mode === "vpn" && fields.has("listen")) {
+    fail("listen", "has no meaning in vpn mode (a VPN client accepts no connections)");
+  }
   const base: TunnelBase = {
     name,
-    listen: fields.requiredHostPort("listen", "HOST:PORT to accept connections on", true),
+    listen: mode === "vpn"
+      ? null
+      : fields.requiredHostPort("listen", "HOST:PORT to accept connections on", true),
     key: resolve(folder, fields.requiredString("key", "the path of the key file")),
     maxConns: fields.integer("maxConns", 100, 1, 1_000_000),
     handshakeTimeoutMs: fields.seconds("handshakeTimeout", 5),
@@ -527,19 +562,76 @@ function parseTunnel(entry: JsonValue, index: number, file: string, folder: stri
       forward: fields.hostPort("forward"),
       allow: parseAllow(fields),
       idleTimeoutMs: fields.seconds("idleTimeout", 0),
+      ...optional("vpn", parseTun(fields, "server")),
     };
   }
-  const mode = fields.oneOf("mode", ["forward", "socks"] as const) ?? "forward";
   const connect = fields.hostPort("connect");
   if (mode === "socks" && connect) {
     fail("connect", "has no meaning in socks mode (each SOCKS request names its target)");
   }
+  if (mode === "vpn" && connect) fail("connect", "has no meaning in vpn mode");
+  if (mode !== "vpn") {
+    const stray = ["tun", "tunAddresses", "tunMtu", "routes"].find((f) => fields.has(f));
+    if (stray) fail(stray, `is a field of vpn mode (mode is "${mode}")`);
+  }
   return {
     ...base,
     role,
-    mode,
+    mode: mode!,
     server: fields.requiredHostPort("server", "HOST:PORT of the Cipherlink server"),
     connect,
+    ...optional("vpn", mode === "vpn" ? parseTun(fields, "client") : undefined),
+  };
+}
+
+/** `{ [name]: value }`, or nothing when the value is undefined (tunnels list only fields that are set). */
+function optional<K extends string, V>(name: K, value: V | undefined): { [key in K]?: V } {
+  return value === undefined ? {} : { [name]: value } as { [key in K]: V };
+}
+
+/** `tun`, `tunAddresses`, `tunMtu` (and a client's `routes`); undefined without `tun` on a server. */
+function parseTun(fields: Fields, role: "server" | "client"): TunSettings | undefined {
+  if (!fields.has("tun")) {
+    const stray = ["tunAddresses", "tunMtu", "routes"].find((f) => fields.has(f));
+    if (stray) fields.fail(stray, `needs "tun" (the VPN device's name)`);
+    if (role === "client") fields.fail("tun", "is missing (the VPN device's name)");
+    return undefined;
+  }
+  const device = fields.requiredString("tun", "the VPN device's name");
+  try {
+    checkDeviceName(device);
+  } catch (err) {
+    fields.fail("tun", (err as Error).message);
+  }
+  const cidrs = (name: string): Cidr[] => {
+    if (!fields.has(name)) return [];
+    const value = fields.object[name];
+    if (!Array.isArray(value)) fields.fail(name, `must be a list of CIDRs, not ${describe(value)}`);
+    return value.map((item, i) => {
+      if (typeof item !== "string") {
+        fields.fail(`${name}[${i}]`, `must be a CIDR string, not ${describe(item)}`);
+      }
+      try {
+        return parseCidr(item, "it");
+      } catch (err) {
+        return fields.fail(`${name}[${i}]`, (err as Error).message);
+      }
+    });
+  };
+  const addresses = cidrs("tunAddresses");
+  if (addresses.length === 0) {
+    fields.fail("tunAddresses", "is missing (one IPv4 and/or one IPv6 CIDR)");
+  }
+  if (
+    addresses.length > 2 || (addresses.length === 2 && addresses[0].family === addresses[1].family)
+  ) {
+    fields.fail("tunAddresses", "takes at most one IPv4 and one IPv6 address");
+  }
+  return {
+    device,
+    addresses,
+    mtu: fields.integer("tunMtu", DEFAULT_TUN_MTU, MIN_TUN_MTU, MAX_TUN_MTU),
+    routes: cidrs("routes"),
   };
 }
 
@@ -588,16 +680,18 @@ function checkDistinct(tunnels: TunnelConfig[], file: string): void {
         field: "name",
       });
     }
-    const clash = [...seen.values()].find((other) =>
-      other.listen.port !== 0 && other.listen.port === tunnel.listen.port &&
-      (other.listen.host === tunnel.listen.host ||
-        WILDCARD_HOSTS.includes(other.listen.host) || WILDCARD_HOSTS.includes(tunnel.listen.host))
-    );
+    const listen = tunnel.listen;
+    const clash = listen &&
+      [...seen.values()].find(({ listen: other }) =>
+        other && other.port !== 0 && other.port === listen.port &&
+        (other.host === listen.host ||
+          WILDCARD_HOSTS.includes(other.host) || WILDCARD_HOSTS.includes(listen.host))
+      );
     if (clash) {
       throw new ConfigError(
         file,
-        `${formatHostPort(tunnel.listen)} overlaps the listen address of tunnel "${clash.name}" (${
-          formatHostPort(clash.listen)
+        `${formatHostPort(listen)} overlaps the listen address of tunnel "${clash.name}" (${
+          formatHostPort(clash.listen!)
         })`,
         { tunnel: tunnel.name, field: "listen" },
       );

@@ -40,6 +40,8 @@ import { receiveOpen, Session, type SessionOptions, type SessionSummary } from "
 import { echo, splice } from "./splice.ts";
 import { openOutcomeFor, TunnelStats } from "./stats.ts";
 import { formatHostPort, type HostPort, parseIPv4, parseIPv6, type Target } from "./target.ts";
+import type { Cidr } from "./packet.ts";
+import type { VpnService } from "./vpn_server.ts";
 
 /** Everything the server needs; times in milliseconds. */
 export interface ServerOptions {
@@ -57,6 +59,11 @@ export interface ServerOptions {
   drainDelayMs?: number;
   rekeyBytes?: number;
   logger?: Logger;
+  /**
+   * VPN mode: the device and pool that OPEN 0x02 sessions use (refused
+   * without it). shutdown() closes it: its sessions get CLOSE at once.
+   */
+  vpn?: VpnService;
   /** Who computes the cryptography (default: Web Crypto; see lib/crypto/select.ts). */
   provider?: CryptoProvider;
 }
@@ -80,7 +87,10 @@ export class TunnelServer {
   readonly stopped: Promise<void>;
 
   #listener: Deno.TcpListener;
-  #options: Required<Omit<ServerOptions, "forward">> & { forward?: HostPort };
+  #options: Required<Omit<ServerOptions, "forward" | "vpn">> & {
+    forward?: HostPort;
+    vpn?: VpnService;
+  };
   #sessionOptions: SessionOptions;
   #connections = new Map<number, Connection>();
   /** Message 1s seen: a replayed one is refused before any crypto. */
@@ -112,6 +122,7 @@ export class TunnelServer {
       keepaliveMs: this.#options.keepaliveMs,
       idleTimeoutMs: this.#options.idleTimeoutMs,
     };
+    if (options.vpn) this.stats.vpn = options.vpn.stats;
     this.stopped = this.#acceptLoop();
   }
 
@@ -127,6 +138,7 @@ export class TunnelServer {
       `listening on ${formatHostPort({ host: server.addr.hostname, port: server.addr.port })}`,
       {
         service: options.forward ? `forward ${formatHostPort(options.forward)}` : "echo",
+        vpn: options.vpn?.describe(),
         crypto: server.#options.provider.name,
       },
     );
@@ -167,10 +179,13 @@ export class TunnelServer {
       delayMs: delay ? this.#options.drainDelayMs : 0,
       timeoutMs: this.#options.drainTimeoutMs,
       hurry: this.#hurry.signal,
-      closeListener: () => {
+      closeListener: async () => {
         this.#listenerClosed = true;
         this.#listener.close();
-        return this.stopped;
+        await this.stopped;
+        // VPN sessions never end by themselves: CLOSE them now (their clients
+        // reconnect) and remove the device, so a restart can create it again.
+        await this.#options.vpn?.close();
       },
       accepted: () => this.#connections.values(),
       abortMessage: "server shutting down",
@@ -260,6 +275,10 @@ export class TunnelServer {
     target: Target,
     entry: Connection,
   ): Promise<SessionSummary | null> {
+    if (target.kind === "vpn") {
+      await this.#serveVpn(id, peer, channel, target.addresses);
+      return null;
+    }
     let upstream: Deno.TcpConn | null = null;
     let targetText = "echo";
     if (target.kind === "address" || this.#options.forward) {
@@ -312,6 +331,42 @@ export class TunnelServer {
     const summary = upstream ? await splice(session, upstream) : await echo(session);
     this.stats.sessionEnded(session, summary);
     return summary;
+  }
+
+  /** OPEN 0x02: admits the session into the VPN pool, or refuses it with ERROR 2. */
+  async #serveVpn(
+    id: number,
+    peer: string,
+    channel: SecureChannel,
+    wanted: Cidr[],
+  ): Promise<void> {
+    const vpn = this.#options.vpn;
+    const refuse = async (why: string) => {
+      this.#log.warn("vpn open refused", { session: id, peer, error: why });
+      await this.#reject(channel, ErrorCode.refused, why);
+    };
+    if (!vpn) return await refuse("VPN mode is not enabled on this server");
+    const admitted = vpn.admit(channel, wanted);
+    if ("refused" in admitted) return await refuse(admitted.refused);
+    const { link, addresses } = admitted;
+    this.stats.open("ok");
+    // VPN sessions count as sessions; their traffic is in the cipherlink_vpn_* counters.
+    this.stats.sessionsOpen++;
+    this.stats.sessionsTotal++;
+    this.#log.info("vpn session open", { session: id, peer, addresses: addresses.join(" ") });
+    const { error } = await link.run();
+    this.stats.sessionsOpen--;
+    const fields = {
+      session: id,
+      peer,
+      addresses: addresses.join(" "),
+      packets_in: link.packets.in,
+      packets_out: link.packets.out,
+      outcome: error ? "error" : "ok",
+      error: error?.message,
+    };
+    if (error) this.#log.warn("vpn session end", fields);
+    else this.#log.info("vpn session end", fields);
   }
 
   /** Answers an OPEN with ERROR `code`, counting the outcome. */

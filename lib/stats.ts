@@ -97,8 +97,50 @@ export class Histogram {
   }
 }
 
+/** Why a VPN packet was dropped instead of forwarded. */
+export type VpnDropReason =
+  | "malformed"
+  | "spoofed"
+  | "queue_full"
+  | "no_route"
+  | "not_connected";
+/** Every drop reason, in the order metrics list them. */
+export const VPN_DROP_REASONS: readonly VpnDropReason[] = [
+  "malformed",
+  "spoofed",
+  "queue_full",
+  "no_route",
+  "not_connected",
+];
+
+/**
+ * VPN counters (vpn.md section 2). "in" is what came from the tunnel's peer,
+ * "out" what was sent to it. Drop reasons: malformed (version or length
+ * fields), spoofed (source on a server, destination on a client), queue_full
+ * (the session's send queue was full), no_route (a server packet for a
+ * tunnel address no session holds), not_connected (a client packet while
+ * the client is reconnecting).
+ */
+export class VpnStats {
+  packetsIn = 0;
+  packetsOut = 0;
+  bytesIn = 0;
+  bytesOut = 0;
+  sessionsOpen = 0;
+  dropped: Record<VpnDropReason, number> = Object.fromEntries(
+    VPN_DROP_REASONS.map((r) => [r, 0]),
+  ) as Record<VpnDropReason, number>;
+
+  /** Counts a dropped packet. */
+  drop(reason: VpnDropReason): void {
+    this.dropped[reason]++;
+  }
+}
+
 /** The counters of one endpoint. */
 export class TunnelStats {
+  /** VPN counters, where this endpoint runs VPN mode. */
+  vpn: VpnStats | null = null;
   connectionsAccepted = 0;
   connectionsRejectedBusy = 0;
   handshakes: Record<HandshakeOutcome, number> = { ok: 0, bad_key: 0, timeout: 0, malformed: 0 };
@@ -219,6 +261,51 @@ interface Family {
   samples: string[];
 }
 
+type AddSample = (
+  name: string,
+  type: Family["type"],
+  help: string,
+  labels: Record<string, string>,
+  value: number,
+) => void;
+
+function addVpn(vpn: VpnStats, labels: Record<string, string>, add: AddSample): void {
+  add("cipherlink_vpn_sessions_open", "gauge", "VPN sessions open now.", labels, vpn.sessionsOpen);
+  const packetsHelp = "VPN packets carried: in from the tunnel's peer, out to it.";
+  add(
+    "cipherlink_vpn_packets_total",
+    "counter",
+    packetsHelp,
+    { ...labels, direction: "in" },
+    vpn.packetsIn,
+  );
+  add(
+    "cipherlink_vpn_packets_total",
+    "counter",
+    "",
+    { ...labels, direction: "out" },
+    vpn.packetsOut,
+  );
+  const bytesHelp = "VPN packet bytes carried: in from the tunnel's peer, out to it.";
+  add(
+    "cipherlink_vpn_bytes_total",
+    "counter",
+    bytesHelp,
+    { ...labels, direction: "in" },
+    vpn.bytesIn,
+  );
+  add("cipherlink_vpn_bytes_total", "counter", "", { ...labels, direction: "out" }, vpn.bytesOut);
+  for (const reason of VPN_DROP_REASONS) {
+    add(
+      "cipherlink_vpn_packets_dropped_total",
+      "counter",
+      "VPN packets dropped by reason: malformed, spoofed, queue_full, no_route, not_connected.",
+      { ...labels, reason },
+      vpn.dropped[reason],
+    );
+  }
+}
+
 function labelText(labels: Record<string, string>): string {
   const parts = Object.entries(labels).map(([k, v]) =>
     `${k}="${v.replaceAll("\\", "\\\\").replaceAll("\n", "\\n").replaceAll('"', '\\"')}"`
@@ -316,6 +403,7 @@ export function renderMetrics(sources: MetricsSource[]): string {
       labels,
       stats.keepaliveDrops,
     );
+    if (stats.vpn) addVpn(stats.vpn, labels, add);
     add(
       "cipherlink_drain_sessions_total",
       "counter",

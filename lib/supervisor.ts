@@ -23,7 +23,15 @@
  */
 
 import { AllowList } from "./allow.ts";
-import { type Config, ConfigError, loadConfig, type TunnelConfig } from "./config.ts";
+import {
+  type ClientTunnelConfig,
+  type Config,
+  ConfigError,
+  loadConfig,
+  type ServerTunnelConfig,
+  type TunnelConfig,
+  type TunSettings,
+} from "./config.ts";
 import { drainDelayFor, type ShutdownOptions } from "./drain.ts";
 import { UsageError } from "./errors.ts";
 import { LocalForwarder } from "./forwarder.ts";
@@ -43,10 +51,14 @@ import { serveMetrics } from "./metrics.ts";
 import type { MetricsSource, TunnelStats } from "./stats.ts";
 import { TunnelServer } from "./server.ts";
 import { formatHostPort, parseHostPort } from "./target.ts";
+import { TunError } from "./tun.ts";
+import { VpnClient } from "./vpn_client.ts";
+import { VpnService } from "./vpn_server.ts";
 
 /** What the supervisor needs of a running tunnel. */
 interface Runner {
-  readonly addr: Deno.NetAddr;
+  /** The bound address; null for a VPN client, which accepts no connections. */
+  readonly addr: Deno.NetAddr | null;
   /** Resolves once the listener is closed and the accept loop ended. */
   readonly stopped: Promise<void>;
   shutdown(options?: ShutdownOptions): Promise<void>;
@@ -159,7 +171,11 @@ export class Supervisor {
 
   /** The bound address of every running tunnel, by name. */
   addresses(): Map<string, Deno.NetAddr> {
-    return new Map([...this.#running].map(([name, { runner }]) => [name, runner.addr]));
+    return new Map(
+      [...this.#running].flatMap(([name, { runner }]) =>
+        runner.addr ? [[name, runner.addr] as const] : []
+      ),
+    );
   }
 
   /**
@@ -229,24 +245,15 @@ export class Supervisor {
     let runner: Runner;
     try {
       runner = tunnel.role === "server"
-        ? await TunnelServer.start({
-          listen: tunnel.listen,
-          key: loaded.key,
-          forward: tunnel.forward,
-          allow: AllowList.parse(tunnel.allow),
-          maxConns: tunnel.maxConns,
-          handshakeTimeoutMs: tunnel.handshakeTimeoutMs,
-          idleTimeoutMs: tunnel.idleTimeoutMs,
-          keepaliveMs: tunnel.keepaliveMs,
-          drainTimeoutMs: tunnel.drainTimeoutMs,
-          drainDelayMs: drainDelayFor(tunnel.drainDelayMs, this.#healthServed),
-          rekeyBytes: tunnel.rekeyBytes,
-          logger: log,
+        ? await startServer(tunnel, loaded.key, log, {
           provider,
+          drainDelayMs: drainDelayFor(tunnel.drainDelayMs, this.#healthServed),
         })
+        : tunnel.vpn
+        ? await startVpnClient(tunnel, tunnel.vpn, loaded.key, log, provider)
         : LocalForwarder.start({
-          listen: tunnel.listen,
-          mode: tunnel.mode,
+          listen: tunnel.listen!,
+          mode: tunnel.mode as "forward" | "socks",
           connect: {
             server: tunnel.server,
             key: loaded.key,
@@ -262,6 +269,9 @@ export class Supervisor {
           logger: log,
         });
     } catch (err) {
+      if (err instanceof TunError || !tunnel.listen) {
+        throw new ConfigError(this.file, messageOf(err), { tunnel: tunnel.name, field: "tun" });
+      }
       throw new ConfigError(
         this.file,
         `cannot listen on ${formatHostPort(tunnel.listen)}: ${messageOf(err)}`,
@@ -358,6 +368,96 @@ export class Supervisor {
     this.log.info("config reloaded", { reload, tunnels: this.#running.size, ...counts });
     return counts.failed === 0;
   }
+}
+
+/** A server tunnel, with its VPN device when `tun` is set (the server closes it on shutdown). */
+async function startServer(
+  tunnel: ServerTunnelConfig,
+  key: Uint8Array,
+  log: Logger,
+  { provider, drainDelayMs }: { provider: CryptoProvider; drainDelayMs: number },
+): Promise<Runner> {
+  const vpn = tunnel.vpn
+    ? await VpnService.start({
+      device: tunnel.vpn.device,
+      addresses: tunnel.vpn.addresses,
+      mtu: tunnel.vpn.mtu,
+      keepaliveMs: tunnel.keepaliveMs || undefined,
+      idleTimeoutMs: tunnel.idleTimeoutMs,
+      logger: log,
+    })
+    : undefined;
+  let server: TunnelServer;
+  try {
+    server = await TunnelServer.start({
+      listen: tunnel.listen!,
+      key,
+      forward: tunnel.forward,
+      allow: AllowList.parse(tunnel.allow),
+      maxConns: tunnel.maxConns,
+      handshakeTimeoutMs: tunnel.handshakeTimeoutMs,
+      idleTimeoutMs: tunnel.idleTimeoutMs,
+      keepaliveMs: tunnel.keepaliveMs,
+      drainTimeoutMs: tunnel.drainTimeoutMs,
+      drainDelayMs,
+      rekeyBytes: tunnel.rekeyBytes,
+      logger: log,
+      provider,
+      vpn,
+    });
+  } catch (err) {
+    await vpn?.close();
+    throw err;
+  }
+  if (!vpn) return server;
+  // A restart (SIGHUP) may create the same device again: only once the old one is gone.
+  return {
+    addr: server.addr,
+    stats: server.stats,
+    setKey: (key) => server.setKey(key),
+    shutdown: (options) => server.shutdown(options),
+    endNow: () => server.endNow(),
+    stopped: server.stopped.then(() => vpn.close()),
+  };
+}
+
+/** A VPN client tunnel: its `stopped` resolves once its device is gone. */
+async function startVpnClient(
+  tunnel: ClientTunnelConfig,
+  settings: TunSettings,
+  key: Uint8Array,
+  log: Logger,
+  provider: CryptoProvider,
+): Promise<Runner> {
+  const client = await VpnClient.start({
+    server: tunnel.server,
+    key,
+    device: settings.device,
+    addresses: settings.addresses,
+    routes: settings.routes,
+    mtu: settings.mtu,
+    keepaliveMs: tunnel.keepaliveMs || undefined,
+    handshakeTimeoutMs: tunnel.handshakeTimeoutMs,
+    rekeyBytes: tunnel.rekeyBytes,
+    channel: { provider },
+    logger: log,
+  });
+  log.info("vpn device up", { device: client.describe() });
+  let stopped: Promise<void> | null = null;
+  client.done.then((error) => {
+    if (error && !stopped) log.error("vpn client stopped", { error: error.message });
+  });
+  const shutdown = () => stopped ??= client.shutdown();
+  return {
+    addr: null,
+    stats: client.stats,
+    setKey: (next) => client.setKey(next),
+    shutdown,
+    endNow: shutdown,
+    get stopped() {
+      return stopped ?? client.done.then(() => {});
+    },
+  };
 }
 
 /** The command-line options `--config` mode takes; every other one is a usage error. */

@@ -2,7 +2,8 @@
  * OPEN targets: the body of an OPEN message, and `HOST:PORT` strings.
  *
  * `0x00` asks for the server's own service; `0x01 ATYP ADDR PORT` names a
- * host the SOCKS5 way (ATYP 1 IPv4, 3 domain name, 4 IPv6).
+ * host the SOCKS5 way (ATYP 1 IPv4, 3 domain name, 4 IPv6); `0x02` asks for
+ * a VPN session (its codec is lib/vpn_open.ts).
  *
  * @example
  * ```ts
@@ -14,11 +15,14 @@
  */
 
 import { ProtocolError, UsageError } from "./errors.ts";
+import { type Cidr, decodeVpnOpen, encodeVpnOpen, VPN_TARGET_TYPE } from "./vpn_open.ts";
 
 /** What an OPEN asks for. */
 export type Target =
   | { kind: "service" }
-  | { kind: "address"; host: string; port: number };
+  | { kind: "address"; host: string; port: number }
+  /** VPN mode (`0x02`, lib/vpn_open.ts): the tunnel addresses the client asks for. */
+  | { kind: "vpn"; addresses: Cidr[] };
 
 /** A host and port, as given on the command line. */
 export interface HostPort {
@@ -61,6 +65,7 @@ export function formatHostPort({ host, port }: HostPort): string {
 /** Encodes a target as an OPEN body. */
 export function encodeTarget(target: Target | HostPort): Uint8Array {
   if ("kind" in target && target.kind === "service") return Uint8Array.of(0);
+  if ("kind" in target && target.kind === "vpn") return encodeVpnOpen(target.addresses);
   const { host, port } = target as HostPort;
   const ipv4 = parseIPv4(host);
   const ipv6 = ipv4 ? null : parseIPv6(host);
@@ -80,6 +85,7 @@ export function encodeTarget(target: Target | HostPort): Uint8Array {
 /** Decodes an OPEN body; throws {@linkcode ProtocolError} when malformed. */
 export function decodeTarget(body: Uint8Array): Target {
   if (body.byteLength === 1 && body[0] === 0) return SERVICE_TARGET;
+  if (body[0] === VPN_TARGET_TYPE) return { kind: "vpn", addresses: decodeVpnOpen(body) };
   if (body[0] !== 1 || body.byteLength < 2) {
     throw new ProtocolError("malformed OPEN target");
   }

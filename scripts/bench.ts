@@ -49,6 +49,7 @@ import {
   type TunnelResult,
 } from "./bench/report.ts";
 import { type Detection, type RunningTunnel, type Tunnel, TUNNELS } from "./bench/tunnels.ts";
+import { measureVpn, type VpnBench, vpnTable } from "./bench/vpn.ts";
 
 const USAGE = `usage: deno task bench [options]
 
@@ -63,6 +64,9 @@ const USAGE = `usage: deno task bench [options]
   --only LIST            comma-separated subset of ${TUNNELS.map((t) => t.name).join(",")}
                          (plain TCP always runs as the baseline)
   --out DIR              where latest.json and latest.svg go (default bench/results)
+  --vpn                  also the VPN rows (root): Cipherlink's VPN mode against wireguard-go,
+                         one iperf3 stream and ping, in two network namespaces (also vpn.json)
+  --vpn-pings N          pings per VPN row (default 200)
 `;
 
 /** Parallel openers of the idle sessions (a bounded accept backlog, like real clients). */
@@ -81,7 +85,9 @@ function number(name: string, text: string | undefined, fallback: number, min: n
   return value;
 }
 
-function parseSettings(args: string[]): (Settings & { out: string }) | null {
+function parseSettings(
+  args: string[],
+): (Settings & { out: string; vpn: boolean; vpnPings: number }) | null {
   const { values } = parseArgs({
     args,
     strict: true,
@@ -96,6 +102,8 @@ function parseSettings(args: string[]): (Settings & { out: string }) | null {
       "idle-sessions": { type: "string" },
       only: { type: "string" },
       out: { type: "string" },
+      vpn: { type: "boolean" },
+      "vpn-pings": { type: "string" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -121,6 +129,8 @@ function parseSettings(args: string[]): (Settings & { out: string }) | null {
     idleSessions: Math.floor(number("idle-sessions", values["idle-sessions"], 1000, 0)),
     only,
     out: values.out ?? new URL("../bench/results", import.meta.url).pathname,
+    vpn: values.vpn ?? false,
+    vpnPings: Math.floor(number("vpn-pings", values["vpn-pings"], 200, 1)),
   };
 }
 
@@ -402,7 +412,7 @@ async function main(args: string[]): Promise<number> {
     console.log(USAGE);
     return 0;
   }
-  const { out, ...settings } = parsed;
+  const { out, vpn: withVpn, vpnPings, ...settings } = parsed;
   const startedAt = new Date();
   const clock = performance.now();
 
@@ -477,8 +487,12 @@ async function main(args: string[]): Promise<number> {
       );
     }
 
+    const vpn: VpnBench | undefined = withVpn
+      ? await measureVpn({ seconds: Math.max(settings.seconds, 5), pings: vpnPings, progress })
+      : undefined;
+
     machine.loadAtEnd = loadAverage();
-    const results: BenchResults = {
+    const results: BenchResults & { vpn?: VpnBench } = {
       schema: 1,
       startedAt: startedAt.toISOString(),
       seconds: (performance.now() - clock) / 1000,
@@ -488,11 +502,13 @@ async function main(args: string[]): Promise<number> {
       baseline,
       tunnels,
       ratios: ratios(tunnels, metrics(settings.streams)),
+      vpn,
     };
 
     console.log();
     console.log(table(results));
     console.log();
+    if (vpn) console.log(vpnTable(vpn) + "\n");
     const notes: string[] = [];
     for (const t of [baseline, ...tunnels]) {
       if (t.skipped) notes.push(`${t.label}: skipped, ${t.skipped}`);
@@ -520,12 +536,17 @@ async function main(args: string[]): Promise<number> {
         : value;
     await Deno.writeTextFile(`${out}/latest.json`, JSON.stringify(results, rounded, 2) + "\n");
     await Deno.writeTextFile(`${out}/latest.svg`, svg(results));
+    if (vpn) {
+      const vpnOnly = { startedAt: results.startedAt, machine, versions, vpn };
+      await Deno.writeTextFile(`${out}/vpn.json`, JSON.stringify(vpnOnly, rounded, 2) + "\n");
+    }
     console.log(
       `wrote ${out}/latest.json and ${out}/latest.svg; the run took ${
         results.seconds.toFixed(1)
       } s`,
     );
-    const failed = [baseline, ...tunnels].some((t) => Object.keys(t.errors).length > 0);
+    const failed = [baseline, ...tunnels].some((t) => Object.keys(t.errors).length > 0) ||
+      (vpn?.rows.some((r) => r.error !== null) ?? false);
     return failed ? 1 : 0;
   } finally {
     await registry.stopAll();

@@ -7,10 +7,12 @@
  * The link is a veth pair shaped with `tc qdisc … netem` where the kernel has
  * netem. Where it does not (CONFIG_NET_SCH_NETEM unset), the link is a pair
  * of TUN devices joined by a relay in this process that drops and delays
- * packets the same way (a userspace netem, through libc over Deno FFI).
+ * packets the same way (a userspace netem on lib/tun.ts, the VPN mode's
+ * TUN devices).
  * @module
  */
 
+import { TunDevice } from "../../lib/tun.ts";
 import { Rng } from "./common.ts";
 
 /** Names carry this process's id, so two soaks on one machine never share a namespace. */
@@ -163,84 +165,46 @@ async function vethWithNetem(): Promise<Link | null> {
   };
 }
 
-const O_RDWR = 2;
-const O_NONBLOCK = 0o4000;
-const TUNSETIFF = 0x400454can;
-const IFF_TUN = 0x0001;
-const IFF_NO_PI = 0x1000;
-const POLLIN = 1;
-
 /** Two TUN devices, one in each namespace, joined by a lossy, delaying relay. */
 async function tunRelay(seed: number): Promise<Link> {
-  const libc = Deno.dlopen("libc.so.6", {
-    open: { parameters: ["buffer", "i32"], result: "i32" },
-    ioctl: { parameters: ["i32", "u64", "buffer"], result: "i32" },
-    read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
-    write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
-    close: { parameters: ["i32"], result: "i32" },
-    poll: { parameters: ["buffer", "u64", "i32"], result: "i32", nonblocking: true },
-  });
-  const open = (name: string): number => {
-    const fd = libc.symbols.open(new TextEncoder().encode("/dev/net/tun\0"), O_RDWR | O_NONBLOCK);
-    if (fd < 0) throw new Error("cannot open /dev/net/tun");
-    const ifreq = new Uint8Array(40);
-    ifreq.set(new TextEncoder().encode(name));
-    new DataView(ifreq.buffer).setUint16(16, IFF_TUN | IFF_NO_PI, true);
-    if (libc.symbols.ioctl(fd, TUNSETIFF, ifreq) < 0) {
-      libc.symbols.close(fd);
-      throw new Error(`cannot create TUN device ${name}`);
-    }
-    return fd;
-  };
-  const fds: number[] = [];
+  const devices: TunDevice[] = [];
   try {
-    fds.push(open(CLIENT_DEV), open(SERVER_DEV));
+    devices.push(TunDevice.open(CLIENT_DEV), TunDevice.open(SERVER_DEV));
     await must(["ip", "link", "set", CLIENT_DEV, "netns", CLIENT_NS]);
     await must(["ip", "link", "set", SERVER_DEV, "netns", SERVER_NS]);
     await address(CLIENT_NS, CLIENT_DEV, CLIENT_ADDR);
     await address(SERVER_NS, SERVER_DEV, SERVER_ADDR);
   } catch (err) {
-    for (const fd of fds) libc.symbols.close(fd);
-    libc.close();
+    for (const device of devices) device.close();
     throw err;
   }
   let impairment: Impairment = { lossPercent: 0, delayMs: 0 };
   const rng = new Rng(seed);
-  let running = true;
-  const forward = async (from: number, to: number) => {
-    const pollfd = new Uint8Array(8);
-    new DataView(pollfd.buffer).setInt32(0, from, true);
-    new DataView(pollfd.buffer).setInt16(4, POLLIN, true);
+  const forward = async (from: TunDevice, to: TunDevice) => {
     const buffer = new Uint8Array(65536);
     const queue: { due: number; packet: Uint8Array }[] = [];
     let timer: ReturnType<typeof setTimeout> | undefined;
     const flush = () => {
       timer = undefined;
       const now = performance.now();
-      while (queue.length && queue[0].due <= now) {
-        const { packet } = queue.shift()!;
-        libc.symbols.write(to, packet, BigInt(packet.byteLength));
-      }
+      while (queue.length && queue[0].due <= now) to.write(queue.shift()!.packet);
       if (queue.length) timer = setTimeout(flush, Math.max(0, queue[0].due - now));
     };
-    while (running) {
-      if (await libc.symbols.poll(pollfd, 1n, 100) <= 0) continue;
-      for (;;) {
-        const n = Number(libc.symbols.read(from, buffer, BigInt(buffer.byteLength)));
-        if (n <= 0) break;
-        if (rng.next() * 100 < impairment.lossPercent) continue;
-        if (impairment.delayMs <= 0 && queue.length === 0) {
-          libc.symbols.write(to, buffer, BigInt(n));
-          continue;
-        }
-        // The delay is the same for every packet, so the queue stays in order.
-        queue.push({ due: performance.now() + impairment.delayMs, packet: buffer.slice(0, n) });
-        if (!timer) timer = setTimeout(flush, impairment.delayMs);
+    for (;;) {
+      const n = await from.read(buffer);
+      if (n === null) break;
+      if (rng.next() * 100 < impairment.lossPercent) continue;
+      if (impairment.delayMs <= 0 && queue.length === 0) {
+        to.write(buffer.subarray(0, n));
+        continue;
       }
+      // The delay is the same for every packet, so the queue stays in order.
+      queue.push({ due: performance.now() + impairment.delayMs, packet: buffer.slice(0, n) });
+      if (!timer) timer = setTimeout(flush, impairment.delayMs);
     }
     clearTimeout(timer);
   };
-  const relays = Promise.all([forward(fds[0], fds[1]), forward(fds[1], fds[0])]);
+  const relays = Promise.all([forward(devices[0], devices[1]), forward(devices[1], devices[0])]);
   return {
     kind: "userspace netem over TUN (this kernel has no netem qdisc)",
     set(next) {
@@ -248,10 +212,8 @@ async function tunRelay(seed: number): Promise<Link> {
       return Promise.resolve();
     },
     async close() {
-      running = false;
+      for (const device of devices) device.close();
       await relays;
-      for (const fd of fds) libc.symbols.close(fd);
-      libc.close();
       await removeNamespaces();
     },
   };
