@@ -35,6 +35,20 @@ export type LogFields = Record<
 /** Where lines go; stderr unless a test captures them. */
 export type LogSink = (line: string) => void;
 
+// deno-lint-ignore no-control-regex
+const CONTROL = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/;
+// deno-lint-ignore no-control-regex
+const CONTROLS = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g;
+
+/**
+ * Escapes control characters (C0, DEL, C1, the Unicode line separators) as
+ * `\uXXXX`, so a peer-chosen string (a target name, an error text) cannot
+ * forge log lines or drive a terminal.
+ */
+export function escapeControl(text: string): string {
+  return text.replace(CONTROLS, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+}
+
 const encoder = new TextEncoder();
 const stderrSink: LogSink = (line) => {
   Deno.stderr.writeSync(encoder.encode(line + "\n"));
@@ -79,14 +93,15 @@ export class Logger {
       for (const [k, v] of Object.entries(fields)) {
         if (v !== undefined) record[k] = v;
       }
-      this.#sink(JSON.stringify(record));
+      this.#sink(escapeControl(JSON.stringify(record)));
       return;
     }
     let line = `${time} ${level.toUpperCase().padEnd(5)} ${event}`;
     for (const [k, v] of Object.entries(fields)) {
       if (v === undefined) continue;
       const text = String(v);
-      line += ` ${k}=${/[\s"=]/.test(text) || text === "" ? JSON.stringify(text) : text}`;
+      const quoted = /[\s"=]/.test(text) || CONTROL.test(text) || text === "";
+      line += ` ${k}=${quoted ? escapeControl(JSON.stringify(text)) : text}`;
     }
     this.#sink(line);
   }

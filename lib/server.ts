@@ -19,7 +19,6 @@
  * @module
  */
 
-import { lookup } from "node:dns/promises";
 import { AllowList } from "./allow.ts";
 import { ReplayGuard, SecureChannel } from "./channel.ts";
 import { closeQuietly } from "./conn.ts";
@@ -30,13 +29,15 @@ import {
   ErrorCode,
   LegacyProtocolError,
   ProtocolError,
+  TimeoutError,
   TruncationError,
 } from "./errors.ts";
 import { Logger } from "./log.ts";
 import { receiveOpen, Session, type SessionOptions, type SessionSummary } from "./session.ts";
 import { echo, splice } from "./splice.ts";
 import { openOutcomeFor, TunnelStats } from "./stats.ts";
-import { formatHostPort, type HostPort, parseIPv4, parseIPv6, type Target } from "./target.ts";
+import { canonicalHost, formatHostPort, type HostPort, type Target } from "./target.ts";
+import { connectAddresses, systemResolver } from "./resolve.ts";
 
 /** Everything the server needs; times in milliseconds. */
 export interface ServerOptions {
@@ -54,8 +55,7 @@ export interface ServerOptions {
   logger?: Logger;
 }
 
-/** How long the server waits for a target to accept its connection. */
-export const UPSTREAM_CONNECT_TIMEOUT_MS = 10_000;
+export { UPSTREAM_CONNECT_TIMEOUT_MS } from "./resolve.ts";
 
 interface Connection {
   conn: Deno.TcpConn;
@@ -245,20 +245,29 @@ export class TunnelServer {
     if (target.kind === "address" || this.#options.forward) {
       const wanted = target.kind === "address" ? target : this.#options.forward!;
       targetText = formatHostPort(wanted);
-      let host: string | null = wanted.host;
+      let addresses: string[] | null = null;
       if (target.kind === "address") {
-        host = await this.#options.allow.decide(wanted.host, wanted.port);
-        if (host === null) {
-          this.#log.warn("open refused by policy", { session: id, peer, target: targetText });
-          await this.#reject(channel, ErrorCode.refused, `target ${targetText} is not allowed`);
+        const decision = await this.#options.allow.decide(wanted.host, wanted.port);
+        if (!decision.allowed) {
+          this.#log.warn("open refused by policy", {
+            session: id,
+            peer,
+            target: targetText,
+            reason: decision.reason,
+          });
+          await this.#reject(channel, decision.code, decision.reason);
           return null;
         }
+        addresses = decision.addresses;
       }
       try {
-        upstream = await connectUpstream(host, wanted.port);
+        // The operator's --forward: a literal, or resolved by the same resolver, under its deadline.
+        addresses ??= await resolveForward(wanted.host);
+        upstream = await connectAddresses(addresses, wanted.port);
         upstream.setNoDelay(true);
       } catch (err) {
-        const timedOut = err instanceof DOMException && err.name === "TimeoutError";
+        const timedOut = (err instanceof DOMException && err.name === "TimeoutError") ||
+          err instanceof TimeoutError;
         this.#log.warn("target unreachable", {
           session: id,
           peer,
@@ -346,27 +355,10 @@ export class TunnelServer {
   }
 }
 
-/**
- * Connects to a target. A name is resolved the way the system does it
- * (/etc/hosts included) and every address is tried in turn, so `localhost`
- * works whether it lists ::1 or 127.0.0.1 first. One deadline covers all.
- */
-async function connectUpstream(host: string, port: number): Promise<Deno.TcpConn> {
-  const signal = AbortSignal.timeout(UPSTREAM_CONNECT_TIMEOUT_MS);
-  if (parseIPv4(host) || parseIPv6(host)) {
-    return await Deno.connect({ hostname: host, port, signal });
-  }
-  const addresses = await lookup(host, { all: true, verbatim: true });
-  let failure: unknown = new Deno.errors.NotFound(`${host} has no address`);
-  for (const { address } of addresses) {
-    try {
-      return await Deno.connect({ hostname: address, port, signal });
-    } catch (err) {
-      failure = err;
-      if (signal.aborted) break;
-    }
-  }
-  throw failure;
+/** The addresses of the --forward host: itself if a literal, else what the resolver answers. */
+async function resolveForward(host: string): Promise<string[]> {
+  const target = canonicalHost(host);
+  return target.kind === "name" ? await systemResolver(target.text) : [target.text];
 }
 
 function peerOf(conn: Deno.Conn): string {
