@@ -83,6 +83,11 @@ export interface ChannelOptions {
  * responder accepted. A client makes a fresh ephemeral key per handshake, so
  * a key seen twice is a recorded message 1 played again: refusing it up front
  * keeps a replay flood from costing a key exchange each.
+ *
+ * A key is reserved synchronously, before the first await of the handshake,
+ * so copies of one message 1 arriving together cannot all pass the check
+ * while the first is still being verified; one that fails verification
+ * releases its reservation.
  */
 export class ReplayGuard {
   #seen = new Set<string>();
@@ -90,15 +95,38 @@ export class ReplayGuard {
   constructor(capacity = 65536) {
     this.#capacity = capacity;
   }
+  /** Whether this ephemeral key was reserved before. */
   has(ephemeral: Uint8Array): boolean {
-    return this.#seen.has(String.fromCharCode(...ephemeral));
+    return this.#seen.has(keyOf(ephemeral));
   }
-  add(ephemeral: Uint8Array): void {
+  /** Reserves the key; false when it was already reserved (a replay). */
+  reserve(ephemeral: Uint8Array): boolean {
+    const key = keyOf(ephemeral);
+    if (this.#seen.has(key)) return false;
     if (this.#seen.size >= this.#capacity) {
       this.#seen.delete(this.#seen.values().next().value!);
     }
-    this.#seen.add(String.fromCharCode(...ephemeral));
+    this.#seen.add(key);
+    return true;
   }
+  /** Forgets a reservation whose message 1 did not verify. */
+  release(ephemeral: Uint8Array): void {
+    this.#seen.delete(keyOf(ephemeral));
+  }
+  /** Records the key (as {@linkcode reserve}, ignoring whether it was new). */
+  add(ephemeral: Uint8Array): void {
+    this.reserve(ephemeral);
+  }
+}
+
+function keyOf(ephemeral: Uint8Array): string {
+  return String.fromCharCode(...ephemeral);
+}
+
+/** A verified message 1: the peer holds the key (or replays a fresh recording it cannot use). */
+export interface VerifiedHello {
+  /** Sends message 2 and returns the ready channel. */
+  complete(): Promise<SecureChannel>;
 }
 
 /** The encrypted, framed transport over one connection. */
@@ -172,6 +200,30 @@ export class SecureChannel {
       const [send, receive] = await hs.split();
       return new SecureChannel(conn, frames, send, receive, options);
     }
+    return await (await SecureChannel.#verifyHello(conn, frames, psk, options)).complete();
+  }
+
+  /**
+   * The responder's first half: reads message 1 and verifies it, sending
+   * nothing. The server runs it under the short message-1 deadline and the
+   * pending-handshake budget, and only then decides, as for a key holder,
+   * whether to {@linkcode VerifiedHello.complete} (message 2) at all.
+   * Throws as {@linkcode SecureChannel.handshake} does.
+   */
+  static verifyHello(
+    conn: Connection,
+    psk: Uint8Array,
+    options: ChannelOptions = {},
+  ): Promise<VerifiedHello> {
+    return SecureChannel.#verifyHello(conn, new FrameReader(readableOf(conn)), psk, options);
+  }
+
+  static async #verifyHello(
+    conn: Connection,
+    frames: FrameReader,
+    psk: Uint8Array,
+    options: ChannelOptions,
+  ): Promise<VerifiedHello> {
     const hello = await frames.next(HANDSHAKE_NONCE_SIZE, MIN_HANDSHAKE_DATA);
     if (!hello) {
       throw new TruncationError(
@@ -179,23 +231,29 @@ export class SecureChannel {
       );
     }
     const ephemeral = hello.data.slice(0, 32);
-    if (options.replays?.has(ephemeral)) {
+    // Reserved before the first await: copies sent together are refused here, not verified each.
+    if (options.replays && !options.replays.reserve(ephemeral)) {
       throw new AuthenticationError("message 1 was replayed (its ephemeral key was seen before)");
     }
     // The ephemeral key is made once message 1 is here: a connection that
     // sends nothing, or drips bytes, costs the server no crypto.
-    const hs = await NNpsk0Handshake.create(role, psk, PROLOGUE);
+    let hs: NNpsk0Handshake;
     try {
+      hs = await NNpsk0Handshake.create("responder", psk, PROLOGUE);
       await hs.readMessage1(hello.data);
     } catch (err) {
+      options.replays?.release(ephemeral);
       throw new AuthenticationError("the client does not hold the same key", {
         cause: err,
       });
     }
-    options.replays?.add(ephemeral);
-    await writeAll(conn, handshakeFrame(await hs.writeMessage2()));
-    const [receive, send] = await hs.split();
-    return new SecureChannel(conn, frames, send, receive, options);
+    return {
+      complete: async () => {
+        await writeAll(conn, handshakeFrame(await hs.writeMessage2()));
+        const [receive, send] = await hs.split();
+        return new SecureChannel(conn, frames, send, receive, options);
+      },
+    };
   }
 
   /** REKEYs this side has sent and received. */
