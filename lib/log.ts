@@ -106,3 +106,80 @@ export class Logger {
     this.#sink(line);
   }
 }
+
+/** The window of an {@linkcode EventAggregator}. */
+export const AGGREGATE_WINDOW_MS = 10_000;
+/** Events an {@linkcode EventAggregator} logs one by one in each window. */
+export const AGGREGATE_BURST = 10;
+
+/**
+ * Rate-limits events that an unauthenticated peer can cause at will (failed
+ * or abandoned handshakes): the first `burst` in each window are logged with
+ * their fields, the rest are counted by reason and logged as one summary
+ * line when the window ends (they still go out one by one at debug level).
+ */
+export class EventAggregator {
+  readonly #logger: Logger;
+  readonly #level: Exclude<LogLevel, "debug">;
+  readonly #summary: string;
+  readonly #windowMs: number;
+  readonly #burst: number;
+  #windowEnds = 0;
+  #logged = 0;
+  #suppressed = new Map<string, number>();
+  #timer: ReturnType<typeof setTimeout> | undefined;
+
+  constructor(
+    logger: Logger,
+    level: Exclude<LogLevel, "debug">,
+    summary: string,
+    windowMs = AGGREGATE_WINDOW_MS,
+    burst = AGGREGATE_BURST,
+  ) {
+    this.#logger = logger;
+    this.#level = level;
+    this.#summary = summary;
+    this.#windowMs = windowMs;
+    this.#burst = burst;
+  }
+
+  /** Records one `event` with `reason`; logs it unless this window's burst is spent. */
+  note(event: string, reason: string, fields: LogFields): void {
+    const now = Date.now();
+    if (now >= this.#windowEnds) {
+      this.flush();
+      this.#windowEnds = now + this.#windowMs;
+      this.#logged = 0;
+    }
+    if (this.#logged < this.#burst) {
+      this.#logged++;
+      this.#logger[this.#level](event, { reason, ...fields });
+      return;
+    }
+    this.#logger.debug(event, { reason, ...fields });
+    this.#suppressed.set(reason, (this.#suppressed.get(reason) ?? 0) + 1);
+    if (this.#timer === undefined) {
+      this.#timer = setTimeout(() => this.flush(), this.#windowEnds - now);
+      Deno.unrefTimer(this.#timer);
+    }
+  }
+
+  /** Logs the summary of the events counted but not logged, if any. */
+  flush(): void {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    if (this.#suppressed.size === 0) return;
+    const fields: LogFields = {};
+    let total = 0;
+    for (const [reason, count] of this.#suppressed) {
+      fields[reason] = count;
+      total += count;
+    }
+    this.#suppressed.clear();
+    this.#logger[this.#level](this.#summary, {
+      not_logged: total,
+      window_ms: this.#windowMs,
+      ...fields,
+    });
+  }
+}

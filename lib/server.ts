@@ -7,7 +7,13 @@
  * @example
  * ```ts
  * import { TunnelServer } from "./server.ts";
- * import { Logger } from "./log.ts";
+ * import { EventAggregator, Logger } from "./log.ts";
+import {
+  DEFAULT_HELLO_TIMEOUT_MS,
+  DEFAULT_MAX_PENDING,
+  DEFAULT_MAX_PENDING_PER_SOURCE,
+  PendingBudget,
+} from "./pending.ts";
  * const server = await TunnelServer.start({
  *   listen: { host: "127.0.0.1", port: 0 },
  *   key: crypto.getRandomValues(new Uint8Array(32)),
@@ -32,7 +38,13 @@ import {
   TimeoutError,
   TruncationError,
 } from "./errors.ts";
-import { Logger } from "./log.ts";
+import { EventAggregator, Logger } from "./log.ts";
+import {
+  DEFAULT_HELLO_TIMEOUT_MS,
+  DEFAULT_MAX_PENDING,
+  DEFAULT_MAX_PENDING_PER_SOURCE,
+  PendingBudget,
+} from "./pending.ts";
 import { receiveOpen, Session, type SessionOptions, type SessionSummary } from "./session.ts";
 import { echo, splice } from "./splice.ts";
 import { openOutcomeFor, TunnelStats } from "./stats.ts";
@@ -46,7 +58,14 @@ export interface ServerOptions {
   /** Target of OPEN 0x00; echo when absent. */
   forward?: HostPort;
   allow?: AllowList;
+  /** Authenticated connections (message 1 verified); past it a key holder gets ERROR 4. */
   maxConns?: number;
+  /** Connections whose message 1 has not verified yet; past it the oldest is dropped. */
+  maxPending?: number;
+  /** The share of maxPending one source address may hold. */
+  maxPendingPerSource?: number;
+  /** How long a new connection has to deliver a complete message 1. */
+  helloTimeoutMs?: number;
   handshakeTimeoutMs?: number;
   idleTimeoutMs?: number;
   keepaliveMs?: number;
@@ -61,6 +80,10 @@ interface Connection {
   conn: Deno.TcpConn;
   session: Session | null;
   done: Promise<void>;
+  /** Message 1 verified: it counts against maxConns. */
+  authenticated: boolean;
+  /** Dropped by the pending budget to make room. */
+  evicted: boolean;
 }
 
 /** A running server. */
@@ -78,6 +101,9 @@ export class TunnelServer {
   #connections = new Map<number, Connection>();
   /** Message 1s seen: a replayed one is refused before any crypto. */
   #replays = new ReplayGuard();
+  #pending: PendingBudget;
+  #authenticated = 0;
+  #unauthenticated: EventAggregator;
   #nextId = 0;
   #draining = false;
 
@@ -87,6 +113,9 @@ export class TunnelServer {
     this.#options = {
       allow: new AllowList([]),
       maxConns: 100,
+      maxPending: DEFAULT_MAX_PENDING,
+      maxPendingPerSource: DEFAULT_MAX_PENDING_PER_SOURCE,
+      helloTimeoutMs: DEFAULT_HELLO_TIMEOUT_MS,
       handshakeTimeoutMs: 5000,
       idleTimeoutMs: 0,
       keepaliveMs: 0,
@@ -95,6 +124,15 @@ export class TunnelServer {
       logger: new Logger(),
       ...options,
     };
+    this.#pending = new PendingBudget(
+      this.#options.maxPending,
+      this.#options.maxPendingPerSource,
+    );
+    this.#unauthenticated = new EventAggregator(
+      this.#options.logger,
+      "info",
+      "unauthenticated connections dropped without a log line each",
+    );
     this.#sessionOptions = {
       keepaliveMs: this.#options.keepaliveMs,
       idleTimeoutMs: this.#options.idleTimeoutMs,
@@ -153,6 +191,7 @@ export class TunnelServer {
         session?.abort(ErrorCode.internal, "server shutting down");
       }
     });
+    this.#unauthenticated.flush();
     this.#log.info("stopped");
   }
 
@@ -171,24 +210,26 @@ export class TunnelServer {
         continue;
       }
       this.stats.connectionsAccepted++;
-      if (this.#connections.size >= this.#options.maxConns) {
-        this.stats.connectionsRejectedBusy++;
-        closeQuietly(conn);
-        this.#log.warn("connection refused: max-conns reached", {
-          peer: peerOf(conn),
-          max_conns: this.#options.maxConns,
-          refused_total: this.stats.connectionsRejectedBusy,
-        });
-        continue;
-      }
       const id = ++this.#nextId;
       const entry: Connection = {
         conn,
         session: null,
         done: Promise.resolve(),
+        authenticated: false,
+        evicted: false,
       };
+      // Never refused here: the pending budget makes room by dropping the oldest of the greediest source.
+      this.#pending.admit(id, sourceOf(conn), () => {
+        entry.evicted = true;
+        this.stats.connectionsEvicted++;
+        closeQuietly(conn);
+      });
       this.#connections.set(id, entry);
-      entry.done = this.#serve(id, entry).finally(() => this.#connections.delete(id));
+      entry.done = this.#serve(id, entry).finally(() => {
+        this.#pending.remove(id);
+        if (entry.authenticated) this.#authenticated--;
+        this.#connections.delete(id);
+      });
     }
   }
 
@@ -196,30 +237,63 @@ export class TunnelServer {
     const { conn } = entry;
     const peer = peerOf(conn);
     conn.setNoDelay(true);
-    let timedOut = false;
+    let timedOut: "hello" | "handshake" | null = null;
+    const helloDeadline = setTimeout(() => {
+      timedOut = "hello";
+      closeQuietly(conn);
+    }, Math.min(this.#options.helloTimeoutMs, this.#options.handshakeTimeoutMs));
     const deadline = setTimeout(() => {
-      timedOut = true;
+      timedOut ??= "handshake";
       closeQuietly(conn);
     }, this.#options.handshakeTimeoutMs);
     let channel: SecureChannel;
     let target: Target;
     const started = performance.now();
     try {
-      channel = await SecureChannel.handshake(
-        conn,
-        this.#options.key,
-        "responder",
-        {
-          rekeyBytes: this.#options.rekeyBytes,
-          replays: this.#replays,
-        },
-      );
+      const hello = await SecureChannel.verifyHello(conn, this.#options.key, {
+        rekeyBytes: this.#options.rekeyBytes,
+        replays: this.#replays,
+      });
+      clearTimeout(helloDeadline);
+      this.#pending.remove(id);
+      if (entry.evicted) throw new TruncationError("dropped to make room for newer connections");
+      // A key holder is answered even when the server is full: ERROR 4 says why, not silence.
+      if (this.#authenticated >= this.#options.maxConns) {
+        channel = await hello.complete();
+        this.stats.connectionsRejectedBusy++;
+        this.#log.warn("session refused: max-conns reached", {
+          session: id,
+          peer,
+          max_conns: this.#options.maxConns,
+          refused_total: this.stats.connectionsRejectedBusy,
+        });
+        await Session.reject(
+          channel,
+          ErrorCode.busy,
+          `server busy: ${this.#options.maxConns} sessions open (max-conns)`,
+        );
+        return;
+      }
+      entry.authenticated = true;
+      this.#authenticated++;
+      channel = await hello.complete();
       target = await receiveOpen(channel);
     } catch (err) {
       if (!timedOut) closeQuietly(conn);
-      this.#logHandshakeFailure(id, peer, timedOut ? "timeout" : err);
+      this.#logHandshakeFailure(
+        id,
+        peer,
+        entry.evicted
+          ? "evicted"
+          : timedOut === "hello"
+          ? "hello_timeout"
+          : timedOut
+          ? "timeout"
+          : err,
+      );
       return;
     } finally {
+      clearTimeout(helloDeadline);
       clearTimeout(deadline);
     }
     if (this.#draining) {
@@ -309,33 +383,39 @@ export class TunnelServer {
     return Session.reject(channel, code, message);
   }
 
+  /**
+   * Counts a connection that ended before its OPEN. Those without a verified
+   * message 1 are the attacker's to cause at will: they are logged through
+   * an aggregator (one line, then a summary per window), never one line each.
+   */
   #logHandshakeFailure(id: number, peer: string, failure: unknown): void {
-    if (failure === "timeout") {
+    const fields = { session: id, peer };
+    if (failure === "evicted") {
       this.stats.handshake("timeout");
-      this.#log.info("handshake timed out", { session: id, peer });
+      this.#unauthenticated.note("handshake dropped to make room", "evicted", fields);
+      return;
+    }
+    if (failure === "hello_timeout" || failure === "timeout") {
+      this.stats.handshake("timeout");
+      this.#unauthenticated.note("handshake timed out", failure, fields);
       return;
     }
     this.stats.handshake(failure instanceof AuthenticationError ? "bad_key" : "malformed");
     const reason = failure instanceof Error ? failure.message : String(failure);
     if (failure instanceof LegacyProtocolError) {
-      this.#log.warn(
+      this.#unauthenticated.note(
         "dropped a legacy version-1 packet (the Python prototype format)",
-        { session: id, peer },
+        "legacy_v1",
+        fields,
       );
-    } else if (
-      failure instanceof AuthenticationError || failure instanceof ProtocolError
-    ) {
-      this.#log.info("handshake failed", { session: id, peer, error: reason });
-    } else if (
-      failure instanceof TruncationError || failure instanceof CipherlinkError
-    ) {
-      this.#log.debug("connection ended during handshake", {
-        session: id,
-        peer,
-        error: reason,
-      });
+    } else if (failure instanceof AuthenticationError) {
+      this.#unauthenticated.note("handshake failed", "bad_key", { ...fields, error: reason });
+    } else if (failure instanceof ProtocolError) {
+      this.#unauthenticated.note("handshake failed", "malformed", { ...fields, error: reason });
+    } else if (failure instanceof TruncationError || failure instanceof CipherlinkError) {
+      this.#log.debug("connection ended during handshake", { ...fields, error: reason });
     } else {
-      this.#log.info("handshake failed", { session: id, peer, error: reason });
+      this.#unauthenticated.note("handshake failed", "failed", { ...fields, error: reason });
     }
   }
 
@@ -359,6 +439,11 @@ export class TunnelServer {
 async function resolveForward(host: string): Promise<string[]> {
   const target = canonicalHost(host);
   return target.kind === "name" ? await systemResolver(target.text) : [target.text];
+}
+
+/** The source address a pending connection is counted against. */
+function sourceOf(conn: Deno.Conn): string {
+  return (conn.remoteAddr as Deno.NetAddr).hostname;
 }
 
 function peerOf(conn: Deno.Conn): string {

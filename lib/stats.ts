@@ -101,6 +101,8 @@ export class Histogram {
 export class TunnelStats {
   connectionsAccepted = 0;
   connectionsRejectedBusy = 0;
+  /** Unauthenticated connections dropped to make room in the pending-handshake budget. */
+  connectionsEvicted = 0;
   handshakes: Record<HandshakeOutcome, number> = { ok: 0, bad_key: 0, timeout: 0, malformed: 0 };
   handshakeSeconds = new Histogram(HANDSHAKE_BUCKETS);
   opens: Record<OpenOutcome, number> = Object.fromEntries(

@@ -9,6 +9,7 @@
 
 import assert from "node:assert/strict";
 import { SecureChannel } from "../lib/channel.ts";
+import { forward } from "../lib/client.ts";
 import { type Connection } from "../lib/conn.ts";
 import { closeQuietly } from "../lib/conn.ts";
 import { randomBytes } from "./helpers.ts";
@@ -82,4 +83,81 @@ Deno.test("hardening: a message 1 that fails verification does not block its eph
   } finally {
     await server.shutdown();
   }
+});
+
+Deno.test("regression: 200 idle sockets with max-conns 50 do not lock a key holder out; the oldest are dropped, not the new one", async () => {
+  const { server, key, address } = await startServer({
+    maxConns: 50,
+    maxPendingPerSource: 64,
+    handshakeTimeoutMs: 20_000,
+    helloTimeoutMs: 20_000,
+  });
+  const idle: Deno.TcpConn[] = [];
+  try {
+    for (let i = 0; i < 200; i++) {
+      idle.push(await Deno.connect({ hostname: LOCAL, port: address.port }));
+    }
+    const started = performance.now();
+    const payload = randomBytes(100);
+    assert.deepEqual(
+      await forward(payload, { server: address, key, handshakeTimeoutMs: 5000 }),
+      payload,
+    );
+    const ms = performance.now() - started;
+    assert.ok(ms < 1000, `the key holder's round trip took ${Math.round(ms)} ms`);
+    // One source holds at most its share (64 here): the rest were dropped, oldest first.
+    assert.ok(
+      server.stats.connectionsEvicted >= 200 - 64,
+      `evicted ${server.stats.connectionsEvicted}`,
+    );
+    assert.equal(await bytesUntilClosed(idle[0], 2000), 0, "the oldest idle socket was closed");
+  } finally {
+    idle.forEach(closeQuietly);
+    await server.shutdown();
+  }
+});
+
+Deno.test("regression: message 1 has its own short deadline: a silent and a dribbling socket are dropped at helloTimeout, not the handshake timeout", async () => {
+  const { server, address } = await startServer({
+    handshakeTimeoutMs: 20_000,
+    helloTimeoutMs: 300,
+  });
+  try {
+    const silent = await Deno.connect({ hostname: LOCAL, port: address.port });
+    const dribbling = await Deno.connect({ hostname: LOCAL, port: address.port });
+    await dribbling.write(Uint8Array.of(2, 0, 0, 0, 0, 0, 0, 0, 48, 1, 2, 3));
+    const started = performance.now();
+    const ends = await Promise.all([silent, dribbling].map((c) => bytesUntilClosed(c, 5000)));
+    const ms = performance.now() - started;
+    assert.deepEqual(ends, [0, 0]);
+    assert.ok(
+      ms < 3000,
+      `dropped after ${Math.round(ms)} ms (hello timeout 300 ms, handshake 20 s)`,
+    );
+    closeQuietly(silent);
+    closeQuietly(dribbling);
+  } finally {
+    await server.shutdown();
+  }
+});
+
+Deno.test("hardening: the pending budget drops the oldest of the source that holds the most", async () => {
+  const { PendingBudget } = await import("../lib/pending.ts");
+  const dropped: string[] = [];
+  const budget = new PendingBudget(4, 3);
+  const add = (id: number, source: string) =>
+    budget.admit(id, source, () => dropped.push(`${source}#${id}`));
+  add(1, "a");
+  add(2, "a");
+  add(3, "a");
+  add(4, "a"); // a holds its share of 3: its oldest goes
+  assert.deepEqual(dropped, ["a#1"]);
+  add(5, "b"); // 4 pending: the budget is full now
+  assert.deepEqual(dropped, ["a#1"]);
+  add(6, "c"); // full: the greediest source (a) loses its oldest
+  add(7, "d");
+  assert.deepEqual(dropped, ["a#1", "a#2", "a#3"]);
+  assert.equal(budget.heldBy("b"), 1, "the lone connection of another source survives");
+  assert.ok(budget.remove(5) && !budget.remove(5));
+  assert.equal(budget.size, 3);
 });
