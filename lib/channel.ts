@@ -51,8 +51,13 @@ export const MessageType = {
 
 /** Default plaintext bytes sent under one key before REKEY: 1 GiB. */
 export const DEFAULT_REKEY_BYTES = 2 ** 30;
-/** The protocol's ceiling for plaintext under one key. */
+/**
+ * The largest rekeyBytes: a key then carries at most 2^30 - 1 bytes of
+ * plaintext, its REKEY message included ("rekey before 2^30 bytes").
+ */
 const MAX_REKEY_BYTES = 2 ** 30;
+/** The plaintext of a REKEY message: its type byte. */
+const REKEY_MESSAGE_SIZE = 1;
 /** Smallest handshake message: a public key and an empty payload's tag. */
 const MIN_HANDSHAKE_DATA = 32 + TAG_SIZE;
 /** Smallest transport data field: the type byte and the tag. */
@@ -69,7 +74,7 @@ export interface TransportMessage {
 
 /** Channel settings. */
 export interface ChannelOptions {
-  /** Plaintext bytes sent under one key before REKEY (at most 2^30). */
+  /** A key carries fewer plaintext bytes than this, its REKEY included (at most 2^30). */
   rekeyBytes?: number;
   /**
    * Responder: the ephemeral keys of message 1s accepted before. A message 1
@@ -282,10 +287,14 @@ export class SecureChannel {
     if (plaintext.byteLength < 1 || plaintext.byteLength > MAX_PLAINTEXT_SIZE) {
       throw new RangeError(`plaintext of ${plaintext.byteLength} bytes`);
     }
-    // Rekey before a frame that would take this key past the limit, so no
-    // key ever protects more than rekeyBytes (a single frame larger than a
-    // tiny test limit still goes out whole, under a fresh key).
-    if (this.#sentUnderKey > 0 && this.#sentUnderKey + plaintext.byteLength > this.#rekeyBytes) {
+    // Rekey before a frame that would take this key to the limit: a key
+    // protects less than rekeyBytes, its closing REKEY message included
+    // (so at most 2^30 - 1 bytes, as the protocol requires). A single frame
+    // larger than a tiny test limit still goes out whole, under a fresh key.
+    if (
+      this.#sentUnderKey > 0 &&
+      this.#sentUnderKey + plaintext.byteLength + REKEY_MESSAGE_SIZE >= this.#rekeyBytes
+    ) {
       // REKEY goes out under the old key; the swap is synchronous, so this
       // frame and every later one is sealed under the new key.
       this.#sealAndQueue(Uint8Array.of(MessageType.rekey)).catch(() => {});

@@ -8,8 +8,9 @@
  */
 
 import assert from "node:assert/strict";
-import { SecureChannel } from "../lib/channel.ts";
-import { forward } from "../lib/client.ts";
+import { MessageType, SecureChannel } from "../lib/channel.ts";
+import { connect, forward } from "../lib/client.ts";
+import { ErrorCode, ProtocolError } from "../lib/errors.ts";
 import { type Connection } from "../lib/conn.ts";
 import { closeQuietly } from "../lib/conn.ts";
 import { randomBytes } from "./helpers.ts";
@@ -160,4 +161,152 @@ Deno.test("hardening: the pending budget drops the oldest of the source that hol
   assert.equal(budget.heldBy("b"), 1, "the lone connection of another source survives");
   assert.ok(budget.remove(5) && !budget.remove(5));
   assert.equal(budget.size, 3);
+});
+
+/** An initiator channel to `port` that has sent OPEN 0x00 and received OPEN_OK. */
+async function opened(port: number, key: Uint8Array): Promise<SecureChannel> {
+  const conn = await Deno.connect({ hostname: LOCAL, port });
+  const channel = await SecureChannel.handshake(conn, key, "initiator");
+  await channel.send(MessageType.open, Uint8Array.of(0));
+  assert.equal((await channel.receive())?.type, MessageType.openOk);
+  return channel;
+}
+
+/** The next message's type and ERROR code (if it is one), or "eof"; bounded. */
+async function nextAnswer(channel: SecureChannel): Promise<string> {
+  const bound = setTimeout(() => channel.close(), 5000);
+  try {
+    const message = await channel.receive();
+    if (!message) return "eof";
+    return message.type === MessageType.error ? `error ${message.body[0]}` : `type ${message.type}`;
+  } catch {
+    return "eof";
+  } finally {
+    clearTimeout(bound);
+  }
+}
+
+Deno.test("regression: CLOSE with a body, and a PONG that answers no PING, are protocol violations (ERROR 1)", async () => {
+  const { server, key, address } = await startServer();
+  try {
+    const closing = await opened(address.port, key);
+    await closing.send(MessageType.close, Uint8Array.of(1));
+    assert.equal(await nextAnswer(closing), `error ${ErrorCode.protocolViolation}`);
+    closing.close();
+
+    const ponging = await opened(address.port, key);
+    await ponging.send(MessageType.pong, Uint8Array.of(1, 2, 3));
+    assert.equal(await nextAnswer(ponging), `error ${ErrorCode.protocolViolation}`);
+    ponging.close();
+
+    const pinging = await opened(address.port, key);
+    await pinging.send(MessageType.ping, Uint8Array.of(7, 7));
+    const pong = await pinging.receive();
+    assert.equal(pong?.type, MessageType.pong);
+    assert.deepEqual([...pong!.body], [7, 7], "a PONG carries the PING's body");
+    pinging.close();
+  } finally {
+    await server.shutdown();
+  }
+});
+
+Deno.test("regression: an OPEN_OK with a body is a protocol violation at the client", async () => {
+  const key = randomBytes(32);
+  const listener = Deno.listen({ hostname: LOCAL, port: 0 });
+  const serving = (async () => {
+    const conn = await listener.accept();
+    const channel = await SecureChannel.handshake(conn, key, "responder");
+    await channel.receive(); // OPEN
+    await channel.send(MessageType.openOk, Uint8Array.of(0));
+    const reply = await nextAnswer(channel);
+    channel.close();
+    return reply;
+  })();
+  try {
+    const session = await connect({ server: { host: LOCAL, port: listener.addr.port }, key });
+    await assert.rejects(session.opened, (err: unknown) => {
+      assert.ok(err instanceof ProtocolError, String(err));
+      assert.match(err.message, /OPEN_OK with a body/);
+      return true;
+    });
+    assert.equal(await serving, `error ${ErrorCode.protocolViolation}`);
+  } finally {
+    listener.close();
+  }
+});
+
+/** The kernel's queues of one 127.0.0.1 TCP socket (by its local and remote ports), from /proc/net/tcp. */
+async function socketQueues(
+  local: number,
+  remote: number,
+): Promise<{ tx: number; rx: number } | null> {
+  const hex = (port: number) => `:${port.toString(16).toUpperCase().padStart(4, "0")}`;
+  for (const line of (await Deno.readTextFile("/proc/net/tcp")).split("\n").slice(1)) {
+    const fields = line.trim().split(/\s+/);
+    if (fields[1]?.endsWith(hex(local)) && fields[2]?.endsWith(hex(remote))) {
+      const [tx, rx] = fields[4].split(":").map((h) => parseInt(h, 16));
+      return { tx, rx };
+    }
+  }
+  return null;
+}
+
+Deno.test({
+  name:
+    "regression: a client that PINGs and never reads stalls its own stream: the server stops reading while a PONG waits for the wire",
+  ignore: Deno.build.os !== "linux", // the kernel's socket queues are read from /proc/net/tcp
+  fn: async () => {
+    const { bodyOf, floodingClient } = await import("../scripts/soak/pingflood.ts");
+    const { startDaemon, tempKey } = await import("./process.ts");
+    const keyFile = await tempKey();
+    const daemon = await startDaemon(["server", "--listen", `${LOCAL}:0`, "--key", keyFile.path]);
+    const address = { host: LOCAL, port: daemon.port };
+    let tcp: Deno.TcpConn | null = null;
+    try {
+      const client = await floodingClient(daemon.port, await Deno.readFile(keyFile.path));
+      const channel = client.channel;
+      tcp = client.tcp;
+      // 200,000 PINGs (9.2 MB): far more PONGs than the sockets between the two can hold.
+      const pings = 200_000;
+      const flood = client.sealPings(pings);
+      let written = 0;
+      const writing = (async () => {
+        while (written < flood.byteLength) written += await tcp!.write(flood.subarray(written));
+      })();
+      writing.catch(() => {});
+      const clientPort = (tcp.localAddr as Deno.NetAddr).port;
+      // Unread PINGs: what the client could not send yet plus what the server did not read.
+      let unread = -1;
+      let stableSince = Date.now();
+      const deadline = Date.now() + 30_000;
+      for (;;) {
+        const sending = await socketQueues(clientPort, address.port);
+        const served = await socketQueues(address.port, clientPort);
+        assert.ok(sending && served, "both ends of the connection are in /proc/net/tcp");
+        const now = sending.tx + served.rx;
+        assert.ok(
+          now > 0 || written < flood.byteLength,
+          "the server read every PING although none of its PONGs was read",
+        );
+        if (now !== unread) [unread, stableSince] = [now, Date.now()];
+        // Unchanged for 2 s with PINGs still unread: the server waits for its PONG to leave.
+        if (now > 0 && written > 0 && Date.now() - stableSince >= 2000) break;
+        assert.ok(Date.now() < deadline, `the server kept reading PINGs (${now} bytes unread)`);
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+      assert.ok(unread > 1_000_000, `only ${unread} bytes of PINGs left unread`);
+      // Once the client reads, the PINGs are answered in order (the first 5,000 are checked).
+      let answered = 0;
+      while (answered < 5000) {
+        const message = await channel.receive();
+        assert.equal(message?.type, MessageType.pong);
+        assert.deepEqual(message.body, bodyOf(answered));
+        answered++;
+      }
+    } finally {
+      if (tcp) closeQuietly(tcp);
+      await daemon.stop();
+      await keyFile.cleanup();
+    }
+  },
 });
