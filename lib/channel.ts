@@ -81,6 +81,12 @@ export interface ChannelOptions {
    * that carries one of them is a replay, refused before any crypto is spent.
    */
   replays?: ReplayGuard;
+  /**
+   * Responder: called once message 1 has fully arrived, before any crypto.
+   * The server's pending-handshake budget stops counting the connection
+   * then: what remains is bounded work, not a socket held open.
+   */
+  onHello?: () => void;
 }
 
 /**
@@ -126,6 +132,12 @@ export class ReplayGuard {
 
 function keyOf(ephemeral: Uint8Array): string {
   return String.fromCharCode(...ephemeral);
+}
+
+/** A message 1 made ahead of its connection (one use). */
+export interface PreparedHello {
+  /** Sends message 1 on `conn`, reads message 2 and returns the ready channel. */
+  run(conn: Connection): Promise<SecureChannel>;
 }
 
 /** A verified message 1: the peer holds the key (or replays a fresh recording it cannot use). */
@@ -185,27 +197,42 @@ export class SecureChannel {
     role: Role,
     options: ChannelOptions = {},
   ): Promise<SecureChannel> {
-    const frames = new FrameReader(readableOf(conn));
     if (role === "initiator") {
-      const hs = await NNpsk0Handshake.create(role, psk, PROLOGUE);
-      await writeAll(conn, handshakeFrame(await hs.writeMessage1()));
-      const reply = await frames.next(HANDSHAKE_NONCE_SIZE, MIN_HANDSHAKE_DATA);
-      if (!reply) {
-        throw new AuthenticationError(
-          "the server closed the connection during the handshake (does it hold the same key?)",
-        );
-      }
-      try {
-        await hs.readMessage2(reply.data);
-      } catch (err) {
-        throw new AuthenticationError("the server does not hold the same key", {
-          cause: err,
-        });
-      }
-      const [send, receive] = await hs.split();
-      return new SecureChannel(conn, frames, send, receive, options);
+      return await (await SecureChannel.prepareHello(psk, options)).run(conn);
     }
+    const frames = new FrameReader(readableOf(conn));
     return await (await SecureChannel.#verifyHello(conn, frames, psk, options)).complete();
+  }
+
+  /**
+   * The initiator's first half: makes message 1 before there is a
+   * connection, so that it goes out the moment the connection is up (a
+   * server under a connection flood gives a new connection little time).
+   */
+  static async prepareHello(psk: Uint8Array, options: ChannelOptions = {}): Promise<PreparedHello> {
+    const hs = await NNpsk0Handshake.create("initiator", psk, PROLOGUE);
+    const hello = handshakeFrame(await hs.writeMessage1());
+    return {
+      run: async (conn) => {
+        const frames = new FrameReader(readableOf(conn));
+        await writeAll(conn, hello);
+        const reply = await frames.next(HANDSHAKE_NONCE_SIZE, MIN_HANDSHAKE_DATA);
+        if (!reply) {
+          throw new AuthenticationError(
+            "the server closed the connection during the handshake (does it hold the same key?)",
+          );
+        }
+        try {
+          await hs.readMessage2(reply.data);
+        } catch (err) {
+          throw new AuthenticationError("the server does not hold the same key", {
+            cause: err,
+          });
+        }
+        const [send, receive] = await hs.split();
+        return new SecureChannel(conn, frames, send, receive, options);
+      },
+    };
   }
 
   /**
@@ -235,6 +262,7 @@ export class SecureChannel {
         "the client closed the connection before the handshake",
       );
     }
+    options.onHello?.();
     const ephemeral = hello.data.slice(0, 32);
     // Reserved before the first await: copies sent together are refused here, not verified each.
     if (options.replays && !options.replays.reserve(ephemeral)) {

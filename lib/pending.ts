@@ -12,17 +12,22 @@
  * @example
  * ```ts
  * import { PendingBudget } from "./pending.ts";
- * const budget = new PendingBudget(1024, 256);
+ * const budget = new PendingBudget(4096, 1024);
  * budget.admit(1, "192.0.2.1", () => console.log("dropped 1"));
  * budget.remove(1); // message 1 verified
  * ```
  * @module
  */
 
-/** Default of `--max-pending`: connections in the handshake before message 1 verifies. */
-export const DEFAULT_MAX_PENDING = 1024;
-/** Default of `--max-pending-per-source`: the share one source address may hold. */
-export const DEFAULT_MAX_PENDING_PER_SOURCE = 256;
+/** Default of `--max-pending`: connections in the handshake before message 1 has arrived. */
+export const DEFAULT_MAX_PENDING = 4096;
+/**
+ * Default of `--max-pending-per-source`: the share one source address may
+ * hold. By default only the full budget limits it: once full, the source
+ * holding the most loses its oldest, which is what keeps the other sources'
+ * share fair. A lower cap makes one source churn its own connections sooner.
+ */
+export const DEFAULT_MAX_PENDING_PER_SOURCE = DEFAULT_MAX_PENDING;
 /** Default of `--hello-timeout`: how long a new connection has to deliver message 1. */
 export const DEFAULT_HELLO_TIMEOUT_MS = 1000;
 
@@ -90,6 +95,14 @@ export class PendingBudget {
     const ids = this.#bySource.get(entry.source)!;
     ids.delete(id);
     if (ids.size === 0) this.#bySource.delete(entry.source);
+    return true;
+  }
+
+  /** Drops the oldest pending connection (to free a file descriptor); false if none. */
+  evictOldest(): boolean {
+    const oldest = this.#all.keys().next();
+    if (oldest.done) return false;
+    this.#evict(oldest.value);
     return true;
   }
 

@@ -76,6 +76,9 @@ export interface ServerOptions {
 
 export { UPSTREAM_CONNECT_TIMEOUT_MS } from "./resolve.ts";
 
+/** Connections accepted in a row before the accept loop lets other events run. */
+const ACCEPTS_PER_TURN = 64;
+
 interface Connection {
   conn: Deno.TcpConn;
   session: Session | null;
@@ -200,13 +203,20 @@ export class TunnelServer {
   }
 
   async #acceptLoop(): Promise<void> {
-    for (;;) {
+    for (let accepted = 1;; accepted++) {
+      // Under a connection flood accept() keeps resolving at once; let the
+      // event loop deliver reads (a key holder's message 1) every few accepts,
+      // or the newest connections would push it out of the pending budget first.
+      if (accepted % ACCEPTS_PER_TURN === 0) await new Promise((resolve) => setTimeout(resolve, 0));
       let conn: Deno.TcpConn;
       try {
         conn = await this.#listener.accept();
       } catch (err) {
         if (this.#draining || err instanceof Deno.errors.BadResource) return;
         this.#log.error("accept failed", { error: (err as Error).message });
+        // Out of file descriptors, most likely: free one, and do not spin.
+        this.#pending.evictOldest();
+        await new Promise((resolve) => setTimeout(resolve, 50));
         continue;
       }
       this.stats.connectionsAccepted++;
@@ -253,9 +263,12 @@ export class TunnelServer {
       const hello = await SecureChannel.verifyHello(conn, this.#options.key, {
         rekeyBytes: this.#options.rekeyBytes,
         replays: this.#replays,
+        // A complete message 1 is in: from here on it is bounded work, not a held socket.
+        onHello: () => {
+          clearTimeout(helloDeadline);
+          this.#pending.remove(id);
+        },
       });
-      clearTimeout(helloDeadline);
-      this.#pending.remove(id);
       if (entry.evicted) throw new TruncationError("dropped to make room for newer connections");
       // A key holder is answered even when the server is full: ERROR 4 says why, not silence.
       if (this.#authenticated >= this.#options.maxConns) {

@@ -87,7 +87,7 @@ Deno.test("regression: the CLI refuses the seconds the config file refuses (one 
     assert.match(result.stderr, /^cipherlink: error: --[a-z-]+ takes /);
   }
   const help = await runCipherlink(["server", "--help"]);
-  assert.match(help.stdout, /--max-pending N .*\n.*default 1024/);
+  assert.match(help.stdout, /--max-pending N .*\n.*default 4096/);
   assert.match(help.stdout, /--hello-timeout SECS .*default 1\)/);
 });
 
