@@ -310,3 +310,73 @@ Deno.test({
     }
   },
 });
+
+Deno.test("regression: a SOCKS client that stalls in negotiation is closed at the deadline, and a server that never answers OPEN gets reply 0x06", async () => {
+  const { LocalForwarder } = await import("../lib/forwarder.ts");
+  const { Logger } = await import("../lib/log.ts");
+  const key = randomBytes(32);
+  // A server that completes the handshake and then never answers OPEN.
+  const listener = Deno.listen({ hostname: LOCAL, port: 0 });
+  const held: SecureChannel[] = [];
+  const serving = (async () => {
+    for await (const conn of listener) {
+      held.push(await SecureChannel.handshake(conn, key, "responder"));
+    }
+  })();
+  const forwarder = LocalForwarder.start({
+    listen: { host: LOCAL, port: 0 },
+    mode: "socks",
+    connect: { server: { host: LOCAL, port: listener.addr.port }, key },
+    socksNegotiationTimeoutMs: 300,
+    socksOpenTimeoutMs: 500,
+    logger: new Logger("error"),
+  });
+  try {
+    const stalled = await Deno.connect({ hostname: LOCAL, port: forwarder.addr.port });
+    await stalled.write(Uint8Array.of(5)); // half a greeting
+    const started = performance.now();
+    assert.equal(await bytesUntilClosed(stalled, 5000), 0);
+    assert.ok(performance.now() - started < 3000, "the stalled SOCKS client was not closed");
+    closeQuietly(stalled);
+
+    const socks = await Deno.connect({ hostname: LOCAL, port: forwarder.addr.port });
+    await socks.write(Uint8Array.of(5, 1, 0));
+    const method = new Uint8Array(2);
+    assert.equal(await socks.read(method), 2);
+    await socks.write(Uint8Array.of(5, 1, 0, 1, 127, 0, 0, 1, 0, 80));
+    const reply = new Uint8Array(10);
+    const bound = setTimeout(() => closeQuietly(socks), 5000);
+    const n = await socks.read(reply);
+    clearTimeout(bound);
+    assert.equal(n, 10, "no SOCKS reply within the bound");
+    assert.equal(reply[1], 0x06, `reply code ${reply[1]}`);
+    closeQuietly(socks);
+  } finally {
+    await forwarder.shutdown();
+    listener.close();
+    held.forEach((c) => c.close());
+    await serving.catch(() => {});
+  }
+});
+
+Deno.test("hardening: client --socks warns unless it listens on a loopback address (SOCKS5 has no authentication)", async () => {
+  const { isLoopbackHost } = await import("../lib/socks.ts");
+  for (const host of ["127.0.0.1", "127.8.9.10", "::1", "localhost"]) {
+    assert.ok(isLoopbackHost(host), host);
+  }
+  for (const host of ["0.0.0.0", "::", "192.0.2.1", "fd00::1", "example.com"]) {
+    assert.ok(!isLoopbackHost(host), host);
+  }
+  // On loopback (the only address tests may bind), no warning.
+  const { LocalForwarder } = await import("../lib/forwarder.ts");
+  const { Logger } = await import("../lib/log.ts");
+  const lines: string[] = [];
+  const forwarder = LocalForwarder.start({
+    listen: { host: LOCAL, port: 0 },
+    mode: "socks",
+    connect: { server: { host: LOCAL, port: 1 }, key: randomBytes(32) },
+    logger: new Logger("info", "text", (line) => lines.push(line)),
+  });
+  await forwarder.shutdown();
+  assert.ok(!lines.some((l) => /no authentication/.test(l)), lines.join("\n"));
+});
