@@ -213,6 +213,13 @@ export async function hostileClients(book: LogBook, options: HostileOptions): Pr
       } catch (err) {
         row.fail(`attack stopped: ${(err as Error).message}`);
       }
+      // An attack the server shrugs off quickly (replays are refused before
+      // any crypto) may end before the probe's next request: the phase lasts
+      // until one request started in it has finished, within a bound.
+      const bound = Date.now() + 5000;
+      while (samplesIn(running, { ...phase, end: Date.now() }).length === 0 && Date.now() < bound) {
+        await pause(20);
+      }
       phase.end = Date.now();
       const samples = samplesIn(running, phase);
       for (const s of samples.filter((s) => s.error)) row.fail(`legitimate client: ${s.error}`);
