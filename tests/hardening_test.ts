@@ -380,3 +380,28 @@ Deno.test("hardening: client --socks warns unless it listens on a loopback addre
   await forwarder.shutdown();
   assert.ok(!lines.some((l) => /no authentication/.test(l)), lines.join("\n"));
 });
+
+Deno.test("regression: loadKey zeroes the buffer it read the key file into, in every format", async () => {
+  const { loadKey, encodeKey } = await import("../lib/keys.ts");
+  const dir = await Deno.makeTempDir({ prefix: "cipherlink-test-" });
+  const readFile = Deno.readFile;
+  const buffers: Uint8Array[] = [];
+  Deno.readFile = (async (...args: Parameters<typeof Deno.readFile>) => {
+    const bytes = await readFile(...args);
+    buffers.push(bytes);
+    return bytes;
+  }) as typeof Deno.readFile;
+  try {
+    for (const format of ["raw", "hex", "base64"] as const) {
+      const key = randomBytes(32);
+      await Deno.writeFile(`${dir}/${format}.key`, encodeKey(key, format), { mode: 0o600 });
+      const loaded = await loadKey(`${dir}/${format}.key`);
+      assert.deepEqual(loaded.key, key, format);
+      const read = buffers.at(-1)!;
+      assert.ok(read.byteLength >= 32 && read.every((b) => b === 0), `${format}: file buffer kept`);
+    }
+  } finally {
+    Deno.readFile = readFile;
+    await Deno.remove(dir, { recursive: true });
+  }
+});
