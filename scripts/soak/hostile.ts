@@ -146,6 +146,12 @@ export async function hostileClients(book: LogBook, options: HostileOptions): Pr
         "2500",
         "--handshake-timeout",
         String(options.handshakeTimeout),
+        // The slow clients here are held for the whole handshake timeout, as
+        // they were before message 1 had a deadline of its own; the default
+        // 1 s deadline is what the pre-auth flood row (preauth.ts) measures.
+        // With it, clients that reconnect at once churn 5 times as fast.
+        "--hello-timeout",
+        String(options.handshakeTimeout),
         "--log-level",
         "info",
       ]),
