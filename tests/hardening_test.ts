@@ -405,3 +405,24 @@ Deno.test("regression: loadKey zeroes the buffer it read the key file into, in e
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("regression: 30 wrong-key handshakes make at most 10 log lines and one summary, not one line each", async () => {
+  const { server, log, address } = await startServer();
+  const wrong = await message1(randomBytes(32));
+  try {
+    await Promise.all(Array.from({ length: 30 }, async () => {
+      const conn = await Deno.connect({ hostname: LOCAL, port: address.port });
+      await conn.write(wrong);
+      assert.equal(await bytesUntilClosed(conn, 5000), 0);
+      closeQuietly(conn);
+    }));
+    assert.equal(server.stats.handshakesFailed, 30);
+  } finally {
+    await server.shutdown();
+  }
+  const each = log.lines.filter((l) => / handshake failed /.test(l));
+  assert.ok(each.length <= 10, `${each.length} lines, one per connection`);
+  const summary = log.lines.find((l) => /without a log line each/.test(l));
+  assert.ok(summary, log.lines.join("\n"));
+  assert.match(summary, new RegExp(`not_logged=${30 - each.length}\\b`));
+});
