@@ -7,13 +7,7 @@
  * @example
  * ```ts
  * import { TunnelServer } from "./server.ts";
- * import { EventAggregator, Logger } from "./log.ts";
-import {
-  DEFAULT_HELLO_TIMEOUT_MS,
-  DEFAULT_MAX_PENDING,
-  DEFAULT_MAX_PENDING_PER_SOURCE,
-  PendingBudget,
-} from "./pending.ts";
+ * import { Logger } from "./log.ts";
  * const server = await TunnelServer.start({
  *   listen: { host: "127.0.0.1", port: 0 },
  *   key: crypto.getRandomValues(new Uint8Array(32)),
