@@ -35,7 +35,8 @@ const ATYP_DOMAIN = 3;
 const ATYP_IPV6 = 4;
 
 /**
- * Parses `HOST:PORT`, `[IPv6]:PORT`. Throws {@linkcode UsageError}.
+ * Parses `HOST:PORT`, `[IPv6]:PORT`. Throws {@linkcode UsageError}, also for
+ * a host that {@linkcode canonicalHost} refuses (`127.0.0.010`, `127。0。0。1`).
  *
  * @example
  * ```ts
@@ -51,7 +52,15 @@ export function parseHostPort(text: string, allowPortZero = false): HostPort {
   ) {
     throw new UsageError(`'${text}' is not HOST:PORT`);
   }
-  return { host: match[1] ?? match[2], port };
+  const host = match[1] ?? match[2];
+  // The same reading the server applies to targets: no spelling resolvers disagree on.
+  try {
+    canonicalHost(host);
+  } catch (err) {
+    if (err instanceof TargetError) throw new UsageError(`'${text}': ${err.message}`);
+    throw err;
+  }
+  return { host, port };
 }
 
 /** Formats a host and port, bracketing IPv6. */

@@ -159,3 +159,14 @@ Deno.test("regression: over TCP, OPEN 127.0.0.01 under --allow 127.0.0.1/32 gets
     await accepting.catch(() => {});
   }
 });
+
+Deno.test("regression: HOST:PORT on the command line and in config files refuses the spellings the server refuses", async () => {
+  const { parseHostPort } = await import("../lib/target.ts");
+  const { UsageError } = await import("../lib/errors.ts");
+  for (const text of ["127.0.0.010:22", "0x7f.1:22", "2130706433:80", "127。0。0。1:22", "a b:1"]) {
+    assert.throws(() => parseHostPort(text), UsageError, text);
+  }
+  for (const text of ["127.0.0.1:22", "db.internal:5432", "[::1]:8888", "localhost:0"]) {
+    assert.ok(parseHostPort(text, true), text);
+  }
+});
