@@ -225,7 +225,7 @@ export function renderMetrics(sources: MetricsSource[]): string {
     add(
       "cipherlink_connections_rejected_total",
       "counter",
-      "Connections closed at once because --max-conns was reached.",
+      "Connections refused at --max-conns (server: key holders answered ERROR 4; client: closed at once).",
       { ...labels, reason: "max_conns" },
       stats.connectionsRejectedBusy,
     );
