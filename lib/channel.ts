@@ -52,8 +52,13 @@ export const MessageType = {
 
 /** Default plaintext bytes sent under one key before REKEY: 1 GiB. */
 export const DEFAULT_REKEY_BYTES = 2 ** 30;
-/** The protocol's ceiling for plaintext under one key. */
+/**
+ * The largest rekeyBytes: a key then carries at most 2^30 - 1 bytes of
+ * plaintext, its REKEY message included ("rekey before 2^30 bytes").
+ */
 const MAX_REKEY_BYTES = 2 ** 30;
+/** The plaintext of a REKEY message: its type byte. */
+const REKEY_MESSAGE_SIZE = 1;
 /** Smallest handshake message: a public key and an empty payload's tag. */
 const MIN_HANDSHAKE_DATA = 32 + TAG_SIZE;
 /** Smallest transport data field: the type byte and the tag. */
@@ -70,7 +75,7 @@ export interface TransportMessage {
 
 /** Channel settings. */
 export interface ChannelOptions {
-  /** Plaintext bytes sent under one key before REKEY (at most 2^30). */
+  /** A key carries fewer plaintext bytes than this, its REKEY included (at most 2^30). */
   rekeyBytes?: number;
   /**
    * Responder: the ephemeral keys of message 1s accepted before. A message 1
@@ -79,6 +84,12 @@ export interface ChannelOptions {
   replays?: ReplayGuard;
   /** Who computes the cryptography (default: Web Crypto); the wire is the same. */
   provider?: CryptoProvider;
+  /**
+   * Responder: called once message 1 has fully arrived, before any crypto.
+   * The server's pending-handshake budget stops counting the connection
+   * then: what remains is bounded work, not a socket held open.
+   */
+  onHello?: () => void;
 }
 
 /**
@@ -86,6 +97,11 @@ export interface ChannelOptions {
  * responder accepted. A client makes a fresh ephemeral key per handshake, so
  * a key seen twice is a recorded message 1 played again: refusing it up front
  * keeps a replay flood from costing a key exchange each.
+ *
+ * A key is reserved synchronously, before the first await of the handshake,
+ * so copies of one message 1 arriving together cannot all pass the check
+ * while the first is still being verified; one that fails verification
+ * releases its reservation.
  */
 export class ReplayGuard {
   #seen = new Set<string>();
@@ -93,15 +109,48 @@ export class ReplayGuard {
   constructor(capacity = 65536) {
     this.#capacity = capacity;
   }
+  /** Whether this ephemeral key was reserved before. */
   has(ephemeral: Uint8Array): boolean {
-    return this.#seen.has(String.fromCharCode(...ephemeral));
+    return this.#seen.has(keyOf(ephemeral));
   }
-  add(ephemeral: Uint8Array): void {
+  /** Reserves the key; false when it was already reserved (a replay). */
+  reserve(ephemeral: Uint8Array): boolean {
+    const key = keyOf(ephemeral);
+    if (this.#seen.has(key)) return false;
     if (this.#seen.size >= this.#capacity) {
       this.#seen.delete(this.#seen.values().next().value!);
     }
-    this.#seen.add(String.fromCharCode(...ephemeral));
+    this.#seen.add(key);
+    return true;
   }
+  /** Forgets a reservation whose message 1 did not verify. */
+  release(ephemeral: Uint8Array): void {
+    this.#seen.delete(keyOf(ephemeral));
+  }
+  /** Records the key (as {@linkcode reserve}, ignoring whether it was new). */
+  add(ephemeral: Uint8Array): void {
+    this.reserve(ephemeral);
+  }
+}
+
+function keyOf(ephemeral: Uint8Array): string {
+  return String.fromCharCode(...ephemeral);
+}
+
+/** A message 1 made ahead of its connection (one use). */
+export interface PreparedHello {
+  /** Sends message 1 on `conn`, reads message 2 and returns the ready channel. */
+  run(conn: Connection): Promise<SecureChannel>;
+  /** Releases the handshake's keys when run() will never be called (the connect failed). */
+  dispose(): void;
+}
+
+/** A verified message 1: the peer holds the key (or replays a fresh recording it cannot use). */
+export interface VerifiedHello {
+  /** Sends message 2 and returns the ready channel. */
+  complete(): Promise<SecureChannel>;
+  /** Releases the handshake's keys when complete() will never be called. */
+  dispose(): void;
 }
 
 /** The encrypted, framed transport over one connection. */
@@ -155,50 +204,113 @@ export class SecureChannel {
     role: Role,
     options: ChannelOptions = {},
   ): Promise<SecureChannel> {
-    const frames = new FrameReader(readableOf(conn));
     if (role === "initiator") {
-      using hs = await NNpsk0Handshake.create(role, psk, PROLOGUE, { provider: options.provider });
-      await writeAll(conn, handshakeFrame(await hs.writeMessage1()));
-      const reply = await frames.next(HANDSHAKE_NONCE_SIZE, MIN_HANDSHAKE_DATA);
-      if (!reply) {
-        throw new AuthenticationError(
-          "the server closed the connection during the handshake (does it hold the same key?)",
-        );
-      }
-      try {
-        await hs.readMessage2(reply.data);
-      } catch (err) {
-        throw new AuthenticationError("the server does not hold the same key", {
-          cause: err,
-        });
-      }
-      const [send, receive] = await hs.split();
-      return new SecureChannel(conn, frames, send, receive, options);
+      return await (await SecureChannel.prepareHello(psk, options)).run(conn);
     }
+    const frames = new FrameReader(readableOf(conn));
+    return await (await SecureChannel.#verifyHello(conn, frames, psk, options)).complete();
+  }
+
+  /**
+   * The initiator's first half: makes message 1 before there is a
+   * connection, so that it goes out the moment the connection is up (a
+   * server under a connection flood gives a new connection little time).
+   */
+  static async prepareHello(psk: Uint8Array, options: ChannelOptions = {}): Promise<PreparedHello> {
+    const hs = await NNpsk0Handshake.create("initiator", psk, PROLOGUE, {
+      provider: options.provider,
+    });
+    let hello: Uint8Array;
+    try {
+      hello = handshakeFrame(await hs.writeMessage1());
+    } catch (err) {
+      hs.dispose();
+      throw err;
+    }
+    return {
+      dispose: () => hs.dispose(),
+      run: async (conn) => {
+        // The handshake's secrets are released on every exit (split() took what the channel needs).
+        using _ = hs;
+        const frames = new FrameReader(readableOf(conn));
+        await writeAll(conn, hello);
+        const reply = await frames.next(HANDSHAKE_NONCE_SIZE, MIN_HANDSHAKE_DATA);
+        if (!reply) {
+          throw new AuthenticationError(
+            "the server closed the connection during the handshake (does it hold the same key?)",
+          );
+        }
+        try {
+          await hs.readMessage2(reply.data);
+        } catch (err) {
+          throw new AuthenticationError("the server does not hold the same key", {
+            cause: err,
+          });
+        }
+        const [send, receive] = await hs.split();
+        return new SecureChannel(conn, frames, send, receive, options);
+      },
+    };
+  }
+
+  /**
+   * The responder's first half: reads message 1 and verifies it, sending
+   * nothing. The server runs it under the short message-1 deadline and the
+   * pending-handshake budget, and only then decides, as for a key holder,
+   * whether to {@linkcode VerifiedHello.complete} (message 2) at all.
+   * Throws as {@linkcode SecureChannel.handshake} does.
+   */
+  static verifyHello(
+    conn: Connection,
+    psk: Uint8Array,
+    options: ChannelOptions = {},
+  ): Promise<VerifiedHello> {
+    return SecureChannel.#verifyHello(conn, new FrameReader(readableOf(conn)), psk, options);
+  }
+
+  static async #verifyHello(
+    conn: Connection,
+    frames: FrameReader,
+    psk: Uint8Array,
+    options: ChannelOptions,
+  ): Promise<VerifiedHello> {
     const hello = await frames.next(HANDSHAKE_NONCE_SIZE, MIN_HANDSHAKE_DATA);
     if (!hello) {
       throw new TruncationError(
         "the client closed the connection before the handshake",
       );
     }
+    options.onHello?.();
     const ephemeral = hello.data.slice(0, 32);
-    if (options.replays?.has(ephemeral)) {
+    // Reserved before the first await: copies sent together are refused here, not verified each.
+    if (options.replays && !options.replays.reserve(ephemeral)) {
       throw new AuthenticationError("message 1 was replayed (its ephemeral key was seen before)");
     }
     // The ephemeral key is made once message 1 is here: a connection that
     // sends nothing, or drips bytes, costs the server no crypto.
-    using hs = await NNpsk0Handshake.create(role, psk, PROLOGUE, { provider: options.provider });
+    let created: NNpsk0Handshake | undefined;
     try {
-      await hs.readMessage1(hello.data);
+      created = await NNpsk0Handshake.create("responder", psk, PROLOGUE, {
+        provider: options.provider,
+      });
+      await created.readMessage1(hello.data);
     } catch (err) {
+      created?.dispose();
+      options.replays?.release(ephemeral);
       throw new AuthenticationError("the client does not hold the same key", {
         cause: err,
       });
     }
-    options.replays?.add(ephemeral);
-    await writeAll(conn, handshakeFrame(await hs.writeMessage2()));
-    const [receive, send] = await hs.split();
-    return new SecureChannel(conn, frames, send, receive, options);
+    const hs = created;
+    return {
+      dispose: () => hs.dispose(),
+      complete: async () => {
+        using _ = hs;
+        await writeAll(conn, handshakeFrame(await hs.writeMessage2()));
+        const [receive, send] = await hs.split();
+        return new SecureChannel(conn, frames, send, receive, options);
+      },
+    };
   }
 
   /** REKEYs this side has sent and received. */
@@ -233,10 +345,14 @@ export class SecureChannel {
         new TruncationError("the channel was closed before this frame was sent"),
       );
     }
-    // Rekey before a frame that would take this key past the limit, so no
-    // key ever protects more than rekeyBytes (a single frame larger than a
-    // tiny test limit still goes out whole, under a fresh key).
-    if (this.#sentUnderKey > 0 && this.#sentUnderKey + plaintext.byteLength > this.#rekeyBytes) {
+    // Rekey before a frame that would take this key to the limit: a key
+    // protects less than rekeyBytes, its closing REKEY message included
+    // (so at most 2^30 - 1 bytes, as the protocol requires). A single frame
+    // larger than a tiny test limit still goes out whole, under a fresh key.
+    if (
+      this.#sentUnderKey > 0 &&
+      this.#sentUnderKey + plaintext.byteLength + REKEY_MESSAGE_SIZE >= this.#rekeyBytes
+    ) {
       // REKEY goes out under the old key; the swap is synchronous, so this
       // frame and every later one is sealed under the new key.
       this.#sealAndQueue(Uint8Array.of(MessageType.rekey)).catch(() => {});

@@ -14,7 +14,7 @@
 import { AllowList } from "./allow.ts";
 import { DEFAULT_REKEY_BYTES } from "./channel.ts";
 import { connect, type ConnectOptions, forward as _forward } from "./client.ts";
-import { checkConfigCommand } from "./config.ts";
+import { checkConfigCommand, MAX_SECONDS, secondsProblem } from "./config.ts";
 import {
   CRYPTO_ENV,
   CRYPTO_PROVIDERS,
@@ -39,6 +39,11 @@ import { LOG_FORMATS, LOG_LEVELS, type LogFormat, Logger, type LogLevel } from "
 import { serveMetrics } from "./metrics.ts";
 import { type OptionTable, parseOptions, suggestion, type ValuesOf } from "./options.ts";
 import { TunnelServer } from "./server.ts";
+import {
+  DEFAULT_HELLO_TIMEOUT_MS,
+  DEFAULT_MAX_PENDING,
+  DEFAULT_MAX_PENDING_PER_SOURCE,
+} from "./pending.ts";
 import { CONFIG_OPTIONS, runConfig } from "./supervisor.ts";
 import { type Cidr, parseCidr } from "./packet.ts";
 import { DEFAULT_TUN_MTU, MAX_TUN_MTU, MIN_TUN_MTU } from "./netdev.ts";
@@ -96,7 +101,15 @@ so two hosts can check that they hold the same key without showing it.
   --forward HOST:PORT         target of the server's own service (default: echo)
   --allow RULE                targets clients may ask for: HOST:PORT, HOST:*, *:PORT,
                               CIDR:PORT or CIDR:* (HOST may hold * wildcards); repeatable
-  --max-conns N               concurrent tunnel connections (default 100)
+  --max-conns N               concurrent authenticated connections; past it a client
+                              holding the key is answered ERROR 4, busy (default 100)
+  --max-pending N             connections still before a verified message 1; past it the
+                              oldest is dropped (default ${DEFAULT_MAX_PENDING})
+  --max-pending-per-source N  the share of --max-pending one source address may hold
+                              (default ${DEFAULT_MAX_PENDING_PER_SOURCE})
+  --hello-timeout SECS        time a new connection has to send message 1 (default ${
+    DEFAULT_HELLO_TIMEOUT_MS / 1000
+  })
   --handshake-timeout SECS    time to complete the handshake and OPEN (default 5)
   --idle-timeout SECS         close sessions silent for this long (default 0: off)
   --keepalive SECS            PING after this much silence; drop after 3 unanswered (default 0: off)
@@ -218,6 +231,9 @@ const OPTION_TABLES = {
     forward: { type: "string" },
     allow: { type: "string", multiple: true },
     "idle-timeout": { type: "string" },
+    "max-pending": { type: "string" },
+    "max-pending-per-source": { type: "string" },
+    "hello-timeout": { type: "string" },
     config: { type: "string" },
     ...vpnOptions,
   },
@@ -338,8 +354,11 @@ function seconds(
 ): number {
   if (text === undefined) return fallback * 1000;
   const value = Number(text);
-  if (text.trim() === "" || !Number.isFinite(value) || value < 0) {
-    throw new UsageError(`--${name} takes a number of seconds, not '${text}'`);
+  // The same bound as the config file's: longer timers would fire at once.
+  if (text.trim() === "" || secondsProblem(value)) {
+    throw new UsageError(
+      `--${name} takes a number of seconds from 0 to ${MAX_SECONDS}, not '${text}'`,
+    );
   }
   return value * 1000;
 }
@@ -550,6 +569,19 @@ async function server(args: string[], io: Io): Promise<number> {
       5,
     ),
     idleTimeoutMs: seconds("idle-timeout", values["idle-timeout"], 0),
+    maxPending: integer("max-pending", values["max-pending"], DEFAULT_MAX_PENDING, 1, 1_000_000),
+    maxPendingPerSource: integer(
+      "max-pending-per-source",
+      values["max-pending-per-source"],
+      DEFAULT_MAX_PENDING_PER_SOURCE,
+      1,
+      1_000_000,
+    ),
+    helloTimeoutMs: seconds(
+      "hello-timeout",
+      values["hello-timeout"],
+      DEFAULT_HELLO_TIMEOUT_MS / 1000,
+    ),
     keepaliveMs: seconds("keepalive", values.keepalive, 0),
     drainTimeoutMs: seconds("drain-timeout", values["drain-timeout"], 10),
     drainDelayMs: drainDelay(values),

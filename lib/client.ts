@@ -41,6 +41,13 @@ export const CLIENT_HANDSHAKE_TIMEOUT_MS = 5000;
  * `opened` settles with the server's answer; data may be written at once.
  */
 export async function connect(options: ConnectOptions): Promise<Session> {
+  // Message 1 is made while the connection is being set up: it goes out at
+  // once, which is what a server under a connection flood gives time for.
+  const preparing = SecureChannel.prepareHello(options.key, {
+    rekeyBytes: options.rekeyBytes,
+    provider: options.provider,
+  });
+  preparing.catch(() => {}); // awaited below, or released after a failed connect
   let conn: Deno.TcpConn;
   try {
     conn = await Deno.connect({
@@ -48,6 +55,7 @@ export async function connect(options: ConnectOptions): Promise<Session> {
       port: options.server.port,
     });
   } catch (err) {
+    preparing.then((hello) => hello.dispose(), () => {});
     throw new CipherlinkError(
       `cannot connect to the server at ${formatHostPort(options.server)}: ${
         (err as Error).message
@@ -61,12 +69,7 @@ export async function connect(options: ConnectOptions): Promise<Session> {
     closeQuietly(conn);
   }, options.handshakeTimeoutMs ?? CLIENT_HANDSHAKE_TIMEOUT_MS);
   try {
-    const channel = await SecureChannel.handshake(
-      conn,
-      options.key,
-      "initiator",
-      { rekeyBytes: options.rekeyBytes, provider: options.provider },
-    );
+    const channel = await (await preparing).run(conn);
     return Session.open(channel, options.target ?? SERVICE_TARGET, options);
   } catch (err) {
     if (timedOut) {

@@ -27,6 +27,11 @@ import { CipherlinkError, UsageError } from "./errors.ts";
 import { type LoadedKey, loadKey } from "./keys.ts";
 import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from "./log.ts";
 import { parseOptions } from "./options.ts";
+import {
+  DEFAULT_HELLO_TIMEOUT_MS,
+  DEFAULT_MAX_PENDING,
+  DEFAULT_MAX_PENDING_PER_SOURCE,
+} from "./pending.ts";
 import { formatHostPort, type HostPort, parseHostPort } from "./target.ts";
 import { DEFAULT_TUN_MTU, MAX_TUN_MTU, MIN_TUN_MTU } from "./netdev.ts";
 import { type Cidr, parseCidr } from "./packet.ts";
@@ -91,6 +96,12 @@ export interface ServerTunnelConfig extends TunnelBase {
   /** `--allow` rules, already checked by {@linkcode AllowList.parse}. */
   allow: string[];
   idleTimeoutMs: number;
+  /** Connections whose message 1 has not verified yet (see lib/pending.ts). */
+  maxPending: number;
+  /** The share of maxPending one source address may hold. */
+  maxPendingPerSource: number;
+  /** Deadline for a complete message 1. */
+  helloTimeoutMs: number;
   /** VPN mode (`tun`, `tunAddresses`, `tunMtu`): absent when off. */
   vpn?: TunSettings;
 }
@@ -348,7 +359,18 @@ class JsonParser {
 // Validation
 
 /** Longest timer setTimeout honours (2^31 - 1 ms); longer ones would fire at once. */
-const MAX_SECONDS = 2_147_483;
+export const MAX_SECONDS = 2_147_483;
+
+/**
+ * The one check on a number of seconds, for the command line and the config
+ * file alike: what is wrong with `value`, or null when it is a duration from
+ * 0 to {@linkcode MAX_SECONDS}.
+ */
+export function secondsProblem(value: unknown): string | null {
+  return typeof value === "number" && Number.isFinite(value) && value >= 0 && value <= MAX_SECONDS
+    ? null
+    : `must be a number of seconds from 0 to ${MAX_SECONDS}`;
+}
 const COMMON_FIELDS = [
   "name",
   "role",
@@ -364,7 +386,18 @@ const COMMON_FIELDS = [
   "libcrypto",
 ];
 const ROLE_FIELDS = {
-  server: [...COMMON_FIELDS, "forward", "allow", "idleTimeout", "tun", "tunAddresses", "tunMtu"],
+  server: [
+    ...COMMON_FIELDS,
+    "forward",
+    "allow",
+    "idleTimeout",
+    "maxPending",
+    "maxPendingPerSource",
+    "helloTimeout",
+    "tun",
+    "tunAddresses",
+    "tunMtu",
+  ],
   client: [
     ...COMMON_FIELDS,
     "mode",
@@ -454,13 +487,9 @@ class Fields {
   seconds(name: string, fallback: number): number {
     if (!this.has(name)) return fallback * 1000;
     const value = this.object[name];
-    if (typeof value !== "number" || value < 0 || value > MAX_SECONDS) {
-      this.fail(
-        name,
-        `must be a number of seconds from 0 to ${MAX_SECONDS}, not ${describe(value)}`,
-      );
-    }
-    return value * 1000;
+    const problem = secondsProblem(value);
+    if (problem) this.fail(name, `${problem}, not ${describe(value)}`);
+    return (value as number) * 1000;
   }
 
   integer(name: string, fallback: number, min: number, max: number): number {
@@ -562,6 +591,14 @@ function parseTunnel(entry: JsonValue, index: number, file: string, folder: stri
       forward: fields.hostPort("forward"),
       allow: parseAllow(fields),
       idleTimeoutMs: fields.seconds("idleTimeout", 0),
+      maxPending: fields.integer("maxPending", DEFAULT_MAX_PENDING, 1, 1_000_000),
+      maxPendingPerSource: fields.integer(
+        "maxPendingPerSource",
+        DEFAULT_MAX_PENDING_PER_SOURCE,
+        1,
+        1_000_000,
+      ),
+      helloTimeoutMs: fields.seconds("helloTimeout", DEFAULT_HELLO_TIMEOUT_MS / 1000),
       ...optional("vpn", parseTun(fields, "server")),
     };
   }

@@ -100,6 +100,12 @@ export class CryptoLibraryError extends CipherlinkError {}
 /** The command line was wrong; the CLI exits 2. */
 export class UsageError extends CipherlinkError {}
 
+/**
+ * A target host that the server will not act on as spelled (a non-canonical
+ * IPv4 literal, a non-ASCII name): answered with ERROR 2 and this message.
+ */
+export class TargetError extends CipherlinkError {}
+
 /** ERROR frame codes from the protocol, section 3. */
 export const ErrorCode = {
   protocolViolation: 1,

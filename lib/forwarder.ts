@@ -23,6 +23,7 @@ import { webcrypto } from "./crypto/webcrypto.ts";
 import { drainListener, type ShutdownOptions } from "./drain.ts";
 import {
   AuthenticationError,
+  ErrorCode,
   ProtocolError,
   RemoteError,
   TimeoutError,
@@ -30,7 +31,16 @@ import {
 } from "./errors.ts";
 import { Logger } from "./log.ts";
 import type { Session } from "./session.ts";
-import { acceptSocks, replySocks, SocksError, SocksReply, socksReplyFor } from "./socks.ts";
+import {
+  acceptSocks,
+  isLoopbackHost,
+  replySocks,
+  SOCKS_NEGOTIATION_TIMEOUT_MS,
+  SOCKS_OPEN_TIMEOUT_MS,
+  SocksError,
+  SocksReply,
+  socksReplyFor,
+} from "./socks.ts";
 import { splice } from "./splice.ts";
 import { openOutcomeFor, TunnelStats } from "./stats.ts";
 import { formatHostPort, type HostPort } from "./target.ts";
@@ -45,6 +55,10 @@ export interface ForwarderOptions {
   drainTimeoutMs?: number;
   /** How long shutdown() keeps accepting before it closes the listener (default 0). */
   drainDelayMs?: number;
+  /** SOCKS mode: the deadline for negotiation and request (default SOCKS_NEGOTIATION_TIMEOUT_MS). */
+  socksNegotiationTimeoutMs?: number;
+  /** SOCKS mode: the deadline for the server's OPEN_OK (default SOCKS_OPEN_TIMEOUT_MS). */
+  socksOpenTimeoutMs?: number;
   logger?: Logger;
 }
 
@@ -87,6 +101,13 @@ export class LocalForwarder {
       transport: "tcp",
     });
     const forwarder = new LocalForwarder(listener, options);
+    if (options.mode === "socks" && !isLoopbackHost(options.listen.host)) {
+      forwarder.#log.warn(
+        "the SOCKS5 proxy listens beyond this machine and SOCKS5 has no authentication: " +
+          "anyone who can reach it can use the tunnel with your key",
+        { listen: formatHostPort(options.listen) },
+      );
+    }
     const { host, port } = options.connect.server;
     forwarder.#log.info(
       `listening on ${
@@ -190,6 +211,11 @@ export class LocalForwarder {
     conn.setNoDelay(true);
     let target = this.#options.connect.target;
     if (this.#options.mode === "socks") {
+      // A local application that stalls mid-negotiation is closed, not waited for.
+      const negotiation = setTimeout(
+        () => closeQuietly(conn),
+        this.#options.socksNegotiationTimeoutMs ?? SOCKS_NEGOTIATION_TIMEOUT_MS,
+      );
       try {
         const request = await acceptSocks(conn);
         if (!request) return;
@@ -201,6 +227,8 @@ export class LocalForwarder {
           error: err instanceof SocksError ? err.message : String(err),
         });
         return;
+      } finally {
+        clearTimeout(negotiation);
       }
     }
     const targetText = target && "host" in target ? formatHostPort(target) : "service";
@@ -214,7 +242,20 @@ export class LocalForwarder {
         (err) => err instanceof RemoteError && this.stats.open(openOutcomeFor(err.code)),
       );
       if (this.#options.mode === "socks") {
-        await session.opened;
+        const limitMs = this.#options.socksOpenTimeoutMs ?? SOCKS_OPEN_TIMEOUT_MS;
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        const late = new Promise<never>((_, reject) => {
+          timer = setTimeout(() => {
+            const error = new TimeoutError(`the server did not answer OPEN within ${limitMs} ms`);
+            session.abort(ErrorCode.timedOut, "no answer to OPEN", error);
+            reject(error);
+          }, limitMs);
+        });
+        try {
+          await Promise.race([session.opened, late]);
+        } finally {
+          clearTimeout(timer);
+        }
         await replySocks(conn, SocksReply.succeeded);
       }
     } catch (err) {

@@ -79,6 +79,8 @@ export async function loadKey(path: string, program = "cipherlink"): Promise<Loa
     );
   }
   const key = parseKey(bytes);
+  // parseKey made its own copy: the file's bytes (raw, hex or base64 of the key) go now.
+  bytes.fill(0);
   if (!key) {
     throw new KeyFileError(`key file ${path} is malformed: ${ACCEPTED}`);
   }

@@ -20,7 +20,6 @@
  * @module
  */
 
-import { lookup } from "node:dns/promises";
 import { AllowList } from "./allow.ts";
 import { ReplayGuard, SecureChannel } from "./channel.ts";
 import { closeQuietly } from "./conn.ts";
@@ -33,15 +32,23 @@ import {
   ErrorCode,
   LegacyProtocolError,
   ProtocolError,
+  TimeoutError,
   TruncationError,
 } from "./errors.ts";
-import { Logger } from "./log.ts";
+import { EventAggregator, Logger } from "./log.ts";
+import {
+  DEFAULT_HELLO_TIMEOUT_MS,
+  DEFAULT_MAX_PENDING,
+  DEFAULT_MAX_PENDING_PER_SOURCE,
+  PendingBudget,
+} from "./pending.ts";
 import { receiveOpen, Session, type SessionOptions, type SessionSummary } from "./session.ts";
 import { echo, splice } from "./splice.ts";
 import { openOutcomeFor, TunnelStats } from "./stats.ts";
-import { formatHostPort, type HostPort, parseIPv4, parseIPv6, type Target } from "./target.ts";
+import { canonicalHost, formatHostPort, type HostPort, type Target } from "./target.ts";
 import type { Cidr } from "./packet.ts";
 import type { VpnService } from "./vpn_server.ts";
+import { connectAddresses, systemResolver } from "./resolve.ts";
 
 /** Everything the server needs; times in milliseconds. */
 export interface ServerOptions {
@@ -50,7 +57,14 @@ export interface ServerOptions {
   /** Target of OPEN 0x00; echo when absent. */
   forward?: HostPort;
   allow?: AllowList;
+  /** Authenticated connections (message 1 verified); past it a key holder gets ERROR 4. */
   maxConns?: number;
+  /** Connections whose message 1 has not verified yet; past it the oldest is dropped. */
+  maxPending?: number;
+  /** The share of maxPending one source address may hold. */
+  maxPendingPerSource?: number;
+  /** How long a new connection has to deliver a complete message 1. */
+  helloTimeoutMs?: number;
   handshakeTimeoutMs?: number;
   idleTimeoutMs?: number;
   keepaliveMs?: number;
@@ -68,13 +82,19 @@ export interface ServerOptions {
   provider?: CryptoProvider;
 }
 
-/** How long the server waits for a target to accept its connection. */
-export const UPSTREAM_CONNECT_TIMEOUT_MS = 10_000;
+export { UPSTREAM_CONNECT_TIMEOUT_MS } from "./resolve.ts";
+
+/** Connections accepted in a row before the accept loop lets other events run. */
+const ACCEPTS_PER_TURN = 64;
 
 interface Connection {
   conn: Deno.TcpConn;
   session: Session | null;
   done: Promise<void>;
+  /** Message 1 verified: it counts against maxConns. */
+  authenticated: boolean;
+  /** Dropped by the pending budget to make room. */
+  evicted: boolean;
 }
 
 /** A running server. */
@@ -95,6 +115,9 @@ export class TunnelServer {
   #connections = new Map<number, Connection>();
   /** Message 1s seen: a replayed one is refused before any crypto. */
   #replays = new ReplayGuard();
+  #pending: PendingBudget;
+  #authenticated = 0;
+  #unauthenticated: EventAggregator;
   #nextId = 0;
   #draining = false;
   #shutdown: Promise<void> | null = null;
@@ -108,6 +131,9 @@ export class TunnelServer {
     this.#options = {
       allow: new AllowList([]),
       maxConns: 100,
+      maxPending: DEFAULT_MAX_PENDING,
+      maxPendingPerSource: DEFAULT_MAX_PENDING_PER_SOURCE,
+      helloTimeoutMs: DEFAULT_HELLO_TIMEOUT_MS,
       handshakeTimeoutMs: 5000,
       idleTimeoutMs: 0,
       keepaliveMs: 0,
@@ -118,6 +144,15 @@ export class TunnelServer {
       provider: webcrypto,
       ...options,
     };
+    this.#pending = new PendingBudget(
+      this.#options.maxPending,
+      this.#options.maxPendingPerSource,
+    );
+    this.#unauthenticated = new EventAggregator(
+      this.#options.logger,
+      "info",
+      "unauthenticated connections dropped without a log line each",
+    );
     this.#sessionOptions = {
       keepaliveMs: this.#options.keepaliveMs,
       idleTimeoutMs: this.#options.idleTimeoutMs,
@@ -174,8 +209,8 @@ export class TunnelServer {
     return this.shutdown();
   }
 
-  #drain(delay: boolean): Promise<void> {
-    return drainListener({
+  async #drain(delay: boolean): Promise<void> {
+    await drainListener({
       delayMs: delay ? this.#options.drainDelayMs : 0,
       timeoutMs: this.#options.drainTimeoutMs,
       hurry: this.#hurry.signal,
@@ -192,6 +227,7 @@ export class TunnelServer {
       stats: this.stats,
       log: this.#log,
     });
+    this.#unauthenticated.flush();
   }
 
   get #log(): Logger {
@@ -199,34 +235,43 @@ export class TunnelServer {
   }
 
   async #acceptLoop(): Promise<void> {
-    for (;;) {
+    for (let accepted = 1;; accepted++) {
+      // Under a connection flood accept() keeps resolving at once; let the
+      // event loop deliver reads (a key holder's message 1) every few accepts,
+      // or the newest connections would push it out of the pending budget first.
+      if (accepted % ACCEPTS_PER_TURN === 0) await new Promise((resolve) => setTimeout(resolve, 0));
       let conn: Deno.TcpConn;
       try {
         conn = await this.#listener.accept();
       } catch (err) {
         if (this.#listenerClosed || err instanceof Deno.errors.BadResource) return;
         this.#log.error("accept failed", { error: (err as Error).message });
+        // Out of file descriptors, most likely: free one, and do not spin.
+        this.#pending.evictOldest();
+        await new Promise((resolve) => setTimeout(resolve, 50));
         continue;
       }
       this.stats.connectionsAccepted++;
-      if (this.#connections.size >= this.#options.maxConns) {
-        this.stats.connectionsRejectedBusy++;
-        closeQuietly(conn);
-        this.#log.warn("connection refused: max-conns reached", {
-          peer: peerOf(conn),
-          max_conns: this.#options.maxConns,
-          refused_total: this.stats.connectionsRejectedBusy,
-        });
-        continue;
-      }
       const id = ++this.#nextId;
       const entry: Connection = {
         conn,
         session: null,
         done: Promise.resolve(),
+        authenticated: false,
+        evicted: false,
       };
+      // Never refused here: the pending budget makes room by dropping the oldest of the greediest source.
+      this.#pending.admit(id, sourceOf(conn), () => {
+        entry.evicted = true;
+        this.stats.connectionsEvicted++;
+        closeQuietly(conn);
+      });
       this.#connections.set(id, entry);
-      entry.done = this.#serve(id, entry).finally(() => this.#connections.delete(id));
+      entry.done = this.#serve(id, entry).finally(() => {
+        this.#pending.remove(id);
+        if (entry.authenticated) this.#authenticated--;
+        this.#connections.delete(id);
+      });
     }
   }
 
@@ -234,31 +279,67 @@ export class TunnelServer {
     const { conn } = entry;
     const peer = peerOf(conn);
     conn.setNoDelay(true);
-    let timedOut = false;
+    let timedOut: "hello" | "handshake" | null = null;
+    const helloDeadline = setTimeout(() => {
+      timedOut = "hello";
+      closeQuietly(conn);
+    }, Math.min(this.#options.helloTimeoutMs, this.#options.handshakeTimeoutMs));
     const deadline = setTimeout(() => {
-      timedOut = true;
+      timedOut ??= "handshake";
       closeQuietly(conn);
     }, this.#options.handshakeTimeoutMs);
     let channel: SecureChannel;
     let target: Target;
     const started = performance.now();
     try {
-      channel = await SecureChannel.handshake(
-        conn,
-        this.#options.key,
-        "responder",
-        {
-          rekeyBytes: this.#options.rekeyBytes,
-          replays: this.#replays,
-          provider: this.#options.provider,
+      const hello = await SecureChannel.verifyHello(conn, this.#options.key, {
+        rekeyBytes: this.#options.rekeyBytes,
+        replays: this.#replays,
+        provider: this.#options.provider,
+        // A complete message 1 is in: from here on it is bounded work, not a held socket.
+        onHello: () => {
+          clearTimeout(helloDeadline);
+          this.#pending.remove(id);
         },
-      );
+      });
+      if (entry.evicted) throw new TruncationError("dropped to make room for newer connections");
+      // A key holder is answered even when the server is full: ERROR 4 says why, not silence.
+      if (this.#authenticated >= this.#options.maxConns) {
+        channel = await hello.complete();
+        this.stats.connectionsRejectedBusy++;
+        this.#log.warn("session refused: max-conns reached", {
+          session: id,
+          peer,
+          max_conns: this.#options.maxConns,
+          refused_total: this.stats.connectionsRejectedBusy,
+        });
+        await Session.reject(
+          channel,
+          ErrorCode.busy,
+          `server busy: ${this.#options.maxConns} sessions open (max-conns)`,
+        );
+        return;
+      }
+      entry.authenticated = true;
+      this.#authenticated++;
+      channel = await hello.complete();
       target = await receiveOpen(channel);
     } catch (err) {
       if (!timedOut) closeQuietly(conn);
-      this.#logHandshakeFailure(id, peer, timedOut ? "timeout" : err);
+      this.#logHandshakeFailure(
+        id,
+        peer,
+        entry.evicted
+          ? "evicted"
+          : timedOut === "hello"
+          ? "hello_timeout"
+          : timedOut
+          ? "timeout"
+          : err,
+      );
       return;
     } finally {
+      clearTimeout(helloDeadline);
       clearTimeout(deadline);
     }
     const seconds = (performance.now() - started) / 1000;
@@ -284,20 +365,29 @@ export class TunnelServer {
     if (target.kind === "address" || this.#options.forward) {
       const wanted = target.kind === "address" ? target : this.#options.forward!;
       targetText = formatHostPort(wanted);
-      let host: string | null = wanted.host;
+      let addresses: string[] | null = null;
       if (target.kind === "address") {
-        host = await this.#options.allow.decide(wanted.host, wanted.port);
-        if (host === null) {
-          this.#log.warn("open refused by policy", { session: id, peer, target: targetText });
-          await this.#reject(channel, ErrorCode.refused, `target ${targetText} is not allowed`);
+        const decision = await this.#options.allow.decide(wanted.host, wanted.port);
+        if (!decision.allowed) {
+          this.#log.warn("open refused by policy", {
+            session: id,
+            peer,
+            target: targetText,
+            reason: decision.reason,
+          });
+          await this.#reject(channel, decision.code, decision.reason);
           return null;
         }
+        addresses = decision.addresses;
       }
       try {
-        upstream = await connectUpstream(host, wanted.port);
+        // The operator's --forward: a literal, or resolved by the same resolver, under its deadline.
+        addresses ??= await resolveForward(wanted.host);
+        upstream = await connectAddresses(addresses, wanted.port);
         upstream.setNoDelay(true);
       } catch (err) {
-        const timedOut = err instanceof DOMException && err.name === "TimeoutError";
+        const timedOut = (err instanceof DOMException && err.name === "TimeoutError") ||
+          err instanceof TimeoutError;
         this.#log.warn("target unreachable", {
           session: id,
           peer,
@@ -375,33 +465,39 @@ export class TunnelServer {
     return Session.reject(channel, code, message);
   }
 
+  /**
+   * Counts a connection that ended before its OPEN. Those without a verified
+   * message 1 are the attacker's to cause at will: they are logged through
+   * an aggregator (one line, then a summary per window), never one line each.
+   */
   #logHandshakeFailure(id: number, peer: string, failure: unknown): void {
-    if (failure === "timeout") {
+    const fields = { session: id, peer };
+    if (failure === "evicted") {
       this.stats.handshake("timeout");
-      this.#log.info("handshake timed out", { session: id, peer });
+      this.#unauthenticated.note("handshake dropped to make room", "evicted", fields);
+      return;
+    }
+    if (failure === "hello_timeout" || failure === "timeout") {
+      this.stats.handshake("timeout");
+      this.#unauthenticated.note("handshake timed out", failure, fields);
       return;
     }
     this.stats.handshake(failure instanceof AuthenticationError ? "bad_key" : "malformed");
     const reason = failure instanceof Error ? failure.message : String(failure);
     if (failure instanceof LegacyProtocolError) {
-      this.#log.warn(
+      this.#unauthenticated.note(
         "dropped a legacy version-1 packet (the Python prototype format)",
-        { session: id, peer },
+        "legacy_v1",
+        fields,
       );
-    } else if (
-      failure instanceof AuthenticationError || failure instanceof ProtocolError
-    ) {
-      this.#log.info("handshake failed", { session: id, peer, error: reason });
-    } else if (
-      failure instanceof TruncationError || failure instanceof CipherlinkError
-    ) {
-      this.#log.debug("connection ended during handshake", {
-        session: id,
-        peer,
-        error: reason,
-      });
+    } else if (failure instanceof AuthenticationError) {
+      this.#unauthenticated.note("handshake failed", "bad_key", { ...fields, error: reason });
+    } else if (failure instanceof ProtocolError) {
+      this.#unauthenticated.note("handshake failed", "malformed", { ...fields, error: reason });
+    } else if (failure instanceof TruncationError || failure instanceof CipherlinkError) {
+      this.#log.debug("connection ended during handshake", { ...fields, error: reason });
     } else {
-      this.#log.info("handshake failed", { session: id, peer, error: reason });
+      this.#unauthenticated.note("handshake failed", "failed", { ...fields, error: reason });
     }
   }
 
@@ -421,27 +517,15 @@ export class TunnelServer {
   }
 }
 
-/**
- * Connects to a target. A name is resolved the way the system does it
- * (/etc/hosts included) and every address is tried in turn, so `localhost`
- * works whether it lists ::1 or 127.0.0.1 first. One deadline covers all.
- */
-async function connectUpstream(host: string, port: number): Promise<Deno.TcpConn> {
-  const signal = AbortSignal.timeout(UPSTREAM_CONNECT_TIMEOUT_MS);
-  if (parseIPv4(host) || parseIPv6(host)) {
-    return await Deno.connect({ hostname: host, port, signal });
-  }
-  const addresses = await lookup(host, { all: true, verbatim: true });
-  let failure: unknown = new Deno.errors.NotFound(`${host} has no address`);
-  for (const { address } of addresses) {
-    try {
-      return await Deno.connect({ hostname: address, port, signal });
-    } catch (err) {
-      failure = err;
-      if (signal.aborted) break;
-    }
-  }
-  throw failure;
+/** The addresses of the --forward host: itself if a literal, else what the resolver answers. */
+async function resolveForward(host: string): Promise<string[]> {
+  const target = canonicalHost(host);
+  return target.kind === "name" ? await systemResolver(target.text) : [target.text];
+}
+
+/** The source address a pending connection is counted against. */
+function sourceOf(conn: Deno.Conn): string {
+  return (conn.remoteAddr as Deno.NetAddr).hostname;
 }
 
 function peerOf(conn: Deno.Conn): string {

@@ -76,6 +76,10 @@ export async function receiveOpen(channel: SecureChannel): Promise<Target> {
       `the first message must be OPEN, not type ${message.type}`,
     );
   }
+  // The channel applies REKEY itself; before OPEN it is still a frame other than OPEN.
+  if (channel.rekeys.received > 0) {
+    throw new ProtocolError("the first message must be OPEN, not REKEY");
+  }
   return decodeTarget(message.body);
 }
 
@@ -115,6 +119,10 @@ export class Session {
   #lastActivity = Date.now();
   #receiving = false;
   #unansweredPings = 0;
+  /** PINGs this side sent that no PONG has answered yet (their bodies are all empty). */
+  #pingsAwaitingPong = 0;
+  /** The PONG being sent: no further frame is read until it is on the wire. */
+  #pong: Promise<void> | null = null;
   #timer: ReturnType<typeof setInterval> | undefined;
   /** Set while a failed write waits for the peer's last words (see #writeFailed). */
   #readingLastWords: Promise<void> | null = null;
@@ -352,6 +360,9 @@ export class Session {
   async #pull(): Promise<void> {
     if (this.#readingLastWords) await this.#readingLastWords;
     while (!this.#finished) {
+      // At most one PONG is outstanding: a peer that PINGs and never reads
+      // stalls its own stream instead of growing a queue here.
+      if (this.#pong) await this.#pong;
       let message;
       this.#receiving = true;
       try {
@@ -381,6 +392,7 @@ export class Session {
         this.#readController.enqueue(body);
         return true;
       case MessageType.close:
+        if (body.byteLength !== 0) return this.#violation("CLOSE with a body");
         if (this.#awaitingOpenOk) {
           return this.#violation("CLOSE before OPEN_OK");
         }
@@ -394,11 +406,18 @@ export class Session {
         if (body.byteLength > MAX_PING_BODY) {
           return this.#violation("PING body over 8 bytes");
         }
-        this.#track(this.channel.send(MessageType.pong, body));
+        this.#pong = this.#track(this.channel.send(MessageType.pong, body))
+          .catch(() => {}) // #track ended the session; the reader just stops waiting
+          .finally(() => (this.#pong = null));
         return false;
       case MessageType.pong:
+        // Our PINGs (keepalive) carry an empty body; a PONG must echo one of them.
+        if (this.#pingsAwaitingPong === 0) return this.#violation("PONG without a PING");
+        if (body.byteLength !== 0) return this.#violation("PONG body differs from the PING's");
+        this.#pingsAwaitingPong--;
         return false;
       case MessageType.openOk:
+        if (body.byteLength !== 0) return this.#violation("OPEN_OK with a body");
         if (!this.#awaitingOpenOk) return this.#violation("unexpected OPEN_OK");
         this.#awaitingOpenOk = false;
         this.#resolveOpened();
@@ -422,6 +441,7 @@ export class Session {
   async #serviceControlAfterClose(): Promise<void> {
     if (this.#readingLastWords) await this.#readingLastWords;
     while (!this.#finished) {
+      if (this.#pong) await this.#pong;
       let message;
       this.#receiving = true;
       try {
@@ -529,6 +549,7 @@ export class Session {
           );
         }
         this.#unansweredPings++;
+        this.#pingsAwaitingPong++;
         this.#lastReceived = now;
         this.#track(this.channel.send(MessageType.ping));
       }

@@ -14,7 +14,7 @@
  */
 
 import { type Connection, writeAll } from "./conn.ts";
-import { ErrorCode, RemoteError } from "./errors.ts";
+import { ErrorCode, RemoteError, TimeoutError } from "./errors.ts";
 import { decodeSocksAddress, type HostPort } from "./target.ts";
 
 const VERSION = 5;
@@ -34,6 +34,19 @@ export const SocksReply = {
   commandNotSupported: 0x07,
   addressTypeNotSupported: 0x08,
 } as const;
+
+/** How long a local application has for method negotiation and its request. */
+export const SOCKS_NEGOTIATION_TIMEOUT_MS = 10_000;
+/**
+ * How long a SOCKS request waits for the server's OPEN_OK: longer than the
+ * server's own lookup and connect deadlines, so its ERROR usually comes first.
+ */
+export const SOCKS_OPEN_TIMEOUT_MS = 20_000;
+
+/** Whether a listen host only takes connections from this machine. */
+export function isLoopbackHost(host: string): boolean {
+  return host === "localhost" || host === "::1" || /^127\.\d+\.\d+\.\d+$/.test(host);
+}
 
 /** A SOCKS5 exchange that went wrong before a request was made. */
 export class SocksError extends Error {}
@@ -114,9 +127,11 @@ export async function replySocks(
 /**
  * Maps why a tunnel OPEN failed to a SOCKS5 reply code: policy refusals to
  * "not allowed", unreachable targets to "refused" or "host unreachable"
- * (the server's message says which), anything else to "general failure".
+ * (the server's message says which), a local deadline to "TTL expired",
+ * anything else to "general failure".
  */
 export function socksReplyFor(error: unknown): number {
+  if (error instanceof TimeoutError) return SocksReply.ttlExpired;
   if (!(error instanceof RemoteError)) return SocksReply.generalFailure;
   switch (error.code) {
     case ErrorCode.refused:

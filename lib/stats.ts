@@ -143,6 +143,8 @@ export class TunnelStats {
   vpn: VpnStats | null = null;
   connectionsAccepted = 0;
   connectionsRejectedBusy = 0;
+  /** Unauthenticated connections dropped to make room in the pending-handshake budget. */
+  connectionsEvicted = 0;
   handshakes: Record<HandshakeOutcome, number> = { ok: 0, bad_key: 0, timeout: 0, malformed: 0 };
   handshakeSeconds = new Histogram(HANDSHAKE_BUCKETS);
   opens: Record<OpenOutcome, number> = Object.fromEntries(
@@ -344,7 +346,7 @@ export function renderMetrics(sources: MetricsSource[]): string {
     add(
       "cipherlink_connections_rejected_total",
       "counter",
-      "Connections closed at once because --max-conns was reached.",
+      "Connections refused at --max-conns (server: key holders answered ERROR 4; client: closed at once).",
       { ...labels, reason: "max_conns" },
       stats.connectionsRejectedBusy,
     );

@@ -14,7 +14,8 @@
  * @module
  */
 
-import { ProtocolError, UsageError } from "./errors.ts";
+import { ProtocolError, TargetError, UsageError } from "./errors.ts";
+import { escapeControl } from "./log.ts";
 import { type Cidr, decodeVpnOpen, encodeVpnOpen, VPN_TARGET_TYPE } from "./vpn_open.ts";
 
 /** What an OPEN asks for. */
@@ -38,7 +39,8 @@ const ATYP_DOMAIN = 3;
 const ATYP_IPV6 = 4;
 
 /**
- * Parses `HOST:PORT`, `[IPv6]:PORT`. Throws {@linkcode UsageError}.
+ * Parses `HOST:PORT`, `[IPv6]:PORT`. Throws {@linkcode UsageError}, also for
+ * a host that {@linkcode canonicalHost} refuses (`127.0.0.010`, `127。0。0。1`).
  *
  * @example
  * ```ts
@@ -54,7 +56,15 @@ export function parseHostPort(text: string, allowPortZero = false): HostPort {
   ) {
     throw new UsageError(`'${text}' is not HOST:PORT`);
   }
-  return { host: match[1] ?? match[2], port };
+  const host = match[1] ?? match[2];
+  // The same reading the server applies to targets: no spelling resolvers disagree on.
+  try {
+    canonicalHost(host);
+  } catch (err) {
+    if (err instanceof TargetError) throw new UsageError(`'${text}': ${err.message}`);
+    throw err;
+  }
+  return { host, port };
 }
 
 /** Formats a host and port, bracketing IPv6. */
@@ -135,11 +145,16 @@ export function decodeSocksAddress(
   return { host, port: (bytes[at] << 8) | bytes[at + 1], length: at + 2 };
 }
 
-/** The four bytes of a dotted IPv4 address, or null. */
+/**
+ * The four bytes of a canonical dotted IPv4 address (four decimal numbers
+ * 0 to 255 without leading zeros), or null. Every other spelling that a
+ * resolver might read as IPv4 (`010`, `0x7f`, `127.1`, `2130706433`) is not
+ * an address here; {@linkcode canonicalHost} refuses it.
+ */
 export function parseIPv4(text: string): number[] | null {
   const parts = text.split(".");
   if (parts.length !== 4) return null;
-  const bytes = parts.map((p) => (/^\d{1,3}$/.test(p) ? Number(p) : 256));
+  const bytes = parts.map((p) => (/^(?:0|[1-9]\d{0,2})$/.test(p) ? Number(p) : 256));
   return bytes.every((b) => b <= 255) ? bytes : null;
 }
 
@@ -199,4 +214,76 @@ export function formatIPv6(bytes: Uint8Array): string {
   }
   if (bestStart < 0) return text(0, 8);
   return `${text(0, bestStart)}::${text(bestStart + bestLength, 8)}`;
+}
+
+/** A target host in the one reading the server checks and connects to. */
+export type CanonicalHost =
+  | { kind: "ipv4"; bytes: number[]; text: string }
+  | { kind: "ipv6"; bytes: number[]; text: string }
+  | { kind: "name"; text: string };
+
+/** Longest DNS name in text form (RFC 1035), without the trailing dot. */
+const MAX_NAME_LENGTH = 253;
+/** One DNS label: letters, digits, `-` and `_`, 1 to 63 of them. */
+const LABEL = /^[A-Za-z0-9_-]{1,63}$/;
+/** A label that resolvers (inet_aton, WHATWG URL) read as a number: decimal, octal or hex. */
+const NUMERIC_LABEL = /^(?:\d+|0x[0-9a-f]*)$/i;
+
+/**
+ * Reads a target host the one way the server acts on it, or throws
+ * {@linkcode TargetError} saying why it is refused:
+ * - an IPv6 literal (no zone), with `::ffff:0:0/96` mapped to the IPv4 address it carries;
+ * - a canonical dotted IPv4 address;
+ * - a host name of ASCII labels (letters, digits, `-`, `_`), lower-cased, a trailing dot dropped.
+ *
+ * A name whose last label is a number (`127.0.0.010`, `0x7f.1`, `2130706433`,
+ * `1.2.3.4.`) is refused: resolvers disagree on what address it means, and the
+ * server must connect to exactly what it checked. So is a non-ASCII name
+ * (`127。0。0。1`): send its punycode form.
+ */
+export function canonicalHost(host: string): CanonicalHost {
+  if (host.includes(":")) {
+    const bytes = parseIPv6(host);
+    if (!bytes) throw new TargetError(`'${printable(host)}' is not a valid IPv6 address`);
+    if (isMappedIPv4(bytes)) return ipv4(bytes.slice(12));
+    return { kind: "ipv6", bytes, text: formatIPv6(Uint8Array.from(bytes)) };
+  }
+  const v4 = parseIPv4(host);
+  if (v4) return ipv4(v4);
+  const name = host.endsWith(".") ? host.slice(0, -1) : host;
+  const labels = name.split(".");
+  if (NUMERIC_LABEL.test(labels[labels.length - 1])) {
+    throw new TargetError(
+      `'${printable(host)}' is not a canonical IPv4 address (write four decimal numbers ` +
+        `0 to 255 without leading zeros, like 10.8.0.1)`,
+    );
+  }
+  if (name.length > MAX_NAME_LENGTH || !labels.every((label) => LABEL.test(label))) {
+    throw new TargetError(
+      `'${
+        printable(host)
+      }' is not a host name (ASCII letters, digits, '-' and '_' in dot-separated ` +
+        `labels; send an international name in its xn-- form)`,
+    );
+  }
+  return { kind: "name", text: name.toLowerCase() };
+}
+
+/** Whether an address is the unspecified one (`0.0.0.0`, `::`), which no OPEN may reach. */
+export function isUnspecified(address: CanonicalHost): boolean {
+  return address.kind !== "name" && address.bytes.every((b) => b === 0);
+}
+
+function ipv4(bytes: number[]): CanonicalHost {
+  return { kind: "ipv4", bytes, text: bytes.join(".") };
+}
+
+function isMappedIPv4(bytes: number[]): boolean {
+  return bytes.slice(0, 10).every((b) => b === 0) && bytes[10] === 0xff && bytes[11] === 0xff;
+}
+
+/** A client-chosen string made safe to quote: control characters escaped, at most 64 characters. */
+export function printable(text: string): string {
+  const escaped = escapeControl(text);
+  return escaped.length > 64 ? `${escaped.slice(0, 64)}…` : escaped;
 }

@@ -11,7 +11,9 @@
  *
  * Suites: fuzz (codec, handshake, state machine; in process and over TCP),
  * hostile (slowloris, idle, replay, wrong-key floods vs a legitimate client's
- * latency), load (sessions through a port forward, SHA-256 checked), faults
+ * latency; hostile spellings of an allowed address; a pre-authentication
+ * flood of thousands of sockets against --max-conns 50; a PING flood from a
+ * client that never reads, with the server's RSS growth bounded), load (sessions through a port forward, SHA-256 checked), faults
  * (server killed, upstream refusing/resetting, SIGTERM drain, lossy network,
  * black hole), keys (permission warnings; the key in no output), crypto (the
  * openssl and webcrypto providers differentially: a million seeded AES-GCM
@@ -29,6 +31,8 @@ import { hostileClients } from "./soak/hostile.ts";
 import { keyHygiene } from "./soak/keys.ts";
 import { cryptoProviders } from "./soak/differential.ts";
 import { load, type LoadRun } from "./soak/load.ts";
+import { pingFlood } from "./soak/pingflood.ts";
+import { hostileSpellings, preAuthFlood } from "./soak/preauth.ts";
 import { markdownTable, plainTable, verdict } from "./soak/report.ts";
 
 const SUITES = ["fuzz", "hostile", "load", "faults", "keys", "crypto"] as const;
@@ -50,6 +54,10 @@ scale (full / quick):
   --replays N             replays of a recorded session (10000 / 500)
   --wrong-key N           wrong-key handshakes (10000 / 300)
   --flood-concurrency N   replay and wrong-key connections at once (32 / 32)
+  --spellings N           generated hostile spellings of the allowed address (2000 / 100)
+  --preauth-sockets N     idle and dribbling sockets of the pre-auth flood (2000 / 2000)
+  --preauth-seconds S     length of the pre-auth flood (12 / 4)
+  --pings N               PINGs of the PING flood (400000 / 100000)
   --phase-seconds S       length of each hold attack and of the rest period (12 / 2.5)
   --handshake-timeout S   the attacked servers' --handshake-timeout (5 / 1)
   --sessions N            load sessions (10000 / 200)
@@ -76,6 +84,10 @@ const { values } = parseArgs({
     replays: { type: "string" },
     "wrong-key": { type: "string" },
     "flood-concurrency": { type: "string" },
+    spellings: { type: "string" },
+    "preauth-sockets": { type: "string" },
+    "preauth-seconds": { type: "string" },
+    pings: { type: "string" },
     "phase-seconds": { type: "string" },
     "handshake-timeout": { type: "string" },
     sessions: { type: "string" },
@@ -114,6 +126,10 @@ const settings = {
   replays: scale("replays", 10_000, 500),
   wrongKey: scale("wrong-key", 10_000, 300),
   floodConcurrency: scale("flood-concurrency", 32, 32),
+  spellings: scale("spellings", 2000, 100),
+  preauthSockets: scale("preauth-sockets", 2000, 2000),
+  preauthSeconds: scale("preauth-seconds", 12, 4),
+  pings: scale("pings", 400_000, 100_000),
   phaseSeconds: scale("phase-seconds", 12, 2.5),
   handshakeTimeout: scale("handshake-timeout", 5, 1),
   sessions: scale("sessions", 10_000, 200),
@@ -194,6 +210,17 @@ await suite("hostile", () =>
     goalMs: 100,
     floodConcurrency: settings.floodConcurrency,
   }));
+await suite("hostile", () => hostileSpellings(book, { spellings: settings.spellings, seed }));
+await suite("hostile", () =>
+  preAuthFlood(book, {
+    sockets: settings.preauthSockets,
+    seconds: settings.preauthSeconds,
+    goalMs: 1000,
+  }));
+await suite(
+  "hostile",
+  () => pingFlood(book, { pings: settings.pings, observeMs: quick ? 2000 : 5000 }),
+);
 await suite("faults", () =>
   faults(book, {
     seed,

@@ -203,6 +203,11 @@ class HandDrivenClient {
     return writeAll(this.conn, frame);
   }
 
+  /** Replaces the sending key as a REKEY sender does right after sealing its REKEY. */
+  rekeySending(): void {
+    this.#send.rekey();
+  }
+
   /** The server's next message (its counter checked), or null at EOF. */
   async receive(): Promise<{ type: number; body: Uint8Array } | null> {
     const frame = await this.#frames.next(TRANSPORT_NONCE_SIZE, sealedSize(0));
@@ -294,7 +299,7 @@ Deno.test("echo: 0, 1 and 65518 bytes take at most one DATA frame, 65519 takes t
       ], `server frames for ${size} bytes`);
     }
   } finally {
-    await relay.close();
+    await relay.close().catch(() => {}); // closed already when the test got that far
     await server.shutdown();
   }
 });
@@ -669,5 +674,64 @@ Deno.test("ping: a client session answers the server's PING with PONG of the sam
   } finally {
     await fakeServer;
     listener.close();
+  }
+});
+
+Deno.test("regression: REKEY, REKEY, OPEN is refused: the first transport frame must be OPEN", async () => {
+  const { server, key, address } = await startServer({ handshakeTimeoutMs: 5000 });
+  try {
+    const client = await HandDrivenClient.connect(address.port, key);
+    await client.send(await client.seal(0, MessageType.rekey));
+    client.rekeySending();
+    await client.send(await client.seal(1, MessageType.rekey));
+    client.rekeySending();
+    await client.send(await client.seal(2, MessageType.open, Uint8Array.of(0)));
+    const types: number[] = [];
+    const bound = setTimeout(() => client.close(), 5000); // a server that accepted would wait on
+    try {
+      for (let message; (message = await client.receive());) types.push(message.type);
+    } catch {
+      // a reset ends it too
+    }
+    clearTimeout(bound);
+    client.close();
+    assert.ok(!types.includes(MessageType.openOk), `the server answered ${types}`);
+    assert.equal(server.stats.sessionsTotal, 0);
+  } finally {
+    await server.shutdown();
+  }
+});
+
+Deno.test("regression: with --rekey-bytes N a key carries at most N - 1 plaintext bytes, its REKEY included", async () => {
+  const { server, key, address } = await startServer();
+  const relay = new RecordingRelay(address.port);
+  const rekeyBytes = 1000;
+  try {
+    const session = await connect({ server: relay.address, key, rekeyBytes });
+    const writer = session.writable.getWriter();
+    for (let i = 0; i < 40; i++) await writer.write(randomBytes(99)); // 100-byte plaintexts
+    await writer.close();
+    await readAll(session.readable);
+    assert.equal((await session.ended).error, null);
+    await relay.close();
+    const frames = frameSizes(concat(relay.recordings[0].up))
+      .filter((f) => f.nonceSize === TRANSPORT_NONCE_SIZE)
+      .map((f) => f.dataSize - TAG_SIZE);
+    // Plaintext sizes: OPEN 2, DATA 100, REKEY 1, and CLOSE 1 last.
+    const runs: number[] = [];
+    let run = 0;
+    for (const [i, size] of frames.entries()) {
+      run += size;
+      if (size === 1 && i < frames.length - 1) {
+        runs.push(run);
+        run = 0;
+      }
+    }
+    assert.ok(runs.length >= 3, `only ${runs.length} REKEYs`);
+    assert.ok(Math.max(...runs) <= rekeyBytes - 1, `bytes under one key: ${runs}`);
+    assert.ok(Math.max(...runs) > rekeyBytes - 102, `keys are used up to the limit: ${runs}`);
+  } finally {
+    await relay.close().catch(() => {}); // closed already when the test got that far
+    await server.shutdown();
   }
 });

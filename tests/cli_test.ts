@@ -71,6 +71,26 @@ Deno.test("cli: usage errors exit 2 with the usage line", async () => {
   }
 });
 
+Deno.test("regression: the CLI refuses the seconds the config file refuses (one validator), and new pre-auth options are checked", async () => {
+  for (
+    const args of [
+      ["server", "--idle-timeout", "1e10"],
+      ["server", "--handshake-timeout", "2147484"],
+      ["client", "--keepalive", "Infinity"],
+      ["server", "--hello-timeout=-1"],
+      ["server", "--max-pending", "0"],
+      ["server", "--max-pending-per-source", "x"],
+    ]
+  ) {
+    const result = await runCipherlink(args);
+    assert.equal(result.code, 2, `${args.join(" ")}: ${result.stderr}`);
+    assert.match(result.stderr, /^cipherlink: error: --[a-z-]+ takes /);
+  }
+  const help = await runCipherlink(["server", "--help"]);
+  assert.match(help.stdout, /--max-pending N .*\n.*default 4096/);
+  assert.match(help.stdout, /--hello-timeout SECS .*default 1\)/);
+});
+
 Deno.test("cli: --help and --version print to stdout and exit 0", async () => {
   for (
     const args of [["--help"], ["server", "--help"], ["client", "--help"], ["keygen", "--help"]]

@@ -165,7 +165,7 @@ Deno.test("config: validation errors name the file, the tunnel and the field", (
     ],
     [
       withSecondTunnel({ ...redis, forwrd: "127.0.0.1:1" }),
-      `config ${FILE}: tunnel "redis": field "forwrd": unknown field; allowed here: name, role, listen, key, maxConns, handshakeTimeout, keepalive, drainTimeout, drainDelay, rekeyBytes, crypto, libcrypto, forward, allow, idleTimeout, tun, tunAddresses, tunMtu`,
+      `config ${FILE}: tunnel "redis": field "forwrd": unknown field; allowed here: name, role, listen, key, maxConns, handshakeTimeout, keepalive, drainTimeout, drainDelay, rekeyBytes, crypto, libcrypto, forward, allow, idleTimeout, maxPending, maxPendingPerSource, helloTimeout, tun, tunAddresses, tunMtu`,
     ],
     [
       withSecondTunnel({ ...redis, name: "echo", listen: "127.0.0.1:7002" }),

@@ -11,7 +11,6 @@ import assert from "node:assert/strict";
 import { basename, dirname } from "node:path";
 import { copyCheckout } from "./process.ts";
 
-const ROOT = new URL("../", import.meta.url).pathname;
 /** npm may fetch Deno (tens of MB) on the first run: a generous bound. */
 const FIRST_RUN_MS = 240_000;
 const decoder = new TextDecoder();

@@ -163,6 +163,23 @@ Deno.test("soak --quick hostile clients: slowloris, idle, replay and wrong-key f
   assert.ok((row(result, "hostile", /^slowloris/).data.cut_by_server as number) > 0);
 });
 
+Deno.test("soak --quick issue 9 attacks: hostile spellings reach nothing, 2,000 pre-auth sockets lock no key holder out, a PING flood's memory stays bounded", async () => {
+  const result = await quickSoak();
+  const spellings = row(result, "hostile", /^hostile spellings/);
+  assertPassed([spellings]);
+  assert.equal(spellings.data.target_connections, spellings.data.admitted);
+  assert.ok((spellings.data.refused as number) >= 100);
+  const flood = row(result, "hostile", /^pre-auth flood/);
+  assertPassed([flood]);
+  assert.ok((flood.data.attacker_peak_open as number) >= 2000);
+  assert.ok((flood.data.legit_handshakes as number) > 0);
+  assert.ok((flood.data.legit_handshake_max_ms as number) <= 1000);
+  const pings = row(result, "hostile", /^PING flood/);
+  assertPassed([pings]);
+  assert.ok((pings.data.rss_growth_bytes as number) <= (pings.data.rss_bound_bytes as number));
+  assert.equal(pings.data.answered, pings.data.pings);
+});
+
 Deno.test("soak --quick load: 200 sessions, 100 open at once, arrive intact end to end and server memory comes back down", async () => {
   const result = await quickSoak();
   const load = rowsOf(result, "load");

@@ -748,7 +748,7 @@ function model(messages: Message[], side: "server" | "client"): Expected {
         data.push(body);
         break;
       case MessageType.close:
-        if (awaitingOpenOk || closed) return result("violation");
+        if (body.byteLength !== 0 || awaitingOpenOk || closed) return result("violation");
         closed = true;
         break;
       case MessageType.ping:
@@ -757,9 +757,10 @@ function model(messages: Message[], side: "server" | "client"): Expected {
         if (!closed) requiredPongs = pongs.length;
         break;
       case MessageType.pong:
-        break;
+        // The side under test never PINGs here, so every PONG answers nothing.
+        return result("violation");
       case MessageType.openOk:
-        if (!awaitingOpenOk) return result("violation");
+        if (body.byteLength !== 0 || !awaitingOpenOk) return result("violation");
         awaitingOpenOk = false;
         break;
       case MessageType.error:
