@@ -167,13 +167,13 @@ Deno.test("allow: 0.0.0.0/0 admits every IPv4 address but not the unspecified on
 
 Deno.test("allow: IPv6 networks admit addresses in any textual form, dialled in one canonical form", async () => {
   const allow = AllowList.parse(["[fd00::/8]:443", "[2001:db8::/33]:*", "[::1]:8080"]);
-  assert.deepEqual(await admitted(allow, "fd12:3456::1", 443), ["fd12:3456:0:0:0:0:0:1"]);
-  assert.deepEqual(await admitted(allow, "fd00:0:0:0:0:0:0:1", 443), ["fd00:0:0:0:0:0:0:1"]);
+  assert.deepEqual(await admitted(allow, "fd12:3456::1", 443), ["fd12:3456::1"]);
+  assert.deepEqual(await admitted(allow, "fd00:0:0:0:0:0:0:1", 443), ["fd00::1"]);
   assert.equal(await admitted(allow, "fe80::1", 443), null);
   assert.equal(await admitted(allow, "fd00::1", 80), null, "wrong port");
   assert.ok(await admitted(allow, "2001:db8:7fff::1", 1), "inside /33");
   assert.equal(await admitted(allow, "2001:db8:8000::1", 1), null, "just past /33");
-  assert.deepEqual(await admitted(allow, "::1", 8080), ["0:0:0:0:0:0:0:1"]);
+  assert.deepEqual(await admitted(allow, "::1", 8080), ["::1"]);
   assert.equal(await admitted(allow, "::2", 8080), null);
   assert.equal(await admitted(allow, "10.0.0.1", 443), null, "IPv4 is not matched by IPv6");
 });

@@ -274,8 +274,14 @@ Deno.test("cli: every usage error is one line in our words, with a suggestion wh
     [["client", "--sever", "127.0.0.1:1"], "unknown option --sever; did you mean --server?"],
     [["client", "--allow", "*:80"], "--allow is a server option; client does not take it"],
     [["server", "--connect", "a:1"], "--connect is a client option; server does not take it"],
-    [["client", "--keepalive", "-1"], "--keepalive takes a number of seconds, not '-1'"],
-    [["server", "--drain-timeout", "-5"], "--drain-timeout takes a number of seconds, not '-5'"],
+    [
+      ["client", "--keepalive", "-1"],
+      "--keepalive takes a number of seconds from 0 to 2147483, not '-1'",
+    ],
+    [
+      ["server", "--drain-timeout", "-5"],
+      "--drain-timeout takes a number of seconds from 0 to 2147483, not '-5'",
+    ],
     [["server", "--lisen", "127.0.0.1:0"], "unknown option --lisen; did you mean --listen?"],
     [["keygen", "--fromat", "hex"], "unknown option --fromat; did you mean --format?"],
     [["keygen", "--force=yes"], "--force takes no value"],

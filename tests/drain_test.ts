@@ -301,7 +301,7 @@ Deno.test("drain: server --config with drainDelay does the same", () => secondSi
 Deno.test("drain: --drain-delay is checked like the other times; the config key drainDelay too", async () => {
   const bad = await runCipherlink(["server", "--drain-delay", "soon"]);
   assert.equal(bad.code, 2);
-  assert.match(bad.stderr, /--drain-delay takes a number of seconds, not 'soon'/);
+  assert.match(bad.stderr, /--drain-delay takes a number of seconds from 0 to 2147483, not 'soon'/);
   const text = (extra: string) =>
     `{ "tunnels": [{ "name": "a", "role": "server", "listen": "127.0.0.1:0", "key": "k"${extra} }] }`;
   assert.equal(parseConfig(text(', "drainDelay": 1.5'), "t.json").tunnels[0].drainDelayMs, 1500);
