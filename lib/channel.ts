@@ -6,8 +6,10 @@
  * It owns the two CipherStates and everything that touches them: counter
  * nonces carried in the nonce field, the header as associated data, REKEY in
  * both directions. Sends are pipelined: each one claims its counter at once
- * and starts encrypting, while the frames reach the wire strictly in counter
- * order, each as one write of header, nonce and ciphertext.
+ * and starts encrypting, while one writer puts the frames on the wire
+ * strictly in counter order; frames already sealed go out together in one
+ * write through one reused buffer. No web streams: reads go straight from
+ * `conn.read` into the framer's buffer.
  *
  * @example
  * ```ts
@@ -26,11 +28,12 @@ import {
   encodeHeader,
   HANDSHAKE_NONCE_SIZE,
   HEADER_SIZE,
+  MAX_FRAME_SIZE,
   MAX_PLAINTEXT_SIZE,
   TAG_SIZE,
   TRANSPORT_NONCE_SIZE,
 } from "./frame.ts";
-import { closeQuietly, type Connection, readableOf, writeAll } from "./conn.ts";
+import { closeQuietly, type Connection, writeAll } from "./conn.ts";
 import { FrameReader } from "./framer.ts";
 import { type CipherState, counterNonce, NNpsk0Handshake, type Role } from "./noise.ts";
 
@@ -101,6 +104,28 @@ export class ReplayGuard {
   }
 }
 
+/** A frame claimed and being sealed, waiting for its turn on the wire. */
+interface Outgoing {
+  /** The counter it is sealed under: decides the nonce field. */
+  n: number;
+  /** ciphertext || tag once sealed; null while Web Crypto works on it. */
+  sealed: Uint8Array | null;
+  /** Set when sealing failed. */
+  failure: unknown;
+}
+
+/** A caller of send() waiting until the `count`th frame is written. */
+interface WriteWaiter {
+  count: number;
+  resolve: () => void;
+  reject: (err: unknown) => void;
+}
+
+/** Most bytes one batched write carries: a few full frames. */
+const MAX_BATCH_BYTES = 4 * MAX_FRAME_SIZE;
+/** A write buffer this small is kept while quiet; a larger one is let go. */
+const QUIET_WRITE_BYTES = 4096;
+
 /** The encrypted, framed transport over one connection. */
 export class SecureChannel {
   readonly conn: Connection;
@@ -109,11 +134,23 @@ export class SecureChannel {
   #receive: CipherState;
   #rekeyBytes: number;
   #sentUnderKey = 0;
-  #writeChain: Promise<void> = Promise.resolve();
-  #writeFailure: unknown = null;
   #rekeysSent = 0;
   #rekeysReceived = 0;
   #closed = false;
+  // Sending: frames in counter order, one writer at a time, batched writes.
+  #outgoing: Outgoing[] = [];
+  #queued = 0;
+  #written = 0;
+  #writing = false;
+  #writeBuffer: Uint8Array<ArrayBuffer> | null = null;
+  /** The header being sealed as associated data: the seal copies it before returning. */
+  #header = new Uint8Array(HEADER_SIZE);
+  #writeFailure: unknown = null;
+  #wakeWriter: (() => void) | null = null;
+  #writeWaiters: WriteWaiter[] = [];
+  #roomWaiter: { below: number; resolve: () => void } | null = null;
+  #onWriteFailure: ((err: unknown) => void) | null = null;
+  // Receiving: frames read and decrypting ahead of the receiver.
   #readAhead: Promise<void> | null = null;
   #decrypted: Promise<Uint8Array | null>[] = [];
   #wakeReceiver: (() => void) | null = null;
@@ -152,7 +189,7 @@ export class SecureChannel {
     role: Role,
     options: ChannelOptions = {},
   ): Promise<SecureChannel> {
-    const frames = new FrameReader(readableOf(conn));
+    const frames = new FrameReader(conn);
     if (role === "initiator") {
       const hs = await NNpsk0Handshake.create(role, psk, PROLOGUE);
       await writeAll(conn, handshakeFrame(await hs.writeMessage1()));
@@ -204,9 +241,9 @@ export class SecureChannel {
   }
 
   /**
-   * Sends one message. Encryption starts before this returns; the promise
-   * resolves once the frame has been handed to the connection, in order with
-   * every earlier send.
+   * Sends one message and resolves once its frame has been handed to the
+   * connection, in order with every earlier send. Rejects when the
+   * connection failed (then every later send does too).
    */
   send(type: number, body: Uint8Array = new Uint8Array(0)): Promise<void> {
     const plaintext = new Uint8Array(1 + body.byteLength);
@@ -216,28 +253,68 @@ export class SecureChannel {
   }
 
   /**
-   * Sends a plaintext whose first byte is already the type: saves a copy for
-   * callers that read their data in at offset 1. The plaintext has been
-   * copied when this returns, so the caller may reuse its buffer at once.
+   * Like {@linkcode send} for a plaintext whose first byte is already the
+   * type: saves a copy for callers that read their data in at offset 1.
    */
   sendPlaintext(plaintext: Uint8Array): Promise<void> {
+    if (this.#writeFailure) return Promise.reject(this.#writeFailure);
+    this.post(plaintext);
+    const count = this.#queued;
+    return new Promise((resolve, reject) => {
+      this.#writeWaiters.push({ count, resolve, reject });
+    });
+  }
+
+  /**
+   * Queues a plaintext (type byte first) for sending without a promise of
+   * its own: the data path's way. Sealing starts at once and the caller may
+   * reuse `plaintext` as soon as this returns. A failed write is reported
+   * through {@linkcode onWriteFailure} and {@linkcode flush}; after one,
+   * posts are dropped. Bound what is queued with {@linkcode roomFor}.
+   */
+  post(plaintext: Uint8Array): void {
     if (plaintext.byteLength < 1 || plaintext.byteLength > MAX_PLAINTEXT_SIZE) {
       throw new RangeError(`plaintext of ${plaintext.byteLength} bytes`);
     }
+    if (this.#writeFailure) return;
     // Rekey before a frame that would take this key past the limit, so no
     // key ever protects more than rekeyBytes (a single frame larger than a
     // tiny test limit still goes out whole, under a fresh key).
     if (this.#sentUnderKey > 0 && this.#sentUnderKey + plaintext.byteLength > this.#rekeyBytes) {
       // REKEY goes out under the old key; the swap is synchronous, so this
       // frame and every later one is sealed under the new key.
-      this.#sealAndQueue(Uint8Array.of(MessageType.rekey)).catch(() => {});
+      this.#seal(Uint8Array.of(MessageType.rekey));
       this.#send.rekey();
       this.#sentUnderKey = 0;
       this.#rekeysSent++;
     }
     this.#sentUnderKey += plaintext.byteLength;
-    const sent = this.#sealAndQueue(plaintext);
-    return sent;
+    this.#seal(plaintext);
+  }
+
+  /** Frames handed to the connection so far. */
+  get writtenFrames(): number {
+    return this.#written;
+  }
+
+  /** Frames queued and not yet handed to the connection. */
+  get queuedFrames(): number {
+    return this.#queued - this.#written;
+  }
+
+  /**
+   * Backpressure for {@linkcode post}: null when fewer than `limit` frames
+   * are waiting, else a promise that resolves once fewer are (or the
+   * connection failed). Only one caller may wait at a time.
+   */
+  roomFor(limit: number): Promise<void> | null {
+    if (this.#queued - this.#written < limit || this.#writeFailure) return null;
+    return new Promise((resolve) => (this.#roomWaiter = { below: limit, resolve }));
+  }
+
+  /** Called once, with the error, when a write to the connection fails. */
+  set onWriteFailure(callback: ((err: unknown) => void) | null) {
+    this.#onWriteFailure = callback;
   }
 
   /**
@@ -264,6 +341,20 @@ export class SecureChannel {
     }
   }
 
+  /**
+   * Makes the pending and every later receive() fail with `error` at once,
+   * dropping what was read ahead: for a session that ended while its reader
+   * waits on a quiet peer.
+   */
+  interrupt(error: Error): void {
+    const failed = Promise.reject(error);
+    failed.catch(() => {});
+    this.#decrypted = [];
+    this.#ended = failed;
+    this.#wakeReceiver?.();
+    this.#wakeReader?.();
+  }
+
   /** The next decrypted plaintext in order, or null at a clean EOF. */
   async #takeDecrypted(): Promise<Uint8Array | null> {
     while (this.#decrypted.length === 0) {
@@ -277,6 +368,7 @@ export class SecureChannel {
 
   #deliver(result: Promise<Uint8Array | null>, final = false): void {
     result.catch(() => {}); // the receiver observes it; nobody may be waiting after a failure
+    if (this.#ended) return; // interrupted: nobody will take it
     if (final) this.#ended = result;
     this.#decrypted.push(result);
     this.#wakeReceiver?.();
@@ -290,10 +382,11 @@ export class SecureChannel {
    */
   async #readFrames(): Promise<void> {
     try {
-      for (;;) {
-        while (this.#decrypted.length >= RECEIVE_WINDOW) {
+      while (!this.#ended) {
+        while (this.#decrypted.length >= RECEIVE_WINDOW && !this.#ended) {
           await new Promise<void>((resolve) => (this.#wakeReader = resolve));
         }
+        if (this.#ended) return;
         const frame = await this.#frames.next(TRANSPORT_NONCE_SIZE, MIN_TRANSPORT_DATA);
         if (!frame) return this.#deliver(Promise.resolve(null), true);
         const expected = this.#receive.nonce;
@@ -313,10 +406,12 @@ export class SecureChannel {
     }
   }
 
-  /** Resolves once every queued frame is on the connection. */
-  async flush(): Promise<void> {
-    await this.#writeChain;
-    if (this.#writeFailure) throw this.#writeFailure;
+  /** Resolves once every queued frame is on the connection; rejects if a write failed. */
+  flush(): Promise<void> {
+    if (this.#writeFailure) return Promise.reject(this.#writeFailure);
+    if (this.#written === this.#queued) return Promise.resolve();
+    const count = this.#queued;
+    return new Promise((resolve, reject) => this.#writeWaiters.push({ count, resolve, reject }));
   }
 
   /** Closes the connection (idempotent). Queued frames may be lost. */
@@ -331,35 +426,114 @@ export class SecureChannel {
     return this.#closed;
   }
 
-  #sealAndQueue(plaintext: Uint8Array): Promise<void> {
+  /** Claims the next counter, starts sealing, and queues the frame behind the others. */
+  #seal(plaintext: Uint8Array): void {
     const n = this.#send.claimNonce();
-    const frame = new Uint8Array(
-      FRAME_PREFIX + plaintext.byteLength + TAG_SIZE,
-    );
-    encodeHeader(frame, TRANSPORT_NONCE_SIZE, plaintext.byteLength + TAG_SIZE);
-    counterNonce(n, frame.subarray(HEADER_SIZE, FRAME_PREFIX));
-    const sealed = this.#send.encryptAt(
-      n,
-      frame.subarray(0, HEADER_SIZE),
-      plaintext,
-    );
-    sealed.catch(() => {}); // observed below; this keeps an early failure from going unhandled
-    const written = this.#writeChain.then(async () => {
-      if (this.#writeFailure) throw this.#writeFailure;
-      frame.set(await sealed, FRAME_PREFIX);
-      await writeAll(this.conn, frame).catch((err) => {
-        // A reset or closed socket means the stream was cut: say so, like a failed read does.
-        throw new TruncationError(
-          `the connection failed before the peer's CLOSE (${
-            err instanceof Error ? err.message : String(err)
-          })`,
-        );
-      });
+    const item: Outgoing = { n, sealed: null, failure: null };
+    encodeHeader(this.#header, TRANSPORT_NONCE_SIZE, plaintext.byteLength + TAG_SIZE);
+    this.#send.encryptAt(n, this.#header, plaintext).then((sealed) => {
+      item.sealed = sealed;
+      if (this.#outgoing[0] === item) this.#wakeWriter?.();
+    }, (err) => {
+      item.failure = err;
+      if (this.#outgoing[0] === item) this.#wakeWriter?.();
     });
-    this.#writeChain = written.catch((err) => {
-      this.#writeFailure ??= err;
-    });
-    return written;
+    this.#outgoing.push(item);
+    this.#queued++;
+    if (!this.#writing) this.#writeLoop();
+  }
+
+  /**
+   * The one writer: waits for the oldest frame's seal, then writes it
+   * together with every later frame already sealed, as one write.
+   */
+  async #writeLoop(): Promise<void> {
+    this.#writing = true;
+    try {
+      while (this.#outgoing.length > 0) {
+        const first = this.#outgoing[0];
+        while (first.sealed === null && first.failure === null) {
+          await new Promise<void>((resolve) => (this.#wakeWriter = resolve));
+        }
+        this.#wakeWriter = null;
+        if (first.failure !== null) throw first.failure;
+        const batch = this.#batch();
+        try {
+          await writeAll(this.conn, batch.bytes);
+        } catch (err) {
+          // A reset or closed socket means the stream was cut: say so, like a failed read does.
+          throw new TruncationError(
+            `the connection failed before the peer's CLOSE (${
+              err instanceof Error ? err.message : String(err)
+            })`,
+          );
+        }
+        this.#written += batch.frames;
+        if (
+          batch.bytes.byteLength < QUIET_WRITE_BYTES && this.#writeBuffer !== null &&
+          this.#writeBuffer.byteLength > QUIET_WRITE_BYTES
+        ) {
+          // Small traffic again: an idle session keeps no large buffer.
+          this.#writeBuffer = null;
+        }
+        this.#wakeWaiters();
+      }
+    } catch (err) {
+      this.#failWrites(err);
+    } finally {
+      this.#writing = false;
+    }
+  }
+
+  /** Copies the leading sealed frames (at least one) into the write buffer. */
+  #batch(): { bytes: Uint8Array; frames: number } {
+    let frames = 0;
+    let size = 0;
+    for (const item of this.#outgoing) {
+      if (item.sealed === null) break;
+      const frameSize = FRAME_PREFIX + item.sealed.byteLength;
+      if (frames > 0 && size + frameSize > MAX_BATCH_BYTES) break;
+      size += frameSize;
+      frames++;
+    }
+    if (this.#writeBuffer === null || this.#writeBuffer.byteLength < size) {
+      this.#writeBuffer = new Uint8Array(
+        size <= QUIET_WRITE_BYTES ? QUIET_WRITE_BYTES : MAX_BATCH_BYTES,
+      );
+    }
+    const out = this.#writeBuffer;
+    let at = 0;
+    for (const item of this.#outgoing.splice(0, frames)) {
+      const sealed = item.sealed!;
+      encodeHeader(out.subarray(at, at + HEADER_SIZE), TRANSPORT_NONCE_SIZE, sealed.byteLength);
+      counterNonce(item.n, out.subarray(at + HEADER_SIZE, at + FRAME_PREFIX));
+      out.set(sealed, at + FRAME_PREFIX);
+      at += FRAME_PREFIX + sealed.byteLength;
+    }
+    return { bytes: out.subarray(0, at), frames };
+  }
+
+  #wakeWaiters(): void {
+    while (this.#writeWaiters.length > 0 && this.#writeWaiters[0].count <= this.#written) {
+      this.#writeWaiters.shift()!.resolve();
+    }
+    const room = this.#roomWaiter;
+    if (room && this.#queued - this.#written < room.below) {
+      this.#roomWaiter = null;
+      room.resolve();
+    }
+  }
+
+  #failWrites(err: unknown): void {
+    if (this.#writeFailure) return;
+    this.#writeFailure = err;
+    this.#outgoing = [];
+    this.#writeBuffer = null;
+    for (const waiter of this.#writeWaiters.splice(0)) waiter.reject(err);
+    const room = this.#roomWaiter;
+    this.#roomWaiter = null;
+    room?.resolve();
+    this.#onWriteFailure?.(err);
   }
 }
 

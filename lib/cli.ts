@@ -16,7 +16,6 @@ import { AllowList } from "./allow.ts";
 import { DEFAULT_REKEY_BYTES } from "./channel.ts";
 import { connect, type ConnectOptions, forward as _forward } from "./client.ts";
 import { checkConfigCommand } from "./config.ts";
-import { readableOf, writableOf } from "./conn.ts";
 import { CipherlinkError, UsageError } from "./errors.ts";
 import { LocalForwarder } from "./forwarder.ts";
 import { DEFAULT_KEY_PATH, generateKeyFile, KEY_FORMATS, type KeyFormat, loadKey } from "./keys.ts";
@@ -469,12 +468,11 @@ async function oneShot(
 ): Promise<number> {
   const session = await connect(options);
   const sending = (async () => {
-    const writer = session.writable.getWriter();
-    await writer.write(message);
-    await writer.close();
+    await session.write(message);
+    await session.closeWrite();
   })();
   sending.catch(() => {});
-  await session.readable.pipeTo(writableOf(Deno.stdout));
+  await session.pumpTo(Deno.stdout);
   await sending;
   const { error } = await session.ended;
   if (error) throw error;
@@ -492,9 +490,9 @@ async function pipe(options: ConnectOptions): Promise<number> {
   Deno.addSignalListener("SIGHUP", hangUp);
   const stdin = { read: (into: Uint8Array) => Promise.race([Deno.stdin.read(into), hungUp]) };
   try {
-    const upload = session.pumpFrom(readableOf(stdin));
+    const upload = session.pumpFrom(stdin);
     upload.catch(() => {});
-    await session.readable.pipeTo(writableOf(Deno.stdout));
+    await session.pumpTo(Deno.stdout);
     await upload;
     const { error } = await session.ended;
     if (error) throw error;
