@@ -36,6 +36,7 @@ import {
 import { closeQuietly, type Connection, writeAll } from "./conn.ts";
 import { FrameReader } from "./framer.ts";
 import { type CipherState, counterNonce, NNpsk0Handshake, type Role } from "./noise.ts";
+import type { CryptoProvider } from "./crypto/provider.ts";
 
 /** The Noise prologue: binds every handshake to this protocol. */
 export const PROLOGUE: Uint8Array = new TextEncoder().encode("cipherlink/2");
@@ -79,6 +80,8 @@ export interface ChannelOptions {
    * that carries one of them is a replay, refused before any crypto is spent.
    */
   replays?: ReplayGuard;
+  /** Who computes the cryptography (default: Web Crypto); the wire is the same. */
+  provider?: CryptoProvider;
 }
 
 /**
@@ -142,7 +145,14 @@ export class SecureChannel {
   #queued = 0;
   #written = 0;
   #writing = false;
-  #writeBuffer: Uint8Array<ArrayBuffer> | null = null;
+  /** Frames sealed and waiting for the writer, laid out as one write. */
+  #staging: Uint8Array<ArrayBuffer> | null = null;
+  #stagedBytes = 0;
+  #stagedFrames = 0;
+  /** The buffer of the write in flight, reused as the next staging buffer. */
+  #spare: Uint8Array<ArrayBuffer> | null = null;
+  /** Where a synchronous provider opens large frames (bodies are lent until the next receive). */
+  #plaintextBuffer: Uint8Array<ArrayBuffer> | null = null;
   /** The header being sealed as associated data: the seal copies it before returning. */
   #header = new Uint8Array(HEADER_SIZE);
   #writeFailure: unknown = null;
@@ -191,7 +201,7 @@ export class SecureChannel {
   ): Promise<SecureChannel> {
     const frames = new FrameReader(conn);
     if (role === "initiator") {
-      const hs = await NNpsk0Handshake.create(role, psk, PROLOGUE);
+      using hs = await NNpsk0Handshake.create(role, psk, PROLOGUE, { provider: options.provider });
       await writeAll(conn, handshakeFrame(await hs.writeMessage1()));
       const reply = await frames.next(HANDSHAKE_NONCE_SIZE, MIN_HANDSHAKE_DATA);
       if (!reply) {
@@ -221,7 +231,7 @@ export class SecureChannel {
     }
     // The ephemeral key is made once message 1 is here: a connection that
     // sends nothing, or drips bytes, costs the server no crypto.
-    const hs = await NNpsk0Handshake.create(role, psk, PROLOGUE);
+    using hs = await NNpsk0Handshake.create(role, psk, PROLOGUE, { provider: options.provider });
     try {
       await hs.readMessage1(hello.data);
     } catch (err) {
@@ -258,6 +268,11 @@ export class SecureChannel {
    */
   sendPlaintext(plaintext: Uint8Array): Promise<void> {
     if (this.#writeFailure) return Promise.reject(this.#writeFailure);
+    if (this.#closed) {
+      return Promise.reject(
+        new TruncationError("the channel was closed before this frame was sent"),
+      );
+    }
     this.post(plaintext);
     const count = this.#queued;
     return new Promise((resolve, reject) => {
@@ -276,7 +291,8 @@ export class SecureChannel {
     if (plaintext.byteLength < 1 || plaintext.byteLength > MAX_PLAINTEXT_SIZE) {
       throw new RangeError(`plaintext of ${plaintext.byteLength} bytes`);
     }
-    if (this.#writeFailure) return;
+    // After a failed write, or once close() released the keys, nothing more is sent.
+    if (this.#writeFailure || this.#closed) return;
     // Rekey before a frame that would take this key past the limit, so no
     // key ever protects more than rekeyBytes (a single frame larger than a
     // tiny test limit still goes out whole, under a fresh key).
@@ -326,6 +342,7 @@ export class SecureChannel {
    * several decryptions run in parallel while messages come out in order.
    */
   async receive(): Promise<TransportMessage | null> {
+    if (this.#receive.sync) return await this.#receiveInline();
     if (!this.#readAhead) this.#readAhead = this.#readFrames();
     for (;;) {
       const plaintext = await this.#takeDecrypted();
@@ -353,6 +370,64 @@ export class SecureChannel {
     this.#ended = failed;
     this.#wakeReceiver?.();
     this.#wakeReader?.();
+  }
+
+  /** Whether a received body is only lent until the next receive() (synchronous providers). */
+  get lendsBodies(): boolean {
+    return this.#receive.sync;
+  }
+
+  /**
+   * receive() with a synchronous provider: reads one frame and opens it in
+   * place, no read-ahead and no promise per frame. Large bodies are views of
+   * one reused buffer, valid until the next call.
+   */
+  async #receiveInline(): Promise<TransportMessage | null> {
+    try {
+      for (;;) {
+        if (this.#ended) {
+          await this.#ended; // rethrows the failure that ended the stream
+          return null;
+        }
+        const frame = await this.#frames.next(TRANSPORT_NONCE_SIZE, MIN_TRANSPORT_DATA);
+        if (!frame) {
+          this.#ended = Promise.resolve(null);
+          return null;
+        }
+        const expected = this.#receive.nonce;
+        if (!nonceIs(frame.nonce, expected)) {
+          throw new ProtocolError(`frame counter out of order (expected ${expected})`);
+        }
+        const size = frame.data.byteLength - TAG_SIZE;
+        const plaintext = this.#receive.openAt(
+          expected,
+          frame.header,
+          frame.data,
+          size <= QUIET_WRITE_BYTES ? new Uint8Array(size) : this.#lendPlaintext(size),
+        );
+        if (size <= QUIET_WRITE_BYTES) this.#plaintextBuffer = null; // quiet again: let it go
+        this.#receive.advance();
+        const type = plaintext[0];
+        if (type === MessageType.rekey) {
+          if (plaintext.byteLength !== 1) throw new ProtocolError("REKEY with a body");
+          this.#receive.rekey();
+          this.#rekeysReceived++;
+          continue;
+        }
+        return { type, body: plaintext.subarray(1) };
+      }
+    } catch (err) {
+      if (!this.#ended) {
+        this.#ended = Promise.reject(err);
+        this.#ended.catch(() => {});
+      }
+      throw err;
+    }
+  }
+
+  #lendPlaintext(size: number): Uint8Array {
+    this.#plaintextBuffer ??= new Uint8Array(MAX_PLAINTEXT_SIZE);
+    return this.#plaintextBuffer.subarray(0, size);
   }
 
   /** The next decrypted plaintext in order, or null at a clean EOF. */
@@ -419,6 +494,8 @@ export class SecureChannel {
     if (this.#closed) return;
     this.#closed = true;
     closeQuietly(this.conn);
+    this.#send.dispose();
+    this.#receive.dispose();
   }
 
   /** Whether close() has been called. */
@@ -426,40 +503,105 @@ export class SecureChannel {
     return this.#closed;
   }
 
-  /** Claims the next counter, starts sealing, and queues the frame behind the others. */
+  /**
+   * Claims the next counter and seals: a synchronous provider seals straight
+   * into the staging buffer (no promise, no copy); Web Crypto's seal runs
+   * while earlier frames wait, and its result is copied in by the writer.
+   */
   #seal(plaintext: Uint8Array): void {
     const n = this.#send.claimNonce();
-    const item: Outgoing = { n, sealed: null, failure: null };
-    encodeHeader(this.#header, TRANSPORT_NONCE_SIZE, plaintext.byteLength + TAG_SIZE);
-    this.#send.encryptAt(n, this.#header, plaintext).then((sealed) => {
-      item.sealed = sealed;
-      if (this.#outgoing[0] === item) this.#wakeWriter?.();
-    }, (err) => {
-      item.failure = err;
-      if (this.#outgoing[0] === item) this.#wakeWriter?.();
-    });
-    this.#outgoing.push(item);
+    const sealedSize = plaintext.byteLength + TAG_SIZE;
     this.#queued++;
+    if (this.#send.sync) {
+      const at = this.#stage(FRAME_PREFIX + sealedSize);
+      const out = this.#staging!;
+      encodeHeader(out.subarray(at, at + HEADER_SIZE), TRANSPORT_NONCE_SIZE, sealedSize);
+      counterNonce(n, out.subarray(at + HEADER_SIZE, at + FRAME_PREFIX));
+      this.#send.sealAt(
+        n,
+        out.subarray(at, at + HEADER_SIZE),
+        plaintext,
+        out.subarray(at + FRAME_PREFIX, at + FRAME_PREFIX + sealedSize),
+      );
+      this.#stagedFrames++;
+    } else {
+      const item: Outgoing = { n, sealed: null, failure: null };
+      encodeHeader(this.#header, TRANSPORT_NONCE_SIZE, sealedSize);
+      this.#send.encryptAt(n, this.#header, plaintext).then((sealed) => {
+        item.sealed = sealed;
+        if (this.#outgoing[0] === item) this.#wakeWriter?.();
+      }, (err) => {
+        item.failure = err;
+        if (this.#outgoing[0] === item) this.#wakeWriter?.();
+      });
+      this.#outgoing.push(item);
+    }
     if (!this.#writing) this.#writeLoop();
   }
 
+  /** Makes room for `size` more bytes in the staging buffer; returns where they go. */
+  #stage(size: number): number {
+    const at = this.#stagedBytes;
+    const needed = at + size;
+    const current = this.#staging;
+    if (current === null || current.byteLength < needed) {
+      let grown = this.#spare !== null && this.#spare.byteLength >= needed ? this.#spare : null;
+      if (grown) this.#spare = null;
+      // Small frames get a buffer of their size (an idle session keeps none);
+      // bulk data a batch-sized one, kept while data flows.
+      grown ??= new Uint8Array(
+        needed <= QUIET_WRITE_BYTES ? needed : Math.max(needed, MAX_BATCH_BYTES),
+      );
+      if (current !== null && at > 0) grown.set(current.subarray(0, at));
+      this.#staging = grown;
+    }
+    this.#stagedBytes = needed;
+    return at;
+  }
+
+  /** Moves the leading frames Web Crypto has sealed into the staging buffer, in order. */
+  #stageSealed(): void {
+    while (this.#outgoing.length > 0) {
+      const sealed = this.#outgoing[0].sealed;
+      if (sealed === null) return;
+      const item = this.#outgoing.shift()!;
+      const at = this.#stage(FRAME_PREFIX + sealed.byteLength);
+      const out = this.#staging!;
+      encodeHeader(out.subarray(at, at + HEADER_SIZE), TRANSPORT_NONCE_SIZE, sealed.byteLength);
+      counterNonce(item.n, out.subarray(at + HEADER_SIZE, at + FRAME_PREFIX));
+      out.set(sealed, at + FRAME_PREFIX);
+      this.#stagedFrames++;
+    }
+  }
+
   /**
-   * The one writer: waits for the oldest frame's seal, then writes it
-   * together with every later frame already sealed, as one write.
+   * The one writer: writes everything staged as one write while the next
+   * frames are sealed into the other buffer; with Web Crypto it first waits
+   * for the oldest frame's seal and takes every later one already done.
    */
   async #writeLoop(): Promise<void> {
     this.#writing = true;
     try {
-      while (this.#outgoing.length > 0) {
-        const first = this.#outgoing[0];
-        while (first.sealed === null && first.failure === null) {
+      for (;;) {
+        this.#stageSealed();
+        if (this.#stagedFrames === 0) {
+          const first = this.#outgoing[0];
+          if (first === undefined) break;
+          if (first.failure !== null) throw first.failure;
           await new Promise<void>((resolve) => (this.#wakeWriter = resolve));
+          this.#wakeWriter = null;
+          continue;
         }
-        this.#wakeWriter = null;
-        if (first.failure !== null) throw first.failure;
-        const batch = this.#batch();
+        const bytes = this.#staging!.subarray(0, this.#stagedBytes);
+        const frames = this.#stagedFrames;
+        // Swap: new frames are staged in the spare buffer while this one is written.
+        const written = this.#staging!;
+        this.#staging = this.#spare;
+        this.#spare = null;
+        this.#stagedBytes = 0;
+        this.#stagedFrames = 0;
         try {
-          await writeAll(this.conn, batch.bytes);
+          await writeAll(this.conn, bytes);
         } catch (err) {
           // A reset or closed socket means the stream was cut: say so, like a failed read does.
           throw new TruncationError(
@@ -468,14 +610,10 @@ export class SecureChannel {
             })`,
           );
         }
-        this.#written += batch.frames;
-        if (
-          batch.bytes.byteLength < QUIET_WRITE_BYTES && this.#writeBuffer !== null &&
-          this.#writeBuffer.byteLength > QUIET_WRITE_BYTES
-        ) {
-          // Small traffic again: an idle session keeps no large buffer.
-          this.#writeBuffer = null;
-        }
+        // Only a large buffer is kept, and only while large batches go out:
+        // a session whose traffic is small or idle holds no write buffer.
+        this.#spare = bytes.byteLength >= QUIET_WRITE_BYTES ? written : null;
+        this.#written += frames;
         this.#wakeWaiters();
       }
     } catch (err) {
@@ -483,34 +621,6 @@ export class SecureChannel {
     } finally {
       this.#writing = false;
     }
-  }
-
-  /** Copies the leading sealed frames (at least one) into the write buffer. */
-  #batch(): { bytes: Uint8Array; frames: number } {
-    let frames = 0;
-    let size = 0;
-    for (const item of this.#outgoing) {
-      if (item.sealed === null) break;
-      const frameSize = FRAME_PREFIX + item.sealed.byteLength;
-      if (frames > 0 && size + frameSize > MAX_BATCH_BYTES) break;
-      size += frameSize;
-      frames++;
-    }
-    if (this.#writeBuffer === null || this.#writeBuffer.byteLength < size) {
-      this.#writeBuffer = new Uint8Array(
-        size <= QUIET_WRITE_BYTES ? QUIET_WRITE_BYTES : MAX_BATCH_BYTES,
-      );
-    }
-    const out = this.#writeBuffer;
-    let at = 0;
-    for (const item of this.#outgoing.splice(0, frames)) {
-      const sealed = item.sealed!;
-      encodeHeader(out.subarray(at, at + HEADER_SIZE), TRANSPORT_NONCE_SIZE, sealed.byteLength);
-      counterNonce(item.n, out.subarray(at + HEADER_SIZE, at + FRAME_PREFIX));
-      out.set(sealed, at + FRAME_PREFIX);
-      at += FRAME_PREFIX + sealed.byteLength;
-    }
-    return { bytes: out.subarray(0, at), frames };
   }
 
   #wakeWaiters(): void {
@@ -528,7 +638,8 @@ export class SecureChannel {
     if (this.#writeFailure) return;
     this.#writeFailure = err;
     this.#outgoing = [];
-    this.#writeBuffer = null;
+    this.#staging = this.#spare = null;
+    this.#stagedBytes = this.#stagedFrames = 0;
     for (const waiter of this.#writeWaiters.splice(0)) waiter.reject(err);
     const room = this.#roomWaiter;
     this.#roomWaiter = null;

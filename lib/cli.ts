@@ -16,6 +16,14 @@ import { AllowList } from "./allow.ts";
 import { DEFAULT_REKEY_BYTES } from "./channel.ts";
 import { connect, type ConnectOptions, forward as _forward } from "./client.ts";
 import { checkConfigCommand } from "./config.ts";
+import {
+  CRYPTO_ENV,
+  CRYPTO_PROVIDERS,
+  type CryptoProvider,
+  type CryptoProviderName,
+  DEFAULT_CRYPTO_PROVIDER,
+  loadCryptoProvider,
+} from "./crypto/select.ts";
 import { CipherlinkError, UsageError } from "./errors.ts";
 import { LocalForwarder } from "./forwarder.ts";
 import { DEFAULT_KEY_PATH, generateKeyFile, KEY_FORMATS, type KeyFormat, loadKey } from "./keys.ts";
@@ -45,7 +53,8 @@ commands:
   check-config FILE   validate a --config file and its key files without starting
 
 cipherlink COMMAND --help shows a command's options.
-environment: CIPHERLINK_KEY_FILE, CIPHERLINK_SERVER_HOST, CIPHERLINK_SERVER_PORT supply defaults.
+environment: CIPHERLINK_KEY_FILE, CIPHERLINK_SERVER_HOST, CIPHERLINK_SERVER_PORT,
+  CIPHERLINK_CRYPTO supply defaults.
 exit codes: 0 success, 1 failure at run time, 2 usage error.
 `,
   keygen: `usage: cipherlink keygen [--out PATH] [--format raw|hex|base64] [--force]
@@ -68,6 +77,8 @@ Prints the path and the key's fingerprint; never the key.
   --keepalive SECS            PING after this much silence; drop after 3 unanswered (default 0: off)
   --drain-timeout SECS        on SIGINT/SIGTERM, time open sessions get to finish (default 10)
   --rekey-bytes N             plaintext bytes sent under one key before REKEY (default 2^30)
+  --crypto PROVIDER           webcrypto (default) or openssl (OpenSSL 3 libcrypto, faster)
+  --libcrypto PATH            the libcrypto for --crypto openssl (default: searched)
   --metrics HOST:PORT         serve GET /metrics (Prometheus) and GET /healthz there
   --log-level LEVEL           debug, info (default), warn, error
   --log-format FORMAT         text (default) or json
@@ -86,6 +97,8 @@ Prints the path and the key's fingerprint; never the key.
   --drain-timeout SECS        on SIGINT/SIGTERM, time open sessions get to finish (default 10)
   --rekey-bytes N             plaintext bytes sent under one key before REKEY (default 2^30)
   --handshake-timeout SECS    time the server gets to answer the handshake (default 5)
+  --crypto PROVIDER           webcrypto (default) or openssl (OpenSSL 3 libcrypto, faster)
+  --libcrypto PATH            the libcrypto for --crypto openssl (default: searched)
   --metrics HOST:PORT         with --listen/--socks: serve GET /metrics and GET /healthz there
   --log-level LEVEL, --log-format FORMAT   as for the server
   --config FILE               run every tunnel of a config file instead (docs/config.md);
@@ -114,6 +127,8 @@ const commonOptions = {
   "rekey-bytes": { type: "string" },
   "handshake-timeout": { type: "string" },
   metrics: { type: "string" },
+  crypto: { type: "string" },
+  libcrypto: { type: "string" },
   help: { type: "boolean", short: "h" },
 } as const;
 
@@ -248,6 +263,28 @@ function defaultServerAddress(fallbackHost: string): string {
   return formatHostPort({ host, port: Number(port) });
 }
 
+/**
+ * The crypto provider of --crypto (else CIPHERLINK_CRYPTO, else webcrypto),
+ * loaded now so a missing libcrypto fails before anything starts.
+ */
+function cryptoProvider(values: { crypto?: string; libcrypto?: string }): CryptoProvider {
+  const fromEnv = env(CRYPTO_ENV);
+  let name: CryptoProviderName;
+  if (values.crypto !== undefined || !fromEnv) {
+    name = oneOf("crypto", values.crypto, CRYPTO_PROVIDERS, DEFAULT_CRYPTO_PROVIDER);
+  } else if ((CRYPTO_PROVIDERS as readonly string[]).includes(fromEnv)) {
+    name = fromEnv as CryptoProviderName;
+  } else {
+    throw new UsageError(
+      `${CRYPTO_ENV} takes one of ${CRYPTO_PROVIDERS.join(", ")}, not '${fromEnv}'`,
+    );
+  }
+  if (values.libcrypto !== undefined && name !== "openssl") {
+    throw new UsageError("--libcrypto has no meaning without --crypto openssl");
+  }
+  return loadCryptoProvider(name, values.libcrypto);
+}
+
 async function readKey(
   path: string | undefined,
   log: Logger,
@@ -343,6 +380,7 @@ async function server(args: string[], io: Io): Promise<number> {
       DEFAULT_REKEY_BYTES,
     ),
     logger: log,
+    provider: cryptoProvider(values),
   };
   const metricsAddress = values.metrics === undefined
     ? undefined
@@ -413,6 +451,7 @@ async function client(args: string[], io: Io): Promise<number> {
       1,
       DEFAULT_REKEY_BYTES,
     ),
+    provider: cryptoProvider(values),
   };
   const maxConns = integer("max-conns", values["max-conns"], 100, 1, 1_000_000);
   const drainTimeoutMs = seconds("drain-timeout", values["drain-timeout"], 10);

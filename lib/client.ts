@@ -16,6 +16,7 @@
 
 import { SecureChannel } from "./channel.ts";
 import { closeQuietly } from "./conn.ts";
+import type { CryptoProvider } from "./crypto/provider.ts";
 import { CipherlinkError, TimeoutError } from "./errors.ts";
 import { Session, type SessionOptions } from "./session.ts";
 import { formatHostPort, type HostPort, SERVICE_TARGET, type Target } from "./target.ts";
@@ -28,6 +29,8 @@ export interface ConnectOptions extends SessionOptions {
   target?: Target | HostPort;
   handshakeTimeoutMs?: number;
   rekeyBytes?: number;
+  /** Who computes the cryptography (default: Web Crypto; see lib/crypto/select.ts). */
+  provider?: CryptoProvider;
 }
 
 /** Default client handshake deadline. */
@@ -62,9 +65,7 @@ export async function connect(options: ConnectOptions): Promise<Session> {
       conn,
       options.key,
       "initiator",
-      {
-        rekeyBytes: options.rekeyBytes,
-      },
+      { rekeyBytes: options.rekeyBytes, provider: options.provider },
     );
     return Session.open(channel, options.target ?? SERVICE_TARGET, options);
   } catch (err) {

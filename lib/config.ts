@@ -22,6 +22,8 @@ import { dirname, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { AllowList } from "./allow.ts";
 import { DEFAULT_REKEY_BYTES } from "./channel.ts";
+import { locateLibcrypto } from "./crypto/locate.ts";
+import { CRYPTO_PROVIDERS, type CryptoProviderName } from "./crypto/provider.ts";
 import { CipherlinkError, UsageError } from "./errors.ts";
 import { type LoadedKey, loadKey } from "./keys.ts";
 import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from "./log.ts";
@@ -70,6 +72,10 @@ interface TunnelBase {
   keepaliveMs: number;
   drainTimeoutMs: number;
   rekeyBytes: number;
+  /** The crypto provider (`--crypto`); the wire is the same with either. */
+  crypto: CryptoProviderName;
+  /** openssl only: the libcrypto path, resolved against the config file's folder. */
+  libcrypto?: string;
 }
 
 /** A server listener: accepts tunnels and serves echo, `forward` or `allow`ed targets. */
@@ -333,6 +339,8 @@ const COMMON_FIELDS = [
   "keepalive",
   "drainTimeout",
   "rekeyBytes",
+  "crypto",
+  "libcrypto",
 ];
 const ROLE_FIELDS = {
   server: [...COMMON_FIELDS, "forward", "allow", "idleTimeout"],
@@ -506,6 +514,7 @@ function parseTunnel(entry: JsonValue, index: number, file: string, folder: stri
     keepaliveMs: fields.seconds("keepalive", 0),
     drainTimeoutMs: fields.seconds("drainTimeout", 10),
     rekeyBytes: fields.integer("rekeyBytes", DEFAULT_REKEY_BYTES, 1, DEFAULT_REKEY_BYTES),
+    ...parseCrypto(fields, folder),
   };
   if (role === "server") {
     return {
@@ -528,6 +537,19 @@ function parseTunnel(entry: JsonValue, index: number, file: string, folder: stri
     server: fields.requiredHostPort("server", "HOST:PORT of the Cipherlink server"),
     connect,
   };
+}
+
+/** `crypto` (default webcrypto; CIPHERLINK_CRYPTO does not apply to files) and `libcrypto`. */
+function parseCrypto(
+  fields: Fields,
+  folder: string,
+): { crypto: CryptoProviderName; libcrypto?: string } {
+  const crypto = fields.oneOf("crypto", CRYPTO_PROVIDERS) ?? "webcrypto";
+  const libcrypto = fields.string("libcrypto");
+  if (libcrypto === undefined) return { crypto };
+  if (crypto !== "openssl") fields.fail("libcrypto", 'has no meaning unless "crypto" is "openssl"');
+  if (libcrypto === "") fields.fail("libcrypto", "must not be empty");
+  return { crypto, libcrypto: resolve(folder, libcrypto) };
 }
 
 function parseAllow(fields: Fields): string[] {
@@ -627,11 +649,38 @@ export async function loadConfig(
 }
 
 /**
+ * Throws {@linkcode ConfigError} for the first openssl tunnel whose libcrypto
+ * is not there (its `libcrypto` path, or nothing found where one is searched).
+ */
+export function checkCryptoLibraries(config: Config): void {
+  for (const tunnel of config.tunnels) {
+    if (tunnel.crypto !== "openssl") continue;
+    // The Windows loader resolves a bare DLL name itself: nothing to look at here.
+    if (tunnel.libcrypto === undefined && Deno.build.os === "windows") continue;
+    const { path, tried } = locateLibcrypto(tunnel.libcrypto);
+    let found = false;
+    try {
+      found = path !== undefined && Deno.statSync(path).isFile;
+    } catch {
+      // missing or unreadable: not found
+    }
+    if (!found) {
+      throw new ConfigError(
+        config.file,
+        `no OpenSSL 3 libcrypto at ${tried.join(", ")}`,
+        { tunnel: tunnel.name, field: tunnel.libcrypto === undefined ? "crypto" : "libcrypto" },
+      );
+    }
+  }
+}
+
+/**
  * `cipherlink check-config FILE`: validates the file and loads its key
  * files without starting anything. Prints `config FILE: ok (N tunnels)` and
  * resolves 0; a bad file throws {@linkcode ConfigError} (the CLI exits 1),
  * a bad command line {@linkcode UsageError} (exit 2). Key files readable by
- * others are warned about on stderr.
+ * others are warned about on stderr. A tunnel with `"crypto": "openssl"`
+ * needs its libcrypto to exist (it is not loaded: check-config has no FFI).
  */
 export async function checkConfigCommand(
   args: string[],
@@ -655,6 +704,7 @@ export async function checkConfigCommand(
   }
   const file = positionals[0];
   const { config, keys } = await loadConfig(file);
+  checkCryptoLibraries(config);
   for (const tunnel of config.tunnels) {
     const warning = keys.get(tunnel.name)?.warning;
     if (warning) {

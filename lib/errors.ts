@@ -91,6 +91,12 @@ export class RemoteError extends CipherlinkError {
 /** A key file is missing, unreadable or malformed. */
 export class KeyFileError extends CipherlinkError {}
 
+/**
+ * A crypto provider cannot be used: libcrypto not found, too old, or a call
+ * into it failed. The CLI exits 1 with the message (what was tried).
+ */
+export class CryptoLibraryError extends CipherlinkError {}
+
 /** The command line was wrong; the CLI exits 2. */
 export class UsageError extends CipherlinkError {}
 

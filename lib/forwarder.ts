@@ -19,6 +19,7 @@
 
 import { connect, type ConnectOptions } from "./client.ts";
 import { closeQuietly } from "./conn.ts";
+import { webcrypto } from "./crypto/webcrypto.ts";
 import { drain } from "./drain.ts";
 import {
   AuthenticationError,
@@ -89,7 +90,11 @@ export class LocalForwarder {
           port: forwarder.addr.port,
         })
       }`,
-      { mode: options.mode, server: formatHostPort({ host, port }) },
+      {
+        mode: options.mode,
+        server: formatHostPort({ host, port }),
+        crypto: (options.connect.provider ?? webcrypto).name,
+      },
     );
     return forwarder;
   }

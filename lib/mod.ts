@@ -3,7 +3,9 @@
  *
  * `forward(data)` is the Python prototype's one round trip; `connect()`
  * returns a session (a duplex plaintext stream over the encrypted channel);
- * `TunnelServer.start()` runs a server in-process.
+ * `TunnelServer.start()` runs a server in-process. Either takes
+ * `provider: loadCryptoProvider("openssl")` to compute its cryptography with
+ * OpenSSL instead of Web Crypto (needs --allow-ffi).
  *
  * @example
  * ```ts
@@ -26,10 +28,17 @@ export { Session, type SessionSummary } from "./session.ts";
 export { MessageType, SecureChannel } from "./channel.ts";
 export { fingerprint, generateKeyFile, loadKey, parseKey } from "./keys.ts";
 export { AllowList } from "./allow.ts";
+export {
+  CRYPTO_PROVIDERS,
+  type CryptoProvider,
+  type CryptoProviderName,
+  loadCryptoProvider,
+} from "./crypto/select.ts";
 export { Logger } from "./log.ts";
 export {
   AuthenticationError,
   CipherlinkError,
+  CryptoLibraryError,
   ErrorCode,
   KeyFileError,
   ProtocolError,

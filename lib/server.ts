@@ -23,6 +23,8 @@ import { lookup } from "node:dns/promises";
 import { AllowList } from "./allow.ts";
 import { ReplayGuard, SecureChannel } from "./channel.ts";
 import { closeQuietly } from "./conn.ts";
+import type { CryptoProvider } from "./crypto/provider.ts";
+import { webcrypto } from "./crypto/webcrypto.ts";
 import { drain } from "./drain.ts";
 import {
   AuthenticationError,
@@ -52,6 +54,8 @@ export interface ServerOptions {
   drainTimeoutMs?: number;
   rekeyBytes?: number;
   logger?: Logger;
+  /** Who computes the cryptography (default: Web Crypto; see lib/crypto/select.ts). */
+  provider?: CryptoProvider;
 }
 
 /** How long the server waits for a target to accept its connection. */
@@ -93,6 +97,7 @@ export class TunnelServer {
       drainTimeoutMs: 10000,
       rekeyBytes: 2 ** 30,
       logger: new Logger(),
+      provider: webcrypto,
       ...options,
     };
     this.#sessionOptions = {
@@ -114,6 +119,7 @@ export class TunnelServer {
       `listening on ${formatHostPort({ host: server.addr.hostname, port: server.addr.port })}`,
       {
         service: options.forward ? `forward ${formatHostPort(options.forward)}` : "echo",
+        crypto: server.#options.provider.name,
       },
     );
     return Promise.resolve(server);
@@ -212,6 +218,7 @@ export class TunnelServer {
         {
           rekeyBytes: this.#options.rekeyBytes,
           replays: this.#replays,
+          provider: this.#options.provider,
         },
       );
       target = await receiveOpen(channel);

@@ -213,8 +213,10 @@ export class Session {
       const body = this.#mailbox;
       if (body) {
         this.#mailbox = null;
+        // A synchronous provider lends its large bodies until the next frame.
+        const own = this.channel.lendsBodies ? body.slice() : body;
         this.#wakeReceiver();
-        return body;
+        return own;
       }
       if (this.#receivedClose) return null;
       await new Promise<void>((resolve) => (this.#wakeReader = resolve));

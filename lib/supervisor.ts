@@ -25,7 +25,9 @@ import { AllowList } from "./allow.ts";
 import { type Config, ConfigError, loadConfig, type TunnelConfig } from "./config.ts";
 import { UsageError } from "./errors.ts";
 import { LocalForwarder } from "./forwarder.ts";
+import { type CryptoProvider, loadCryptoProvider } from "./crypto/select.ts";
 import { fingerprint, type LoadedKey } from "./keys.ts";
+import { forgetPsk } from "./noise.ts";
 import {
   LOG_FORMATS,
   LOG_LEVELS,
@@ -193,6 +195,15 @@ export class Supervisor {
   async #start(tunnel: TunnelConfig, loaded: LoadedKey): Promise<void> {
     const log = new TunnelLogger(this.log, tunnel.name);
     if (loaded.warning) log.warn(loaded.warning);
+    let provider: CryptoProvider;
+    try {
+      provider = loadCryptoProvider(tunnel.crypto, tunnel.libcrypto);
+    } catch (err) {
+      throw new ConfigError(this.file, messageOf(err), {
+        tunnel: tunnel.name,
+        field: tunnel.libcrypto === undefined ? "crypto" : "libcrypto",
+      });
+    }
     let runner: Runner;
     try {
       runner = tunnel.role === "server"
@@ -208,6 +219,7 @@ export class Supervisor {
           drainTimeoutMs: tunnel.drainTimeoutMs,
           rekeyBytes: tunnel.rekeyBytes,
           logger: log,
+          provider,
         })
         : LocalForwarder.start({
           listen: tunnel.listen,
@@ -219,6 +231,7 @@ export class Supervisor {
             keepaliveMs: tunnel.keepaliveMs,
             handshakeTimeoutMs: tunnel.handshakeTimeoutMs,
             rekeyBytes: tunnel.rekeyBytes,
+            provider,
           },
           maxConns: tunnel.maxConns,
           drainTimeoutMs: tunnel.drainTimeoutMs,
@@ -282,6 +295,7 @@ export class Supervisor {
         running.config = next;
         if (!sameBytes(key, running.key)) {
           running.runner.setKey(key);
+          forgetPsk(running.key); // its cached handshake prefix is zeroed
           running.key = key;
           if (warning) running.log.warn(warning);
           running.log.info("key changed; new sessions use it", {

@@ -13,7 +13,10 @@
  * hostile (slowloris, idle, replay, wrong-key floods vs a legitimate client's
  * latency), load (sessions through a port forward, SHA-256 checked), faults
  * (server killed, upstream refusing/resetting, SIGTERM drain, lossy network,
- * black hole), keys (permission warnings; the key in no output).
+ * black hole), keys (permission warnings; the key in no output), crypto (the
+ * openssl and webcrypto providers differentially: a million seeded AES-GCM
+ * cases sealed by each and opened by the other, tampering refused by both;
+ * X25519, HKDF and SHA-256 compared).
  * @module
  */
 
@@ -24,16 +27,17 @@ import { fuzzInProcess, planFuzz } from "./soak/fuzz.ts";
 import { fuzzOverTcp } from "./soak/fuzz_tcp.ts";
 import { hostileClients } from "./soak/hostile.ts";
 import { keyHygiene } from "./soak/keys.ts";
+import { cryptoProviders } from "./soak/differential.ts";
 import { load, type LoadRun } from "./soak/load.ts";
 import { markdownTable, plainTable, verdict } from "./soak/report.ts";
 
-const SUITES = ["fuzz", "hostile", "load", "faults", "keys"] as const;
+const SUITES = ["fuzz", "hostile", "load", "faults", "keys", "crypto"] as const;
 type Suite = typeof SUITES[number];
 
 const HELP = `usage: deno task soak [--quick] [--only SUITES] [--seed N] [scale options]
 
   --quick                 the short variant (what tests/soak_short_test.ts runs)
-  --only fuzz,hostile,load,faults,keys   run these suites only
+  --only fuzz,hostile,load,faults,keys,crypto   run these suites only
   --seed N                seed of every generator (default 1)
   --json PATH             where to write the results (default bench/results/soak.json)
   --no-netns              skip the namespace faults (lossy network, black hole)
@@ -52,6 +56,8 @@ scale (full / quick):
   --concurrent N          load sessions open at once (1250 / 100)
   --lossy-mib N           transfer over the lossy network, MiB (100 / 4)
   --keepalive S           keepalive interval for the black hole (1 / 0.5)
+  --crypto-cases N        AES-GCM differential cases, openssl vs webcrypto (1000000 / 3000)
+  --primitive-cases N     X25519/HKDF/SHA-256 differential cases (100000 / 500)
 `;
 
 const { values } = parseArgs({
@@ -76,6 +82,8 @@ const { values } = parseArgs({
     concurrent: { type: "string" },
     "lossy-mib": { type: "string" },
     keepalive: { type: "string" },
+    "crypto-cases": { type: "string" },
+    "primitive-cases": { type: "string" },
     help: { type: "boolean", short: "h" },
   },
 });
@@ -112,6 +120,8 @@ const settings = {
   concurrent: scale("concurrent", 1250, 100),
   lossyMiB: scale("lossy-mib", 100, 4),
   keepalive: scale("keepalive", 1, 0.5),
+  cryptoCases: scale("crypto-cases", 1_000_000, 3000),
+  primitiveCases: scale("primitive-cases", 100_000, 500),
 };
 const only = new Set<Suite>(
   values.only
@@ -197,6 +207,12 @@ await suite("faults", () =>
   }));
 await suite("load", async () => loadRun ? [await (loadRun as LoadRun).settle()] : []);
 await suite("keys", () => keyHygiene(book));
+await suite("crypto", () =>
+  cryptoProviders({
+    cases: settings.cryptoCases,
+    primitiveCases: settings.primitiveCases,
+    seed,
+  }));
 const rows = SUITES.flatMap((s) => slots.get(s)!);
 
 const seconds = Math.round((performance.now() - started) / 1000);

@@ -90,8 +90,36 @@ Deno.test("config: comments, trailing commas and defaults parse into tunnels; ke
     keepaliveMs: 0,
     drainTimeoutMs: 10000,
     rekeyBytes: 2 ** 30,
+    crypto: "webcrypto",
   });
   assert.deepEqual(config.log, { level: "warn", format: "json" });
+});
+
+Deno.test('config: "crypto" picks the provider per tunnel; "libcrypto" resolves next to the file', () => {
+  const config = parseConfig(
+    JSON.stringify({
+      tunnels: [
+        { name: "a", role: "server", listen: "127.0.0.1:1", key: "k", crypto: "openssl" },
+        {
+          name: "b",
+          role: "server",
+          listen: "127.0.0.1:2",
+          key: "k",
+          crypto: "openssl",
+          libcrypto: "lib/libcrypto.so.3",
+        },
+        { name: "c", role: "server", listen: "127.0.0.1:3", key: "k", crypto: "webcrypto" },
+      ],
+    }),
+    FILE,
+  );
+  assert.deepEqual(
+    config.tunnels.map((t) => [t.crypto, t.libcrypto]),
+    [["openssl", undefined], ["openssl", "/etc/cipherlink/lib/libcrypto.so.3"], [
+      "webcrypto",
+      undefined,
+    ]],
+  );
 });
 
 Deno.test("config: comment markers inside strings are text, and escapes decode", () => {
@@ -136,7 +164,7 @@ Deno.test("config: validation errors name the file, the tunnel and the field", (
     ],
     [
       withSecondTunnel({ ...redis, forwrd: "127.0.0.1:1" }),
-      `config ${FILE}: tunnel "redis": field "forwrd": unknown field; allowed here: name, role, listen, key, maxConns, handshakeTimeout, keepalive, drainTimeout, rekeyBytes, forward, allow, idleTimeout`,
+      `config ${FILE}: tunnel "redis": field "forwrd": unknown field; allowed here: name, role, listen, key, maxConns, handshakeTimeout, keepalive, drainTimeout, rekeyBytes, crypto, libcrypto, forward, allow, idleTimeout`,
     ],
     [
       withSecondTunnel({ ...redis, name: "echo", listen: "127.0.0.1:7002" }),
@@ -185,6 +213,14 @@ Deno.test("config: validation errors name the file, the tunnel and the field", (
     [
       withSecondTunnel({ name: "web", role: "client", listen: "127.0.0.1:1080", key: "k" }),
       `config ${FILE}: tunnel "web": field "server": is missing (HOST:PORT of the Cipherlink server)`,
+    ],
+    [
+      withSecondTunnel({ ...redis, crypto: "nacl" }),
+      `config ${FILE}: tunnel "redis": field "crypto": must be one of "webcrypto", "openssl", not 'nacl'`,
+    ],
+    [
+      withSecondTunnel({ ...redis, libcrypto: "/usr/lib/libcrypto.so.3" }),
+      `config ${FILE}: tunnel "redis": field "libcrypto": has no meaning unless "crypto" is "openssl"`,
     ],
     [
       JSON.stringify({ tunnels: [] }),

@@ -9,6 +9,7 @@
  */
 
 import assert from "node:assert/strict";
+import { openssl, opensslMissing } from "./providers.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 const PEER = new URL("./interop/cipherlink_peer.py", import.meta.url).pathname;
@@ -498,3 +499,75 @@ Deno.test("interop: our client with a wrong key against the Python server: authe
     await keys.cleanup();
   }
 });
+
+Deno.test({
+  name:
+    "interop (openssl): Python client -> our server --crypto openssl: edge sizes, 3 MiB, REKEY every 4 KiB",
+  ignore: openssl === null,
+  async fn() {
+    const keys = await makeKeys();
+    try {
+      await withOurServer(
+        keys,
+        ["--crypto", "openssl", "--rekey-bytes", "4096"],
+        async (server) => {
+          await server.waitForLine(/listening on .*crypto=openssl/);
+          for (const size of [0, 1, 65518, 65519, 3 * 1024 * 1024 + 3]) {
+            const payload = randomBytes(size);
+            const result = await run(
+              await peer([
+                "client",
+                "--server",
+                server.address,
+                "--key",
+                keys.base64,
+                "--rekey-bytes",
+                "4096",
+              ]),
+              payload,
+            );
+            assert.equal(result.code, 0, `${size} bytes: ${result.stderr}`);
+            assert.equal(await sha256Hex(result.stdout), await sha256Hex(payload), `${size} bytes`);
+            if (size > 8192) {
+              const rekeys = rekeyCounts(result.stderr);
+              assert.ok(rekeys.sent > 1 && rekeys.received > 1, result.stderr);
+            }
+          }
+        },
+      );
+    } finally {
+      await keys.cleanup();
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "interop (openssl): our client --crypto openssl -> Python server: one-shot, 3 MiB pipe, REKEY every 4 KiB",
+  ignore: openssl === null,
+  async fn() {
+    const keys = await makeKeys();
+    try {
+      await withPeerServer(keys, ["--rekey-bytes", "4096"], async (server) => {
+        const client = ["client", "--server", server.address, "--crypto", "openssl"];
+        const oneShot = await run(ours([...client, "--key", keys.raw, "hello", "openssl"]));
+        assert.equal(oneShot.code, 0, oneShot.stderr);
+        assert.equal(decoder.decode(oneShot.stdout), "hello openssl");
+        const payload = randomBytes(3 * 1024 * 1024 + 5);
+        const piped = await run(
+          ours([...client, "--key", keys.hex, "--rekey-bytes", "4096"]),
+          payload,
+        );
+        assert.equal(piped.code, 0, piped.stderr);
+        assert.equal(await sha256Hex(piped.stdout), await sha256Hex(payload));
+        const summary = await server.waitForLine(/session closed cleanly: echoed 3145733 bytes/);
+        const rekeys = rekeyCounts(summary);
+        assert.ok(rekeys.sent > 1 && rekeys.received > 1, summary);
+      });
+    } finally {
+      await keys.cleanup();
+    }
+  },
+});
+
+if (opensslMissing) Deno.test({ name: opensslMissing, ignore: true, fn() {} });

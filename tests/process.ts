@@ -18,6 +18,9 @@ function denoArgs(args: string[]): string[] {
     "--allow-read",
     "--allow-write",
     "--allow-env",
+    // --crypto openssl: the tests run the program directly; the launcher's
+    // narrowed grant is tested through ./cipherlink itself.
+    "--allow-ffi",
     MAIN,
     ...args,
   ];

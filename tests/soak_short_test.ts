@@ -98,11 +98,13 @@ function assertPassed(rows: SoakRow[]): void {
   }
 }
 
-Deno.test("soak --quick: all five suites run against real processes and pass within about a minute", async () => {
+Deno.test("soak --quick: all six suites run against real processes and pass within about a minute", async () => {
   const result = await quickSoak();
   assert.equal(result.code, 0, result.output.slice(-4000));
   assert.equal(result.passed, true);
-  for (const suite of ["fuzz", "hostile", "load", "faults", "keys"]) rowsOf(result, suite);
+  for (const suite of ["fuzz", "hostile", "load", "faults", "keys", "crypto"]) {
+    rowsOf(result, suite);
+  }
   assertPassed(result.rows);
   assert.ok(result.seconds < 90, `the quick soak took ${result.seconds} s`);
   assert.match(
@@ -401,7 +403,7 @@ Deno.test("regression: a wrong-key message 1 costs the responder at most 6 Web C
   });
   try {
     const responder = await NNpsk0Handshake.create("responder", key, PROLOGUE);
-    await assert.rejects(responder.readMessage1(message1));
+    await assert.rejects(async () => await responder.readMessage1(message1));
   } finally {
     methods.forEach((m, i) => (subtle[m] = originals[i]));
   }
@@ -412,5 +414,5 @@ Deno.test("regression: a wrong-key message 1 costs the responder at most 6 Web C
   const good = await initiator.writeMessage1();
   key.set(randomBytes(32));
   const changed = await NNpsk0Handshake.create("responder", key, PROLOGUE);
-  await assert.rejects(changed.readMessage1(good));
+  await assert.rejects(async () => await changed.readMessage1(good));
 });

@@ -299,7 +299,10 @@ Deno.test("wrong key: a server holding another key makes the client say the serv
       assert.ok(hello, "the client sent message 1");
       const handshake = await NNpsk0Handshake.create("responder", randomBytes(32), PROLOGUE);
       // Another key cannot read message 1; answer with its own message 2 regardless.
-      await assert.rejects(handshake.readMessage1(hello.data.slice()), AuthenticationError);
+      await assert.rejects(
+        async () => await handshake.readMessage1(hello.data.slice()),
+        AuthenticationError,
+      );
       const message2 = await handshake.writeMessage2();
       const frame = new Uint8Array(HEADER_SIZE + message2.byteLength);
       encodeHeader(frame, HANDSHAKE_NONCE_SIZE, message2.byteLength);
