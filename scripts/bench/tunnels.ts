@@ -11,6 +11,7 @@ import { type CryptoProviderName, loadCryptoProvider } from "../../lib/crypto/se
 import { capture, type Child, freePort, type Registry, waitForPort, which } from "./procs.ts";
 
 const MAIN = new URL("../../main.ts", import.meta.url).pathname;
+const LAUNCHER = new URL("../../cipherlink", import.meta.url).pathname;
 
 /** What a tunnel's processes need to know. */
 export interface TunnelContext {
@@ -136,11 +137,9 @@ function cipherlink(provider: CryptoProviderName): Tunnel {
         provider,
       ];
       const spawn = async (name: string, args: string[]) => {
-        const child = ctx.registry.spawn(
-          name,
-          [Deno.execPath(), "run", "--quiet", "--no-prompt", "-A", MAIN, ...args, ...common],
-          { cwd: ctx.tmp },
-        );
+        // Through the launcher, as users run it: its permissions (FFI only
+        // for libcrypto with --crypto openssl) and its V8 settings.
+        const child = ctx.registry.spawn(name, [LAUNCHER, ...args, ...common], { cwd: ctx.tmp });
         try {
           const line = await child.waitForLine(/listening on /);
           const port = Number(/listening on \S*:(\d+)/.exec(line)?.[1]);
