@@ -106,8 +106,8 @@ export class Session {
   #lastActivity = Date.now();
   #receiving = false;
   #unansweredPings = 0;
-  /** The frame count at which our last PONG is written: at most one waits. */
-  #pongWrittenAt = 0;
+  /** The PONG being sent: no further frame is read until it is on the wire. */
+  #pong: Promise<void> | null = null;
   #timer: ReturnType<typeof setInterval> | undefined;
   // The receiver's hand-off: a body held for read(), or pumpTo's sink.
   #mailbox: Uint8Array | null = null;
@@ -344,6 +344,11 @@ export class Session {
    */
   async #receiveLoop(): Promise<void> {
     while (!this.#finished) {
+      if (this.#pong) {
+        await this.#pong.catch(() => {}); // a failed write ended the session already
+        this.#pong = null;
+        continue;
+      }
       let message;
       this.#receiving = true;
       try {
@@ -415,11 +420,10 @@ export class Session {
         if (body.byteLength > MAX_PING_BODY) {
           return this.#violation("PING body over 8 bytes");
         }
-        // At most one PONG waits for the wire: a peer that PINGs without
-        // reading cannot make us queue answers without bound.
-        if (this.#pongWrittenAt > this.channel.writtenFrames) return undefined;
-        this.channel.post(Uint8Array.of(MessageType.pong, ...body));
-        this.#pongWrittenAt = this.channel.writtenFrames + this.channel.queuedFrames;
+        // At most one PONG is outstanding: the receiver reads nothing more
+        // until it is on the wire, so a peer that PINGs and never reads
+        // stalls its own stream instead of growing a queue here.
+        this.#pong = this.channel.send(MessageType.pong, body);
         return undefined;
       case MessageType.pong:
         return undefined;
