@@ -30,7 +30,7 @@ export interface Frame {
 }
 
 /** Buffer size of an idle connection; grows to one full frame when needed. */
-export const INITIAL_READ_CAPACITY = 4096;
+export const INITIAL_READ_CAPACITY = 1024;
 /** Room for one largest frame plus the start of the next. */
 const FULL_READ_CAPACITY = MAX_FRAME_SIZE + 4096;
 

@@ -49,7 +49,7 @@ export interface SessionOptions {
 /** Frames a session may have encrypting or waiting for the wire at once. */
 export const MAX_FRAMES_IN_FLIGHT = 4;
 /** Read size of a quiet source; it grows to a full frame while data flows. */
-export const QUIET_READ_SIZE = 4096;
+export const QUIET_READ_SIZE = 1024;
 /** Unanswered PINGs after which the peer is considered gone. */
 export const KEEPALIVE_MISSES = 3;
 const MAX_PING_BODY = 8;
