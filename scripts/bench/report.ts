@@ -409,10 +409,25 @@ export function svg(results: BenchResults): string {
   const barHeight = 16;
   const barGap = 6;
   const panelHeight = 58 + Math.max(1, shown.length) * (barHeight + barGap) + 8;
-  const top = 84;
   const left = 16;
   const width = left * 2 + columns * panelWidth;
-  const height = top + Math.ceil(list.length / columns) * panelHeight + 28;
+  // The legend wraps onto as many rows as it needs; the panels start below it.
+  const legend: { tunnel: TunnelResult; label: string; x: number; row: number }[] = [];
+  let legendX = left;
+  let legendRow = 0;
+  for (const tunnel of shown) {
+    const label = `${SHORT_NAMES[tunnel.name] ?? tunnel.name}: ${tunnel.version ?? tunnel.label}`;
+    const entryWidth = 26 + label.length * 5.8;
+    if (legendX > left && legendX + entryWidth > width - left) {
+      legendX = left;
+      legendRow++;
+    }
+    legend.push({ tunnel, label, x: legendX, row: legendRow });
+    legendX += entryWidth;
+  }
+  const top = 84 + legendRow * 16;
+  const height = top + Math.ceil(list.length / columns) * panelHeight + 28 +
+    results.ceilings.length * 15;
   const parts: string[] = [];
   const text = (x: number, y: number, content: string, attrs = "") =>
     parts.push(
@@ -437,15 +452,14 @@ export function svg(results: BenchResults): string {
     }, load average ${machine.loadAtStart[0] ?? "?"} at the start — one run of deno task bench`,
     ` font-size="12" fill="#555"`,
   );
-  let legendX = left;
-  for (const tunnel of shown) {
+  for (const { tunnel, label, x, row } of legend) {
     const color = COLORS[tunnel.name] ?? "#6b7280";
     parts.push(
-      `<rect x="${legendX}" y="59" width="10" height="10" rx="2" fill="${color}"/>`,
+      `<rect x="${x.toFixed(1)}" y="${
+        59 + row * 16
+      }" width="10" height="10" rx="2" fill="${color}"/>`,
     );
-    const label = `${SHORT_NAMES[tunnel.name] ?? tunnel.name}: ${tunnel.version ?? tunnel.label}`;
-    text(legendX + 17, 69, label, ` font-size="11"`);
-    legendX += 26 + label.length * 5.8;
+    text(x + 17, 69 + row * 16, label, ` font-size="11"`);
   }
 
   list.forEach((metric, index) => {
@@ -496,15 +510,26 @@ export function svg(results: BenchResults): string {
       );
     });
   });
-  const footY = height - 12;
+  let footY = height - 12 - results.ceilings.length * 15;
+  for (const c of results.ceilings) {
+    text(
+      left,
+      footY,
+      `${c.provider}'s own ceiling here: ${c.sealOpenMBps.toFixed(0)} MB/s (seal+open of ` +
+        `${c.frameBytes}-byte frames, ${c.depth} in flight, one process); Cipherlink (${c.provider}) ` +
+        `reaches ${
+          c.fraction1 === null ? "n/a" : `${(100 * c.fraction1).toFixed(0)}%`
+        } of it with ` +
+        `1 stream, ${c.fractionN === null ? "n/a" : `${(100 * c.fractionN).toFixed(0)}%`} with ` +
+        `${results.settings.streams}.`,
+      ` font-size="11" fill="#64748b"`,
+    );
+    footY += 15;
+  }
   text(
     left,
     footY,
-    results.ceilings.map((c) =>
-      `${c.provider} ceiling ${c.sealOpenMBps.toFixed(0)} MB/s (seal+open, one process); ` +
-      `1 stream reaches ${c.fraction1 === null ? "n/a" : `${(100 * c.fraction1).toFixed(0)}%`}. `
-    ).join("") +
-      `Settings: ${results.settings.seconds} s per throughput row, ${results.settings.rtts} round trips, ` +
+    `Settings: ${results.settings.seconds} s per throughput row, ${results.settings.rtts} round trips, ` +
       `${results.settings.workers} session workers for ${results.settings.sessionsSeconds} s, ` +
       `${results.settings.idleSessions} idle sessions. MB = 10^6 bytes. Source: bench/results/latest.json`,
     ` font-size="11" fill="#64748b"`,
