@@ -55,6 +55,11 @@ export const KEEPALIVE_MISSES = 3;
 const MAX_PING_BODY = 8;
 /** How long a last frame may take to leave before the connection is closed anyway. */
 const GOODBYE_GRACE_MS = 1000;
+/**
+ * After a failed write, how long the session looks for the peer's reason (an
+ * ERROR already on its way) before it reports the write failure itself.
+ */
+const WRITE_FAILURE_GRACE_MS = 1000;
 
 /**
  * Waits for the client's OPEN, the first transport message, and decodes its
@@ -106,6 +111,8 @@ export class Session {
   #lastActivity = Date.now();
   #receiving = false;
   #unansweredPings = 0;
+  /** Set while a failed write waits for the peer's last words (see #writeFailed). */
+  #lastWords: { error: unknown; timer: ReturnType<typeof setTimeout> } | null = null;
   /** The PONG being sent: no further frame is read until it is on the wire. */
   #pong: Promise<void> | null = null;
   #timer: ReturnType<typeof setInterval> | undefined;
@@ -130,7 +137,7 @@ export class Session {
     this.opened.catch(() => {});
     if (!awaitingOpenOk) this.#resolveOpened();
     this.ended = new Promise((resolve) => (this.#resolveEnded = resolve));
-    channel.onWriteFailure = (err) => this.#fail(err);
+    channel.onWriteFailure = (err) => this.#writeFailed(err);
     this.#startTimers(options);
     this.#receiveLoop();
   }
@@ -259,12 +266,12 @@ export class Session {
       for (;;) {
         const room = this.channel.roomFor(MAX_FRAMES_IN_FLIGHT);
         if (room) await room;
-        if (this.#sentClose || this.#finished) break;
+        if (this.#sentClose || this.#finished || this.#lastWords) break;
         const capacity = buffer.byteLength - 1;
         const count = await input.read(buffer.subarray(1));
         if (count === null) break;
         if (count === 0) continue;
-        if (this.#sentClose || this.#finished) break;
+        if (this.#sentClose || this.#finished || this.#lastWords) break;
         buffer[0] = MessageType.data;
         this.#bytesOut += count;
         this.#lastActivity = Date.now();
@@ -331,7 +338,9 @@ export class Session {
 
   /** Closes the connection without a word: for peers that broke the protocol. */
   drop(error: Error): void {
-    if (this.#finished) return;
+    // A failed write is waiting for the peer's last frames, which end the
+    // session with the peer's reason; a caller's drop must not pre-empt them.
+    if (this.#finished || this.#lastWords) return;
     this.channel.close();
     this.#finish(error);
   }
@@ -354,11 +363,11 @@ export class Session {
       try {
         message = await this.channel.receive();
       } catch (err) {
-        return this.#fail(err);
+        return this.#fail(this.#lastWords?.error ?? err);
       } finally {
         this.#receiving = false;
       }
-      if (!message) return this.#fail(new TruncationError());
+      if (!message) return this.#fail(this.#lastWords?.error ?? new TruncationError());
       this.#lastReceived = this.#lastActivity = Date.now();
       this.#unansweredPings = 0;
       const body = this.#handle(message.type, message.body);
@@ -450,8 +459,25 @@ export class Session {
     return undefined;
   }
 
+  /**
+   * A write failed, typically because the peer answered ERROR and closed
+   * while we were still sending (a refused target with data already queued).
+   * What the peer said is the real reason: the receiver keeps reading, and
+   * the write failure is reported only if no ERROR arrives first (the end of
+   * the connection, or WRITE_FAILURE_GRACE_MS, whichever comes first).
+   */
+  #writeFailed(err: unknown): void {
+    if (this.#finished || this.#lastWords) return;
+    const timer = setTimeout(() => this.#fail(err), WRITE_FAILURE_GRACE_MS);
+    this.#lastWords = { error: err, timer };
+  }
+
   #fail(err: unknown): void {
     if (this.#finished) return;
+    if (this.#lastWords) {
+      clearTimeout(this.#lastWords.timer);
+      this.#lastWords = null;
+    }
     const error = err instanceof Error ? err : new Error(String(err));
     // A bad frame header is dropped without a word (protocol section 1); a
     // frame that arrived whole but broke the rules may be answered ERROR 1.
@@ -484,6 +510,7 @@ export class Session {
     if (this.#finished) return;
     this.#finished = true;
     clearInterval(this.#timer);
+    if (this.#lastWords) clearTimeout(this.#lastWords.timer);
     if (error) {
       this.#error = error;
       this.#rejectOpened(error);
