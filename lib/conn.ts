@@ -1,5 +1,8 @@
 /**
- * Stream views of a TCP connection that keep half-closes working.
+ * The connection interfaces the data path reads and writes (`read(into)`,
+ * `write`), `writeAll`, and stream adapters that keep half-closes working:
+ * the data path itself uses no web streams, the adapters are for stdin-like
+ * sources, the demo and tests.
  *
  * `Deno.Conn.readable` closes the whole socket when it reads EOF, so after a
  * peer's FIN nothing could be written back: fatal for a tunnel that carries
