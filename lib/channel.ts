@@ -6,8 +6,10 @@
  * It owns the two CipherStates and everything that touches them: counter
  * nonces carried in the nonce field, the header as associated data, REKEY in
  * both directions. Sends are pipelined: each one claims its counter at once
- * and starts encrypting, while the frames reach the wire strictly in counter
- * order, each as one write of header, nonce and ciphertext.
+ * and starts encrypting, while one writer puts the frames on the wire
+ * strictly in counter order; frames already sealed go out together in one
+ * write through one reused buffer. No web streams: reads go straight from
+ * `conn.read` into the framer's buffer.
  *
  * @example
  * ```ts
@@ -26,11 +28,12 @@ import {
   encodeHeader,
   HANDSHAKE_NONCE_SIZE,
   HEADER_SIZE,
+  MAX_FRAME_SIZE,
   MAX_PLAINTEXT_SIZE,
   TAG_SIZE,
   TRANSPORT_NONCE_SIZE,
 } from "./frame.ts";
-import { closeQuietly, type Connection, readableOf, writeAll } from "./conn.ts";
+import { closeQuietly, type Connection, writeAll } from "./conn.ts";
 import { FrameReader } from "./framer.ts";
 import { type CipherState, counterNonce, NNpsk0Handshake, type Role } from "./noise.ts";
 import type { CryptoProvider } from "./crypto/provider.ts";
@@ -153,6 +156,28 @@ export interface VerifiedHello {
   dispose(): void;
 }
 
+/** A frame claimed and being sealed, waiting for its turn on the wire. */
+interface Outgoing {
+  /** The counter it is sealed under: decides the nonce field. */
+  n: number;
+  /** ciphertext || tag once sealed; null while Web Crypto works on it. */
+  sealed: Uint8Array | null;
+  /** Set when sealing failed. */
+  failure: unknown;
+}
+
+/** A caller of send() waiting until the `count`th frame is written. */
+interface WriteWaiter {
+  count: number;
+  resolve: () => void;
+  reject: (err: unknown) => void;
+}
+
+/** Most bytes one batched write carries: a few full frames. */
+const MAX_BATCH_BYTES = 4 * MAX_FRAME_SIZE;
+/** A write buffer this small is kept while quiet; a larger one is let go. */
+const QUIET_WRITE_BYTES = 4096;
+
 /** The encrypted, framed transport over one connection. */
 export class SecureChannel {
   readonly conn: Connection;
@@ -161,11 +186,30 @@ export class SecureChannel {
   #receive: CipherState;
   #rekeyBytes: number;
   #sentUnderKey = 0;
-  #writeChain: Promise<void> = Promise.resolve();
-  #writeFailure: unknown = null;
   #rekeysSent = 0;
   #rekeysReceived = 0;
   #closed = false;
+  // Sending: frames in counter order, one writer at a time, batched writes.
+  #outgoing: Outgoing[] = [];
+  #queued = 0;
+  #written = 0;
+  #writing = false;
+  /** Frames sealed and waiting for the writer, laid out as one write. */
+  #staging: Uint8Array<ArrayBuffer> | null = null;
+  #stagedBytes = 0;
+  #stagedFrames = 0;
+  /** The buffer of the write in flight, reused as the next staging buffer. */
+  #spare: Uint8Array<ArrayBuffer> | null = null;
+  /** Where a synchronous provider opens large frames (bodies are lent until the next receive). */
+  #plaintextBuffer: Uint8Array<ArrayBuffer> | null = null;
+  /** The header being sealed as associated data: the seal copies it before returning. */
+  #header = new Uint8Array(HEADER_SIZE);
+  #writeFailure: unknown = null;
+  #wakeWriter: (() => void) | null = null;
+  #writeWaiters: WriteWaiter[] = [];
+  #roomWaiter: { below: number; resolve: () => void } | null = null;
+  #onWriteFailure: ((err: unknown) => void) | null = null;
+  // Receiving: frames read and decrypting ahead of the receiver.
   #readAhead: Promise<void> | null = null;
   #decrypted: Promise<Uint8Array | null>[] = [];
   #wakeReceiver: (() => void) | null = null;
@@ -207,7 +251,7 @@ export class SecureChannel {
     if (role === "initiator") {
       return await (await SecureChannel.prepareHello(psk, options)).run(conn);
     }
-    const frames = new FrameReader(readableOf(conn));
+    const frames = new FrameReader(conn);
     return await (await SecureChannel.#verifyHello(conn, frames, psk, options)).complete();
   }
 
@@ -232,7 +276,7 @@ export class SecureChannel {
       run: async (conn) => {
         // The handshake's secrets are released on every exit (split() took what the channel needs).
         using _ = hs;
-        const frames = new FrameReader(readableOf(conn));
+        const frames = new FrameReader(conn);
         await writeAll(conn, hello);
         const reply = await frames.next(HANDSHAKE_NONCE_SIZE, MIN_HANDSHAKE_DATA);
         if (!reply) {
@@ -265,7 +309,7 @@ export class SecureChannel {
     psk: Uint8Array,
     options: ChannelOptions = {},
   ): Promise<VerifiedHello> {
-    return SecureChannel.#verifyHello(conn, new FrameReader(readableOf(conn)), psk, options);
+    return SecureChannel.#verifyHello(conn, new FrameReader(conn), psk, options);
   }
 
   static async #verifyHello(
@@ -319,9 +363,9 @@ export class SecureChannel {
   }
 
   /**
-   * Sends one message. Encryption starts before this returns; the promise
-   * resolves once the frame has been handed to the connection, in order with
-   * every earlier send.
+   * Sends one message and resolves once its frame has been handed to the
+   * connection, in order with every earlier send. Rejects when the
+   * connection failed (then every later send does too).
    */
   send(type: number, body: Uint8Array = new Uint8Array(0)): Promise<void> {
     const plaintext = new Uint8Array(1 + body.byteLength);
@@ -331,20 +375,36 @@ export class SecureChannel {
   }
 
   /**
-   * Sends a plaintext whose first byte is already the type: saves a copy for
-   * callers that read their data in at offset 1. The plaintext has been
-   * copied when this returns, so the caller may reuse its buffer at once.
+   * Like {@linkcode send} for a plaintext whose first byte is already the
+   * type: saves a copy for callers that read their data in at offset 1.
    */
   sendPlaintext(plaintext: Uint8Array): Promise<void> {
-    if (plaintext.byteLength < 1 || plaintext.byteLength > MAX_PLAINTEXT_SIZE) {
-      throw new RangeError(`plaintext of ${plaintext.byteLength} bytes`);
-    }
+    if (this.#writeFailure) return Promise.reject(this.#writeFailure);
     if (this.#closed) {
-      // close() released the keys: nothing more can be sealed.
       return Promise.reject(
         new TruncationError("the channel was closed before this frame was sent"),
       );
     }
+    this.post(plaintext);
+    const count = this.#queued;
+    return new Promise((resolve, reject) => {
+      this.#writeWaiters.push({ count, resolve, reject });
+    });
+  }
+
+  /**
+   * Queues a plaintext (type byte first) for sending without a promise of
+   * its own: the data path's way. Sealing starts at once and the caller may
+   * reuse `plaintext` as soon as this returns. A failed write is reported
+   * through {@linkcode onWriteFailure} and {@linkcode flush}; after one,
+   * posts are dropped. Bound what is queued with {@linkcode roomFor}.
+   */
+  post(plaintext: Uint8Array): void {
+    if (plaintext.byteLength < 1 || plaintext.byteLength > MAX_PLAINTEXT_SIZE) {
+      throw new RangeError(`plaintext of ${plaintext.byteLength} bytes`);
+    }
+    // After a failed write, or once close() released the keys, nothing more is sent.
+    if (this.#writeFailure || this.#closed) return;
     // Rekey before a frame that would take this key to the limit: a key
     // protects less than rekeyBytes, its closing REKEY message included
     // (so at most 2^30 - 1 bytes, as the protocol requires). A single frame
@@ -355,14 +415,38 @@ export class SecureChannel {
     ) {
       // REKEY goes out under the old key; the swap is synchronous, so this
       // frame and every later one is sealed under the new key.
-      this.#sealAndQueue(Uint8Array.of(MessageType.rekey)).catch(() => {});
+      this.#seal(Uint8Array.of(MessageType.rekey));
       this.#send.rekey();
       this.#sentUnderKey = 0;
       this.#rekeysSent++;
     }
     this.#sentUnderKey += plaintext.byteLength;
-    const sent = this.#sealAndQueue(plaintext);
-    return sent;
+    this.#seal(plaintext);
+  }
+
+  /** Frames handed to the connection so far. */
+  get writtenFrames(): number {
+    return this.#written;
+  }
+
+  /** Frames queued and not yet handed to the connection. */
+  get queuedFrames(): number {
+    return this.#queued - this.#written;
+  }
+
+  /**
+   * Backpressure for {@linkcode post}: null when fewer than `limit` frames
+   * are waiting, else a promise that resolves once fewer are (or the
+   * connection failed). Only one caller may wait at a time.
+   */
+  roomFor(limit: number): Promise<void> | null {
+    if (this.#queued - this.#written < limit || this.#writeFailure) return null;
+    return new Promise((resolve) => (this.#roomWaiter = { below: limit, resolve }));
+  }
+
+  /** Called once, with the error, when a write to the connection fails. */
+  set onWriteFailure(callback: ((err: unknown) => void) | null) {
+    this.#onWriteFailure = callback;
   }
 
   /**
@@ -374,6 +458,7 @@ export class SecureChannel {
    * several decryptions run in parallel while messages come out in order.
    */
   async receive(): Promise<TransportMessage | null> {
+    if (this.#receive.sync) return await this.#receiveInline();
     if (!this.#readAhead) this.#readAhead = this.#readFrames();
     for (;;) {
       const plaintext = await this.#takeDecrypted();
@@ -389,6 +474,78 @@ export class SecureChannel {
     }
   }
 
+  /**
+   * Makes the pending and every later receive() fail with `error` at once,
+   * dropping what was read ahead: for a session that ended while its reader
+   * waits on a quiet peer.
+   */
+  interrupt(error: Error): void {
+    const failed = Promise.reject(error);
+    failed.catch(() => {});
+    this.#decrypted = [];
+    this.#ended = failed;
+    this.#wakeReceiver?.();
+    this.#wakeReader?.();
+  }
+
+  /** Whether a received body is only lent until the next receive() (synchronous providers). */
+  get lendsBodies(): boolean {
+    return this.#receive.sync;
+  }
+
+  /**
+   * receive() with a synchronous provider: reads one frame and opens it in
+   * place, no read-ahead and no promise per frame. Large bodies are views of
+   * one reused buffer, valid until the next call.
+   */
+  async #receiveInline(): Promise<TransportMessage | null> {
+    try {
+      for (;;) {
+        if (this.#ended) {
+          await this.#ended; // rethrows the failure that ended the stream
+          return null;
+        }
+        const frame = await this.#frames.next(TRANSPORT_NONCE_SIZE, MIN_TRANSPORT_DATA);
+        if (!frame) {
+          this.#ended = Promise.resolve(null);
+          return null;
+        }
+        const expected = this.#receive.nonce;
+        if (!nonceIs(frame.nonce, expected)) {
+          throw new ProtocolError(`frame counter out of order (expected ${expected})`);
+        }
+        const size = frame.data.byteLength - TAG_SIZE;
+        const plaintext = this.#receive.openAt(
+          expected,
+          frame.header,
+          frame.data,
+          size <= QUIET_WRITE_BYTES ? new Uint8Array(size) : this.#lendPlaintext(size),
+        );
+        if (size <= QUIET_WRITE_BYTES) this.#plaintextBuffer = null; // quiet again: let it go
+        this.#receive.advance();
+        const type = plaintext[0];
+        if (type === MessageType.rekey) {
+          if (plaintext.byteLength !== 1) throw new ProtocolError("REKEY with a body");
+          this.#receive.rekey();
+          this.#rekeysReceived++;
+          continue;
+        }
+        return { type, body: plaintext.subarray(1) };
+      }
+    } catch (err) {
+      if (!this.#ended) {
+        this.#ended = Promise.reject(err);
+        this.#ended.catch(() => {});
+      }
+      throw err;
+    }
+  }
+
+  #lendPlaintext(size: number): Uint8Array {
+    this.#plaintextBuffer ??= new Uint8Array(MAX_PLAINTEXT_SIZE);
+    return this.#plaintextBuffer.subarray(0, size);
+  }
+
   /** The next decrypted plaintext in order, or null at a clean EOF. */
   async #takeDecrypted(): Promise<Uint8Array | null> {
     while (this.#decrypted.length === 0) {
@@ -402,6 +559,7 @@ export class SecureChannel {
 
   #deliver(result: Promise<Uint8Array | null>, final = false): void {
     result.catch(() => {}); // the receiver observes it; nobody may be waiting after a failure
+    if (this.#ended) return; // interrupted: nobody will take it
     if (final) this.#ended = result;
     this.#decrypted.push(result);
     this.#wakeReceiver?.();
@@ -415,10 +573,11 @@ export class SecureChannel {
    */
   async #readFrames(): Promise<void> {
     try {
-      for (;;) {
-        while (this.#decrypted.length >= RECEIVE_WINDOW) {
+      while (!this.#ended) {
+        while (this.#decrypted.length >= RECEIVE_WINDOW && !this.#ended) {
           await new Promise<void>((resolve) => (this.#wakeReader = resolve));
         }
+        if (this.#ended) return;
         const frame = await this.#frames.next(TRANSPORT_NONCE_SIZE, MIN_TRANSPORT_DATA);
         if (!frame) return this.#deliver(Promise.resolve(null), true);
         const expected = this.#receive.nonce;
@@ -438,10 +597,12 @@ export class SecureChannel {
     }
   }
 
-  /** Resolves once every queued frame is on the connection. */
-  async flush(): Promise<void> {
-    await this.#writeChain;
-    if (this.#writeFailure) throw this.#writeFailure;
+  /** Resolves once every queued frame is on the connection; rejects if a write failed. */
+  flush(): Promise<void> {
+    if (this.#writeFailure) return Promise.reject(this.#writeFailure);
+    if (this.#written === this.#queued) return Promise.resolve();
+    const count = this.#queued;
+    return new Promise((resolve, reject) => this.#writeWaiters.push({ count, resolve, reject }));
   }
 
   /** Closes the connection (idempotent). Queued frames may be lost. */
@@ -458,45 +619,148 @@ export class SecureChannel {
     return this.#closed;
   }
 
-  #sealAndQueue(plaintext: Uint8Array): Promise<void> {
+  /**
+   * Claims the next counter and seals: a synchronous provider seals straight
+   * into the staging buffer (no promise, no copy); Web Crypto's seal runs
+   * while earlier frames wait, and its result is copied in by the writer.
+   */
+  #seal(plaintext: Uint8Array): void {
     const n = this.#send.claimNonce();
-    const frame = new Uint8Array(
-      FRAME_PREFIX + plaintext.byteLength + TAG_SIZE,
-    );
-    encodeHeader(frame, TRANSPORT_NONCE_SIZE, plaintext.byteLength + TAG_SIZE);
-    counterNonce(n, frame.subarray(HEADER_SIZE, FRAME_PREFIX));
+    const sealedSize = plaintext.byteLength + TAG_SIZE;
+    this.#queued++;
     if (this.#send.sync) {
-      // A synchronous provider seals straight into the frame: no promise, no copy.
-      this.#send.sealAt(n, frame.subarray(0, HEADER_SIZE), plaintext, frame.subarray(FRAME_PREFIX));
-      return this.#queueWrite(frame);
+      const at = this.#stage(FRAME_PREFIX + sealedSize);
+      const out = this.#staging!;
+      encodeHeader(out.subarray(at, at + HEADER_SIZE), TRANSPORT_NONCE_SIZE, sealedSize);
+      counterNonce(n, out.subarray(at + HEADER_SIZE, at + FRAME_PREFIX));
+      this.#send.sealAt(
+        n,
+        out.subarray(at, at + HEADER_SIZE),
+        plaintext,
+        out.subarray(at + FRAME_PREFIX, at + FRAME_PREFIX + sealedSize),
+      );
+      this.#stagedFrames++;
+    } else {
+      const item: Outgoing = { n, sealed: null, failure: null };
+      encodeHeader(this.#header, TRANSPORT_NONCE_SIZE, sealedSize);
+      this.#send.encryptAt(n, this.#header, plaintext).then((sealed) => {
+        item.sealed = sealed;
+        if (this.#outgoing[0] === item) this.#wakeWriter?.();
+      }, (err) => {
+        item.failure = err;
+        if (this.#outgoing[0] === item) this.#wakeWriter?.();
+      });
+      this.#outgoing.push(item);
     }
-    const sealed = this.#send.encryptAt(
-      n,
-      frame.subarray(0, HEADER_SIZE),
-      plaintext,
-    );
-    sealed.catch(() => {}); // observed below; this keeps an early failure from going unhandled
-    return this.#queueWrite(frame, sealed);
+    if (!this.#writing) this.#writeLoop();
   }
 
-  /** Writes `frame` after every earlier one, first copying `sealed` (if any) into it. */
-  #queueWrite(frame: Uint8Array, sealed?: Promise<Uint8Array>): Promise<void> {
-    const written = this.#writeChain.then(async () => {
-      if (this.#writeFailure) throw this.#writeFailure;
-      if (sealed) frame.set(await sealed, FRAME_PREFIX);
-      await writeAll(this.conn, frame).catch((err) => {
-        // A reset or closed socket means the stream was cut: say so, like a failed read does.
-        throw new TruncationError(
-          `the connection failed before the peer's CLOSE (${
-            err instanceof Error ? err.message : String(err)
-          })`,
-        );
-      });
-    });
-    this.#writeChain = written.catch((err) => {
-      this.#writeFailure ??= err;
-    });
-    return written;
+  /** Makes room for `size` more bytes in the staging buffer; returns where they go. */
+  #stage(size: number): number {
+    const at = this.#stagedBytes;
+    const needed = at + size;
+    const current = this.#staging;
+    if (current === null || current.byteLength < needed) {
+      let grown = this.#spare !== null && this.#spare.byteLength >= needed ? this.#spare : null;
+      if (grown) this.#spare = null;
+      // Small frames get a buffer of their size (an idle session keeps none);
+      // bulk data a batch-sized one, kept while data flows.
+      grown ??= new Uint8Array(
+        needed <= QUIET_WRITE_BYTES ? needed : Math.max(needed, MAX_BATCH_BYTES),
+      );
+      if (current !== null && at > 0) grown.set(current.subarray(0, at));
+      this.#staging = grown;
+    }
+    this.#stagedBytes = needed;
+    return at;
+  }
+
+  /** Moves the leading frames Web Crypto has sealed into the staging buffer, in order. */
+  #stageSealed(): void {
+    while (this.#outgoing.length > 0) {
+      const sealed = this.#outgoing[0].sealed;
+      if (sealed === null) return;
+      const item = this.#outgoing.shift()!;
+      const at = this.#stage(FRAME_PREFIX + sealed.byteLength);
+      const out = this.#staging!;
+      encodeHeader(out.subarray(at, at + HEADER_SIZE), TRANSPORT_NONCE_SIZE, sealed.byteLength);
+      counterNonce(item.n, out.subarray(at + HEADER_SIZE, at + FRAME_PREFIX));
+      out.set(sealed, at + FRAME_PREFIX);
+      this.#stagedFrames++;
+    }
+  }
+
+  /**
+   * The one writer: writes everything staged as one write while the next
+   * frames are sealed into the other buffer; with Web Crypto it first waits
+   * for the oldest frame's seal and takes every later one already done.
+   */
+  async #writeLoop(): Promise<void> {
+    this.#writing = true;
+    try {
+      for (;;) {
+        this.#stageSealed();
+        if (this.#stagedFrames === 0) {
+          const first = this.#outgoing[0];
+          if (first === undefined) break;
+          if (first.failure !== null) throw first.failure;
+          await new Promise<void>((resolve) => (this.#wakeWriter = resolve));
+          this.#wakeWriter = null;
+          continue;
+        }
+        const bytes = this.#staging!.subarray(0, this.#stagedBytes);
+        const frames = this.#stagedFrames;
+        // Swap: new frames are staged in the spare buffer while this one is written.
+        const written = this.#staging!;
+        this.#staging = this.#spare;
+        this.#spare = null;
+        this.#stagedBytes = 0;
+        this.#stagedFrames = 0;
+        try {
+          await writeAll(this.conn, bytes);
+        } catch (err) {
+          // A reset or closed socket means the stream was cut: say so, like a failed read does.
+          throw new TruncationError(
+            `the connection failed before the peer's CLOSE (${
+              err instanceof Error ? err.message : String(err)
+            })`,
+          );
+        }
+        // Only a large buffer is kept, and only while large batches go out:
+        // a session whose traffic is small or idle holds no write buffer.
+        this.#spare = bytes.byteLength >= QUIET_WRITE_BYTES ? written : null;
+        this.#written += frames;
+        this.#wakeWaiters();
+      }
+    } catch (err) {
+      this.#failWrites(err);
+    } finally {
+      this.#writing = false;
+    }
+  }
+
+  #wakeWaiters(): void {
+    while (this.#writeWaiters.length > 0 && this.#writeWaiters[0].count <= this.#written) {
+      this.#writeWaiters.shift()!.resolve();
+    }
+    const room = this.#roomWaiter;
+    if (room && this.#queued - this.#written < room.below) {
+      this.#roomWaiter = null;
+      room.resolve();
+    }
+  }
+
+  #failWrites(err: unknown): void {
+    if (this.#writeFailure) return;
+    this.#writeFailure = err;
+    this.#outgoing = [];
+    this.#staging = this.#spare = null;
+    this.#stagedBytes = this.#stagedFrames = 0;
+    for (const waiter of this.#writeWaiters.splice(0)) waiter.reject(err);
+    const room = this.#roomWaiter;
+    this.#roomWaiter = null;
+    room?.resolve();
+    this.#onWriteFailure?.(err);
   }
 }
 

@@ -790,12 +790,11 @@ async function oneShot(
 ): Promise<number> {
   const session = await connect(options);
   const sending = (async () => {
-    const writer = session.writable.getWriter();
-    await writer.write(message);
-    await writer.close();
+    await session.write(message);
+    await session.closeWrite();
   })();
   sending.catch(() => {});
-  await session.readable.pipeTo(writableOf(Deno.stdout));
+  await session.pumpTo(Deno.stdout);
   await sending;
   const { error } = await session.ended;
   if (error) throw error;
@@ -813,9 +812,9 @@ async function pipe(options: ConnectOptions): Promise<number> {
   Deno.addSignalListener("SIGHUP", hangUp);
   const stdin = { read: (into: Uint8Array) => Promise.race([Deno.stdin.read(into), hungUp]) };
   try {
-    const upload = session.pumpFrom(readableOf(stdin));
+    const upload = session.pumpFrom(stdin);
     upload.catch(() => {});
-    await session.readable.pipeTo(writableOf(Deno.stdout));
+    await session.pumpTo(Deno.stdout);
     await upload;
     const { error } = await session.ended;
     if (error) throw error;

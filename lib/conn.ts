@@ -1,5 +1,8 @@
 /**
- * Stream views of a TCP connection that keep half-closes working.
+ * The connection interfaces the data path reads and writes (`read(into)`,
+ * `write`), `writeAll`, and stream adapters that keep half-closes working:
+ * the data path itself uses no web streams, the adapters are for stdin-like
+ * sources, the demo and tests.
  *
  * `Deno.Conn.readable` closes the whole socket when it reads EOF, so after a
  * peer's FIN nothing could be written back: fatal for a tunnel that carries
@@ -59,6 +62,35 @@ export function readableOf(source: Readable): ReadableStream<Uint8Array> {
       }
     },
   });
+}
+
+/** A byte stream read like a connection, through a BYOB reader. */
+export interface StreamSource extends Readable {
+  /** Gives the stream back (releases the reader's lock). */
+  release(): void;
+  /** Cancels the stream. */
+  cancel(): Promise<void>;
+}
+
+/**
+ * Reads a byte stream with `read(into)`, like a connection: for callers that
+ * hand the data path a stream (stdin, tests) instead of a `Deno.Conn`.
+ */
+export function sourceOf(stream: ReadableStream<Uint8Array>): StreamSource {
+  const reader = stream.getReader({ mode: "byob" });
+  return {
+    async read(into) {
+      // The reader takes the buffer it is given: lend it a fresh one, copy back.
+      const { value, done } = await reader.read(new Uint8Array(into.byteLength));
+      if (value && value.byteLength > 0) {
+        into.set(value);
+        return value.byteLength;
+      }
+      return done ? null : 0;
+    },
+    release: () => reader.releaseLock(),
+    cancel: () => reader.cancel(),
+  };
 }
 
 /** Writes all of `bytes`; a single `write` may take less than asked. */

@@ -1,6 +1,6 @@
 /**
- * The exact-read framer: turns a byte stream (a TCP connection's `readable`)
- * into whole frames, reading through one reused buffer with a BYOB reader.
+ * The exact-read framer: turns a byte source (a `Deno.Conn`, read with
+ * `conn.read` straight into one reused buffer) into whole frames.
  *
  * The header is parsed and checked before the body is read, so an attacker's
  * `data_size` never decides an allocation: the buffer only ever grows to the
@@ -11,12 +11,13 @@
  * ```ts
  * import { FrameReader } from "./framer.ts";
  * const conn = await Deno.connect({ hostname: "127.0.0.1", port: 8888 });
- * const frames = new FrameReader(conn.readable);
+ * const frames = new FrameReader(conn);
  * const frame = await frames.next(0, 48); // a handshake frame, or null at EOF
  * ```
  * @module
  */
 
+import { type Readable, sourceOf } from "./conn.ts";
 import { TruncationError } from "./errors.ts";
 import { HEADER_SIZE, MAX_FRAME_SIZE, parseHeader } from "./frame.ts";
 
@@ -29,13 +30,14 @@ export interface Frame {
 }
 
 /** Buffer size of an idle connection; grows to one full frame when needed. */
-export const INITIAL_READ_CAPACITY = 4096;
+export const INITIAL_READ_CAPACITY = 1024;
 /** Room for one largest frame plus the start of the next. */
 const FULL_READ_CAPACITY = MAX_FRAME_SIZE + 4096;
 
-/** Reads whole frames from a byte stream through one reused buffer. */
+/** Reads whole frames from a byte source through one reused buffer. */
 export class FrameReader {
-  #reader: ReadableStreamBYOBReader;
+  #source: Readable;
+  #cancel: () => Promise<void>;
   #buffer: ArrayBuffer;
   #start = 0;
   #end = 0;
@@ -44,14 +46,23 @@ export class FrameReader {
   #initialCapacity: number;
 
   /**
-   * @param readable a byte stream (`Deno.Conn.readable` is one)
+   * @param source what to read: a `Deno.Conn` (read directly, the fast
+   *   path) or a byte stream (read with a BYOB reader)
    * @param initialCapacity first buffer size; it grows to one full frame
    */
   constructor(
-    readable: ReadableStream<Uint8Array>,
+    source: Readable | ReadableStream<Uint8Array>,
     initialCapacity = INITIAL_READ_CAPACITY,
   ) {
-    this.#reader = readable.getReader({ mode: "byob" });
+    if (source instanceof ReadableStream) {
+      const stream = sourceOf(source);
+      this.#source = stream;
+      this.#cancel = () => stream.cancel();
+    } else {
+      this.#source = source;
+      // A connection is its owner's to close: nothing to release here.
+      this.#cancel = () => Promise.resolve();
+    }
     this.#initialCapacity = initialCapacity;
     this.#buffer = new ArrayBuffer(initialCapacity);
   }
@@ -105,10 +116,10 @@ export class FrameReader {
     };
   }
 
-  /** Stops reading; the underlying stream is cancelled. */
+  /** Stops reading; a stream source is cancelled, a connection is left to its owner. */
   async cancel(): Promise<void> {
     try {
-      await this.#reader.cancel();
+      await this.#cancel();
     } catch {
       // Already closed or errored: nothing left to release.
     }
@@ -123,12 +134,9 @@ export class FrameReader {
     while (this.#end - this.#start < count) {
       if (this.#eof) return this.#endOfStream();
       this.#makeRoom(count);
-      let result: ReadableStreamReadResult<Uint8Array>;
+      let got: number | null;
       try {
-        result = await this.#reader.read(
-          new Uint8Array(this.#buffer, this.#end),
-          { min: count - (this.#end - this.#start) },
-        );
+        got = await this.#source.read(new Uint8Array(this.#buffer, this.#end));
       } catch (err) {
         throw new TruncationError(
           `the connection failed before the peer's CLOSE (${
@@ -136,13 +144,8 @@ export class FrameReader {
           })`,
         );
       }
-      if (result.value) {
-        this.#buffer = result.value.buffer as ArrayBuffer;
-        this.#end += result.value.byteLength;
-      } else {
-        this.#buffer = new ArrayBuffer(this.#buffer.byteLength);
-      }
-      if (result.done) this.#eof = true;
+      if (got === null) this.#eof = true;
+      else this.#end += got;
     }
     return true;
   }

@@ -34,6 +34,7 @@ import {
   RemoteError,
   TruncationError,
 } from "./errors.ts";
+import { type Readable, sourceOf, type Writable, writeAll } from "./conn.ts";
 import { MAX_DATA_BODY } from "./frame.ts";
 import { decodeTarget, encodeTarget, type HostPort, type Target } from "./target.ts";
 
@@ -48,9 +49,7 @@ export interface SessionOptions {
 /** Frames a session may have encrypting or waiting for the wire at once. */
 export const MAX_FRAMES_IN_FLIGHT = 4;
 /** Read size of a quiet source; it grows to a full frame while data flows. */
-export const QUIET_READ_SIZE = 4096;
-/** Received bytes a session queues for a reader that is not reading. */
-export const READ_QUEUE_BYTES = 4 * MAX_DATA_BODY;
+export const QUIET_READ_SIZE = 1024;
 /** Unanswered PINGs after which the peer is considered gone. */
 export const KEEPALIVE_MISSES = 3;
 const MAX_PING_BODY = 8;
@@ -71,14 +70,14 @@ export async function receiveOpen(channel: SecureChannel): Promise<Target> {
   if (!message) {
     throw new TruncationError("the client closed the connection before OPEN");
   }
+  // The channel applies REKEY itself; before OPEN it is still a frame other than OPEN.
+  if (channel.rekeys.received > 0) {
+    throw new ProtocolError("the first message must be OPEN, not REKEY");
+  }
   if (message.type !== MessageType.open) {
     throw new ProtocolError(
       `the first message must be OPEN, not type ${message.type}`,
     );
-  }
-  // The channel applies REKEY itself; before OPEN it is still a frame other than OPEN.
-  if (channel.rekeys.received > 0) {
-    throw new ProtocolError("the first message must be OPEN, not REKEY");
   }
   return decodeTarget(message.body);
 }
@@ -95,16 +94,13 @@ export interface SessionSummary {
 /** One tunnel session: a duplex plaintext byte stream over a channel. */
 export class Session {
   readonly channel: SecureChannel;
-  /** DATA from the peer; closes at its CLOSE, errors on any failure. */
-  readonly readable: ReadableStream<Uint8Array>;
-  /** Data to the peer; close() sends CLOSE. */
-  readonly writable: WritableStream<Uint8Array>;
   /** Client side: resolves at OPEN_OK, rejects with the server's ERROR. */
   readonly opened: Promise<void>;
   /** Resolves when the session ended, cleanly or not. */
   readonly ended: Promise<SessionSummary>;
 
-  #readController!: ReadableStreamDefaultController<Uint8Array>;
+  #readable: ReadableStream<Uint8Array> | null = null;
+  #writable: WritableStream<Uint8Array> | null = null;
   #resolveOpened!: () => void;
   #rejectOpened!: (err: Error) => void;
   #resolveEnded!: (summary: SessionSummary) => void;
@@ -112,20 +108,26 @@ export class Session {
   #sentClose = false;
   #receivedClose = false;
   #finished = false;
-  #inFlight: Promise<void>[] = [];
+  #error: Error | null = null;
   #bytesIn = 0;
   #bytesOut = 0;
   #lastReceived = Date.now();
   #lastActivity = Date.now();
   #receiving = false;
   #unansweredPings = 0;
+  /** Set while a failed write waits for the peer's last words (see #writeFailed). */
+  #lastWords: { error: unknown; timer: ReturnType<typeof setTimeout> } | null = null;
   /** PINGs this side sent that no PONG has answered yet (their bodies are all empty). */
   #pingsAwaitingPong = 0;
   /** The PONG being sent: no further frame is read until it is on the wire. */
   #pong: Promise<void> | null = null;
   #timer: ReturnType<typeof setInterval> | undefined;
-  /** Set while a failed write waits for the peer's last words (see #writeFailed). */
-  #readingLastWords: Promise<void> | null = null;
+  // The receiver's hand-off: a body held for read(), or pumpTo's sink.
+  #mailbox: Uint8Array | null = null;
+  #sink: Writable | null = null;
+  #taken: (() => void) | null = null;
+  #wakeReader: (() => void) | null = null;
+  #pumpDone: { resolve: () => void; reject: (err: Error) => void } | null = null;
 
   private constructor(
     channel: SecureChannel,
@@ -141,22 +143,9 @@ export class Session {
     this.opened.catch(() => {});
     if (!awaitingOpenOk) this.#resolveOpened();
     this.ended = new Promise((resolve) => (this.#resolveEnded = resolve));
-    this.readable = new ReadableStream<Uint8Array>(
-      {
-        start: (controller) => {
-          this.#readController = controller;
-        },
-        pull: () => this.#pull(),
-        cancel: () => this.abort(ErrorCode.internal, "the reader went away"),
-      },
-      new ByteLengthQueuingStrategy({ highWaterMark: READ_QUEUE_BYTES }),
-    );
-    this.writable = new WritableStream<Uint8Array>({
-      write: (chunk) => this.#write(chunk),
-      close: () => this.closeWrite(),
-      abort: () => this.abort(ErrorCode.internal, "the local side of the stream failed"),
-    });
+    channel.onWriteFailure = (err) => this.#writeFailed(err);
     this.#startTimers(options);
+    this.#receiveLoop();
   }
 
   /** Client side: sends OPEN for `target` and returns the session at once. */
@@ -166,7 +155,7 @@ export class Session {
     options: SessionOptions = {},
   ): Session {
     const session = new Session(channel, true, options);
-    session.#track(channel.send(MessageType.open, encodeTarget(target)));
+    channel.post(Uint8Array.of(MessageType.open, ...encodeTarget(target)));
     return session;
   }
 
@@ -198,50 +187,136 @@ export class Session {
     }
   }
 
+  /**
+   * DATA from the peer as a stream; closes at its CLOSE, errors on any
+   * failure. Made on first use: the data path (pumpFrom/pumpTo) needs none.
+   */
+  get readable(): ReadableStream<Uint8Array> {
+    return this.#readable ??= new ReadableStream<Uint8Array>({
+      pull: async (controller) => {
+        const body = await this.read();
+        if (body === null) controller.close();
+        else controller.enqueue(body);
+      },
+      cancel: () => this.abort(ErrorCode.internal, "the reader went away"),
+    }, { highWaterMark: 0 });
+  }
+
+  /** Data to the peer as a stream; close() sends CLOSE. Made on first use. */
+  get writable(): WritableStream<Uint8Array> {
+    return this.#writable ??= new WritableStream<Uint8Array>({
+      write: (chunk) => this.write(chunk),
+      close: () => this.closeWrite(),
+      abort: () => this.abort(ErrorCode.internal, "the local side of the stream failed"),
+    });
+  }
+
   /** Bytes of DATA received and sent so far. */
   get bytes(): { in: number; out: number } {
     return { in: this.#bytesIn, out: this.#bytesOut };
   }
 
   /**
-   * Sends everything `source` yields as DATA, then CLOSE. Reads straight into
-   * the plaintext buffers (type byte at offset 0), so no copy is made.
+   * The next DATA body from the peer, or null once its CLOSE arrived; throws
+   * the session's error. One reader at a time; the body is the caller's.
    */
-  async pumpFrom(source: ReadableStream<Uint8Array>): Promise<void> {
-    const reader = source.getReader({ mode: "byob" });
-    // One buffer, handed back by each BYOB read and reused: Web Crypto has
-    // copied a plaintext by the time sendPlaintext returns. It is small while
-    // the source is quiet (an idle session's pending read holds 4 KiB) and a
-    // full frame while data flows, so bulk data goes out in 64 KiB frames and
-    // interactive data in small ones, without waiting to fill a frame.
-    let buffer = new ArrayBuffer(1 + QUIET_READ_SIZE);
+  async read(): Promise<Uint8Array | null> {
+    for (;;) {
+      if (this.#error) throw this.#error;
+      const body = this.#mailbox;
+      if (body) {
+        this.#mailbox = null;
+        // A synchronous provider lends its large bodies until the next frame.
+        const own = this.channel.lendsBodies ? body.slice() : body;
+        this.#wakeReceiver();
+        return own;
+      }
+      if (this.#receivedClose) return null;
+      await new Promise<void>((resolve) => (this.#wakeReader = resolve));
+    }
+  }
+
+  /**
+   * Writes every DATA body to `sink` until the peer's CLOSE (resolves) or a
+   * failure (rejects). The receiver writes each body itself before it takes
+   * the next frame, so a slow sink slows the peer through TCP flow control.
+   */
+  async pumpTo(sink: Writable): Promise<void> {
+    if (this.#sink) throw new Error("the session is already being read");
+    for (let body; (body = this.#mailbox) !== null && !this.#error;) {
+      this.#mailbox = null;
+      await this.#writeToSink(sink, body);
+    }
+    if (this.#error) throw this.#error;
+    this.#sink = sink;
+    const done = new Promise<void>((resolve, reject) => (this.#pumpDone = { resolve, reject }));
+    this.#wakeReceiver();
+    if (this.#receivedClose) this.#pumpDone?.resolve();
+    await done;
+  }
+
+  /**
+   * Sends everything `source` yields as DATA, then CLOSE. Reads straight into
+   * one reused plaintext buffer (type byte at offset 0): the seal copies it
+   * before post() returns.
+   */
+  async pumpFrom(source: Readable | ReadableStream<Uint8Array>): Promise<void> {
+    const stream = source instanceof ReadableStream ? sourceOf(source) : null;
+    const input = stream ?? (source as Readable);
+    // Small while the source is quiet (an idle session's pending read holds
+    // 4 KiB) and a full frame while data flows, so bulk data goes out in
+    // 64 KiB frames and interactive data in small ones, without waiting to
+    // fill a frame.
+    let buffer = new Uint8Array(1 + QUIET_READ_SIZE);
     try {
       for (;;) {
-        if (this.#inFlight.length >= MAX_FRAMES_IN_FLIGHT) await this.#settleOldest();
+        const room = this.channel.roomFor(MAX_FRAMES_IN_FLIGHT);
+        if (room) await room;
+        if (this.#sentClose || this.#finished || this.#lastWords) break;
         const capacity = buffer.byteLength - 1;
-        const { value, done } = await reader.read(new Uint8Array(buffer, 1, capacity));
-        if (done || !value) break;
-        const plaintext = new Uint8Array(value.buffer, 0, 1 + value.byteLength);
-        plaintext[0] = MessageType.data;
-        this.#bytesOut += value.byteLength;
-        this.#sendData(plaintext);
-        buffer = value.buffer as ArrayBuffer;
-        if (value.byteLength === capacity && capacity < MAX_DATA_BODY) {
-          buffer = new ArrayBuffer(1 + MAX_DATA_BODY);
-        } else if (value.byteLength < QUIET_READ_SIZE && capacity > QUIET_READ_SIZE) {
-          buffer = new ArrayBuffer(1 + QUIET_READ_SIZE);
+        const count = await input.read(buffer.subarray(1));
+        if (count === null) break;
+        if (count === 0) continue;
+        if (this.#sentClose || this.#finished || this.#lastWords) break;
+        buffer[0] = MessageType.data;
+        this.#bytesOut += count;
+        this.#lastActivity = Date.now();
+        this.channel.post(buffer.subarray(0, 1 + count));
+        if (count === capacity && capacity < MAX_DATA_BODY) {
+          buffer = new Uint8Array(1 + MAX_DATA_BODY);
+        } else if (count < QUIET_READ_SIZE && capacity > QUIET_READ_SIZE) {
+          buffer = new Uint8Array(1 + QUIET_READ_SIZE);
         }
       }
     } catch (err) {
-      // A failed send (awaited in #settleOldest) is #writeFailed's to report.
-      if (!this.#finished && !this.#readingLastWords) {
-        this.abort(ErrorCode.internal, "reading the local stream failed");
-      }
+      if (!this.#finished) this.abort(ErrorCode.internal, "reading the local stream failed");
       throw err;
     } finally {
-      reader.releaseLock();
+      stream?.release();
     }
     await this.closeWrite();
+  }
+
+  /**
+   * Sends `chunk` as DATA (split into frames); resolves when there is room
+   * for more (backpressure). Rejects once the session is closed for writing.
+   */
+  write(chunk: Uint8Array): Promise<void> {
+    if (this.#sentClose || this.#finished) {
+      return Promise.reject(
+        this.#error ?? new CipherlinkError("the session is closed for writing"),
+      );
+    }
+    for (let at = 0; at < chunk.byteLength; at += MAX_DATA_BODY) {
+      const piece = chunk.subarray(at, at + MAX_DATA_BODY);
+      const plaintext = new Uint8Array(1 + piece.byteLength);
+      plaintext[0] = MessageType.data;
+      plaintext.set(piece, 1);
+      this.#bytesOut += piece.byteLength;
+      this.channel.post(plaintext);
+    }
+    this.#lastActivity = Date.now();
+    return this.channel.roomFor(MAX_FRAMES_IN_FLIGHT) ?? Promise.resolve();
   }
 
   /** Sends CLOSE after every queued DATA: a half-close, like TCP FIN. */
@@ -249,8 +324,11 @@ export class Session {
     if (this.#sentClose || this.#finished) return;
     this.#sentClose = true;
     // Frames reach the wire in order: once CLOSE is written, all DATA is.
-    await this.#track(this.channel.send(MessageType.close));
-    this.#inFlight = [];
+    try {
+      await this.channel.send(MessageType.close);
+    } catch {
+      return; // the failure ended the session already (onWriteFailure)
+    }
     this.#maybeFinish();
   }
 
@@ -260,218 +338,164 @@ export class Session {
    */
   abort(code: number, message: string, cause?: Error): void {
     if (this.#finished) return;
-    const goodbye = this.channel.send(MessageType.error, errorBody(code, message))
-      .then(() => this.channel.flush());
-    this.#finish(cause ?? new CipherlinkError(message), this.#closeAfter(goodbye));
+    this.channel.post(errorPlaintext(code, message));
+    this.#finish(cause ?? new CipherlinkError(message), this.#closeAfter(this.channel.flush()));
   }
 
   /** Closes the connection without a word: for peers that broke the protocol. */
   drop(error: Error): void {
     // A failed write is waiting for the peer's last frames, which end the
     // session with the peer's reason; a caller's drop must not pre-empt them.
-    if (this.#readingLastWords) return;
-    this.#drop(error);
-  }
-
-  #drop(error: Error): void {
-    if (this.#finished) return;
+    if (this.#finished || this.#lastWords) return;
     this.channel.close();
     this.#finish(error);
   }
 
-  #write(chunk: Uint8Array): Promise<void> | void {
-    for (let at = 0; at < chunk.byteLength; at += MAX_DATA_BODY) {
-      const piece = chunk.subarray(at, at + MAX_DATA_BODY);
-      const plaintext = new Uint8Array(1 + piece.byteLength);
-      plaintext[0] = MessageType.data;
-      plaintext.set(piece, 1);
-      this.#bytesOut += piece.byteLength;
-      this.#sendData(plaintext);
-    }
-    if (this.#inFlight.length > MAX_FRAMES_IN_FLIGHT) {
-      return this.#settleOldest();
-    }
-  }
-
-  #sendData(plaintext: Uint8Array): Promise<void> {
-    if (this.#sentClose || this.#finished) {
-      const refused = Promise.reject(new CipherlinkError("the session is closed for writing"));
-      // Callers may drop it (pumpFrom, #write): data after the end is simply not
-      // sent, and must not become an unhandled rejection that ends the process.
-      refused.catch(() => {});
-      return refused;
-    }
-    this.#lastActivity = Date.now();
-    const sent = this.#track(this.channel.sendPlaintext(plaintext));
-    this.#inFlight.push(sent);
-    return sent;
-  }
-
-  /** Watches a send: a failed write ends the session. */
-  #track(sent: Promise<void>): Promise<void> {
-    sent.catch((err) => this.#writeFailed(err));
-    return sent;
-  }
-
   /**
-   * A write failed, typically because the peer answered ERROR and closed
-   * while we were still sending (a refused target with data already queued).
-   * What the peer said is the real reason: read what remains of the
-   * connection first, and report the write failure only if no ERROR (or
-   * other end) arrives within WRITE_FAILURE_GRACE_MS.
+   * The session's one receiver, from construction to the end: handles every
+   * message, and hands each DATA body to the sink of pumpTo (written before
+   * the next frame is taken) or to read() (held until taken). After the
+   * peer's CLOSE it keeps reading control messages (PING, ERROR).
    */
-  #writeFailed(err: unknown): void {
-    if (this.#finished || this.#readingLastWords) return;
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const deadline = new Promise<void>((
-      resolve,
-    ) => (timer = setTimeout(resolve, WRITE_FAILURE_GRACE_MS)));
-    // A reader already waiting on the channel will see the peer's frames
-    // itself; otherwise read them here (one receiver at a time).
-    const reading = this.#receiving ? this.ended.then(() => {}) : this.#readLastWords();
-    this.#readingLastWords = Promise.race([reading, deadline]).then(() => {
-      clearTimeout(timer);
-      this.#readingLastWords = null;
-      this.#fail(err);
-    });
-  }
-
-  async #readLastWords(): Promise<void> {
-    this.#receiving = true;
-    try {
-      while (!this.#finished) {
-        const message = await this.channel.receive();
-        if (!message) return;
-        this.#handle(message.type, message.body);
-      }
-    } catch {
-      // The connection failed: the write failure stands.
-    } finally {
-      this.#receiving = false;
-    }
-  }
-
-  async #settleOldest(): Promise<void> {
-    while (this.#inFlight.length > MAX_FRAMES_IN_FLIGHT - 1) {
-      await this.#inFlight.shift();
-    }
-  }
-
-  async #pull(): Promise<void> {
-    if (this.#readingLastWords) await this.#readingLastWords;
+  async #receiveLoop(): Promise<void> {
     while (!this.#finished) {
-      // At most one PONG is outstanding: a peer that PINGs and never reads
-      // stalls its own stream instead of growing a queue here.
-      if (this.#pong) await this.#pong;
+      if (this.#pong) {
+        await this.#pong.catch(() => {}); // a failed write ended the session already
+        this.#pong = null;
+        continue;
+      }
       let message;
       this.#receiving = true;
       try {
         message = await this.channel.receive();
       } catch (err) {
-        this.#fail(err);
-        return;
+        return this.#fail(this.#lastWords?.error ?? err);
       } finally {
         this.#receiving = false;
       }
-      if (!message) return this.#fail(new TruncationError());
+      if (!message) return this.#fail(this.#lastWords?.error ?? new TruncationError());
       this.#lastReceived = this.#lastActivity = Date.now();
       this.#unansweredPings = 0;
-      const delivered = this.#handle(message.type, message.body);
-      if (delivered) return;
+      const body = this.#handle(message.type, message.body);
+      if (body === null) {
+        this.#wakeReader?.();
+        this.#pumpDone?.resolve();
+      } else if (body !== undefined && !this.#finished) {
+        if (this.#sink) {
+          await this.#writeToSink(this.#sink, body);
+        } else {
+          this.#mailbox = body;
+          this.#wakeReader?.();
+          await new Promise<void>((resolve) => (this.#taken = resolve));
+        }
+      }
     }
   }
 
-  /** Handles one message; true when the reader got something (data or end). */
-  #handle(type: number, body: Uint8Array): boolean {
+  async #writeToSink(sink: Writable, body: Uint8Array): Promise<void> {
+    try {
+      await writeAll(sink, body);
+    } catch (err) {
+      this.abort(
+        ErrorCode.internal,
+        "writing to the local side failed",
+        err instanceof Error ? err : undefined,
+      );
+    }
+  }
+
+  /** Lets the receiver go on once read() or pumpTo took the held body. */
+  #wakeReceiver(): void {
+    const taken = this.#taken;
+    this.#taken = null;
+    taken?.();
+  }
+
+  /**
+   * Handles one message: DATA's body, null for CLOSE, undefined for a
+   * control message (or a violation, which ends the session).
+   */
+  #handle(type: number, body: Uint8Array): Uint8Array | null | undefined {
     switch (type) {
       case MessageType.data:
         if (this.#awaitingOpenOk) return this.#violation("DATA before OPEN_OK");
         if (this.#receivedClose) return this.#violation("DATA after CLOSE");
         if (body.byteLength === 0) return this.#violation("empty DATA");
         this.#bytesIn += body.byteLength;
-        this.#readController.enqueue(body);
-        return true;
+        return body;
       case MessageType.close:
-        if (body.byteLength !== 0) return this.#violation("CLOSE with a body");
         if (this.#awaitingOpenOk) {
           return this.#violation("CLOSE before OPEN_OK");
         }
         if (this.#receivedClose) return this.#violation("a second CLOSE");
+        if (body.byteLength !== 0) return this.#violation("CLOSE with a body");
         this.#receivedClose = true;
-        this.#readController.close();
         this.#maybeFinish();
-        if (!this.#finished) this.#serviceControlAfterClose();
-        return true;
+        return null;
       case MessageType.ping:
         if (body.byteLength > MAX_PING_BODY) {
           return this.#violation("PING body over 8 bytes");
         }
-        this.#pong = this.#track(this.channel.send(MessageType.pong, body))
-          .catch(() => {}) // #track ended the session; the reader just stops waiting
-          .finally(() => (this.#pong = null));
-        return false;
+        // At most one PONG is outstanding: the receiver reads nothing more
+        // until it is on the wire, so a peer that PINGs and never reads
+        // stalls its own stream instead of growing a queue here.
+        this.#pong = this.channel.send(MessageType.pong, body);
+        return undefined;
       case MessageType.pong:
         // Our PINGs (keepalive) carry an empty body; a PONG must echo one of them.
         if (this.#pingsAwaitingPong === 0) return this.#violation("PONG without a PING");
         if (body.byteLength !== 0) return this.#violation("PONG body differs from the PING's");
         this.#pingsAwaitingPong--;
-        return false;
+        return undefined;
       case MessageType.openOk:
-        if (body.byteLength !== 0) return this.#violation("OPEN_OK with a body");
         if (!this.#awaitingOpenOk) return this.#violation("unexpected OPEN_OK");
+        if (body.byteLength !== 0) return this.#violation("OPEN_OK with a body");
         this.#awaitingOpenOk = false;
         this.#resolveOpened();
-        return false;
+        return undefined;
       case MessageType.error: {
         const code = body[0] ?? 0;
         const text = new TextDecoder().decode(body.subarray(1));
         this.channel.close();
         this.#finish(new RemoteError(code, text || "no message"));
-        return true;
+        return undefined;
       }
       default:
         return this.#violation(`unexpected message type ${type}`);
     }
   }
 
-  /**
-   * After the peer's CLOSE nobody reads the stream, but PINGs and ERRORs may
-   * still come while we send: keep reading them until the session ends.
-   */
-  async #serviceControlAfterClose(): Promise<void> {
-    if (this.#readingLastWords) await this.#readingLastWords;
-    while (!this.#finished) {
-      if (this.#pong) await this.#pong;
-      let message;
-      this.#receiving = true;
-      try {
-        message = await this.channel.receive();
-      } catch (err) {
-        return this.#fail(err);
-      } finally {
-        this.#receiving = false;
-      }
-      if (!message) return this.#fail(new TruncationError());
-      this.#lastReceived = this.#lastActivity = Date.now();
-      this.#unansweredPings = 0;
-      this.#handle(message.type, message.body);
-    }
-  }
-
-  #violation(detail: string): true {
+  #violation(detail: string): undefined {
     const error = new ProtocolError(detail);
     this.abort(ErrorCode.protocolViolation, detail, error);
-    return true;
+    return undefined;
+  }
+
+  /**
+   * A write failed, typically because the peer answered ERROR and closed
+   * while we were still sending (a refused target with data already queued).
+   * What the peer said is the real reason: the receiver keeps reading, and
+   * the write failure is reported only if no ERROR arrives first (the end of
+   * the connection, or WRITE_FAILURE_GRACE_MS, whichever comes first).
+   */
+  #writeFailed(err: unknown): void {
+    if (this.#finished || this.#lastWords) return;
+    const timer = setTimeout(() => this.#fail(err), WRITE_FAILURE_GRACE_MS);
+    this.#lastWords = { error: err, timer };
   }
 
   #fail(err: unknown): void {
     if (this.#finished) return;
+    if (this.#lastWords) {
+      clearTimeout(this.#lastWords.timer);
+      this.#lastWords = null;
+    }
     const error = err instanceof Error ? err : new Error(String(err));
     // A bad frame header is dropped without a word (protocol section 1); a
     // frame that arrived whole but broke the rules may be answered ERROR 1.
     if (error instanceof ProtocolError && !(error instanceof FrameHeaderError)) {
       this.abort(ErrorCode.protocolViolation, "protocol violation", error);
-    } else this.#drop(error);
+    } else this.drop(error);
   }
 
   #maybeFinish(): void {
@@ -498,14 +522,17 @@ export class Session {
     if (this.#finished) return;
     this.#finished = true;
     clearInterval(this.#timer);
+    if (this.#lastWords) clearTimeout(this.#lastWords.timer);
     if (error) {
+      this.#error = error;
       this.#rejectOpened(error);
-      try {
-        this.#readController.error(error);
-      } catch {
-        // Already closed: the reader saw a clean end before the failure.
-      }
+      // A reader waiting on a quiet peer sees the error now, not at the close.
+      this.channel.interrupt(error);
+      this.#mailbox = null;
+      this.#pumpDone?.reject(error);
     }
+    this.#wakeReader?.();
+    this.#wakeReceiver();
     // A clean end needs both CLOSEs, and CLOSE before OPEN_OK is a violation:
     // so without an error, `opened` has already resolved.
     closed.then(() =>
@@ -551,7 +578,7 @@ export class Session {
         this.#unansweredPings++;
         this.#pingsAwaitingPong++;
         this.#lastReceived = now;
-        this.#track(this.channel.send(MessageType.ping));
+        this.channel.post(Uint8Array.of(MessageType.ping));
       }
     }, tick / 4 > 50 ? tick / 4 : tick);
   }
@@ -560,4 +587,8 @@ export class Session {
 function errorBody(code: number, message: string): Uint8Array {
   const text = new TextEncoder().encode(message).subarray(0, 1024);
   return Uint8Array.of(code, ...text);
+}
+
+function errorPlaintext(code: number, message: string): Uint8Array {
+  return Uint8Array.of(MessageType.error, ...errorBody(code, message));
 }

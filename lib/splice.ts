@@ -5,7 +5,7 @@
  * Both directions run at once and carry half-closes through: the TCP side's
  * EOF becomes CLOSE, the peer's CLOSE becomes a TCP FIN (`closeWrite`).
  * Backpressure crosses too: nothing is read from one side faster than the
- * other side accepts it.
+ * other side accepts it. Plain pumps over the connection, no web streams.
  *
  * @example
  * ```ts
@@ -17,7 +17,7 @@
  * @module
  */
 
-import { closeQuietly, type Connection, readableOf, writableOf } from "./conn.ts";
+import { closeQuietly, type Connection } from "./conn.ts";
 import type { Session, SessionSummary } from "./session.ts";
 
 /**
@@ -25,7 +25,12 @@ import type { Session, SessionSummary } from "./session.ts";
  * with CLOSE after the echoes.
  */
 export async function echo(session: Session): Promise<SessionSummary> {
-  await session.readable.pipeTo(session.writable).catch(() => {});
+  try {
+    for (let body; (body = await session.read()) !== null;) await session.write(body);
+    await session.closeWrite();
+  } catch {
+    // The session ended with an error: `ended` reports it.
+  }
   return await session.ended;
 }
 
@@ -38,8 +43,8 @@ export async function splice(session: Session, conn: Connection): Promise<Sessio
   // A failed session ends both directions at once: closing the socket wakes
   // a read that would otherwise wait for a local application that is idle.
   session.ended.then(({ error }) => error && closeQuietly(conn));
-  const toTunnel = session.pumpFrom(readableOf(conn));
-  const fromTunnel = session.readable.pipeTo(writableOf(conn)).then(() => conn.closeWrite());
+  const toTunnel = session.pumpFrom(conn);
+  const fromTunnel = session.pumpTo(conn).then(() => conn.closeWrite());
   const outcome = await Promise.allSettled([toTunnel, fromTunnel]);
   const failure = outcome.find((o): o is PromiseRejectedResult => o.status === "rejected");
   if (failure) {

@@ -1,10 +1,13 @@
 /**
- * `deno task bench`: Cipherlink against the tunnels people use today
- * (stunnel4, spiped, shadowsocks-libev), all on 127.0.0.1 in one run, with
+ * `deno task bench`: Cipherlink (once per crypto provider: webcrypto,
+ * openssl) against the tunnels people use today (stunnel4, spiped,
+ * shadowsocks-libev, OpenSSH port forwarding), all on 127.0.0.1 in one run, with
  * plain TCP through the same source and sink as the baseline. Measures
  * throughput (1 and N streams), 64-byte round-trip latency (p50/p99), new
  * sessions per second, and the tunnel server's memory per idle session;
- * prints one table, writes bench/results/latest.json and latest.svg.
+ * checks Cipherlink against issue 13's targets, measures Web Crypto's own
+ * in-process ceiling (Cipherlink's share of it), prints one table, writes
+ * bench/results/latest.json and latest.svg.
  *
  * Each tunnel's two processes run only for its own measurements (start,
  * measure, stop) so they never compete for the CPU with another tunnel. The
@@ -12,7 +15,7 @@
  *
  * Usage: deno task bench [--seconds 3] [--bytes 0] [--streams 8] [--rtts 5000]
  *   [--sessions-seconds 3] [--workers 8] [--idle-sessions 1000]
- *   [--only cipherlink,stunnel,spiped,shadowsocks] [--out bench/results]
+ *   [--only cipherlink,cipherlink-openssl,stunnel,spiped,shadowsocks,ssh] [--out bench/results]
  *
  * The task runs with --allow-all: Deno 2.9 refuses every read under /proc
  * (VmRSS, cpuinfo, open-file limits) to anything less, and a script that
@@ -36,16 +39,20 @@ import {
   processTicks,
   raiseOpenFileLimit,
   Registry,
-  rssKiB,
+  treeRssKiB,
 } from "./bench/procs.ts";
+import { measureCeiling } from "./bench/ceiling.ts";
 import {
   type BenchResults,
+  type Ceiling,
   type Interference,
   metrics,
   ratios,
   type Settings,
   svg,
   table,
+  targetLines,
+  targets,
   type TunnelResult,
 } from "./bench/report.ts";
 import { type Detection, type RunningTunnel, type Tunnel, TUNNELS } from "./bench/tunnels.ts";
@@ -293,14 +300,14 @@ class Measurer {
   async memoryRow(tunnel: RunningTunnel): Promise<void> {
     const count = this.settings.idleSessions;
     this.result.idle = await this.step("memory", async () => {
-      const serverBefore = await rssKiB(tunnel.server.pid);
-      const clientBefore = await rssKiB(tunnel.client.pid);
+      const serverBefore = await treeRssKiB(tunnel.server.pid);
+      const clientBefore = await treeRssKiB(tunnel.client.pid);
       const started = performance.now();
       const conns = await openIdleSessions(tunnel.localPort, count, IDLE_OPENERS);
       try {
         const openSeconds = (performance.now() - started) / 1000;
-        const serverAfter = await rssKiB(tunnel.server.pid);
-        const clientAfter = await rssKiB(tunnel.client.pid);
+        const serverAfter = await treeRssKiB(tunnel.server.pid);
+        const clientAfter = await treeRssKiB(tunnel.client.pid);
         return {
           sessions: count,
           openSeconds,
@@ -491,9 +498,25 @@ async function main(args: string[]): Promise<number> {
       ? await measureVpn({ seconds: Math.max(settings.seconds, 5), pings: vpnPings, progress })
       : undefined;
 
+    const ceilings: Ceiling[] = [];
+    const webcryptoRow = tunnels.find((t) => t.name === "cipherlink" && !t.skipped);
+    if (webcryptoRow) {
+      progress("Web Crypto's own ceiling (seal+open in this process)");
+      const run = await measureCeiling(Math.max(1, settings.seconds));
+      const fraction = (mbps: number | undefined) =>
+        mbps === undefined ? null : mbps / run.sealOpenMBps;
+      ceilings.push({
+        provider: "webcrypto",
+        ...run,
+        fraction1: fraction(webcryptoRow.throughput1?.mbPerSecond),
+        fractionN: fraction(webcryptoRow.throughputN?.mbPerSecond),
+      });
+      progress(`  ${run.sealOpenMBps.toFixed(0)} MB/s`);
+    }
+
     machine.loadAtEnd = loadAverage();
     const results: BenchResults & { vpn?: VpnBench } = {
-      schema: 1,
+      schema: 2,
       startedAt: startedAt.toISOString(),
       seconds: (performance.now() - clock) / 1000,
       machine,
@@ -503,10 +526,14 @@ async function main(args: string[]): Promise<number> {
       tunnels,
       ratios: ratios(tunnels, metrics(settings.streams)),
       vpn,
+      targets: targets(tunnels, settings.streams),
+      ceilings,
     };
 
     console.log();
     console.log(table(results));
+    console.log();
+    for (const line of targetLines(results)) console.log(line);
     console.log();
     if (vpn) console.log(vpnTable(vpn) + "\n");
     const notes: string[] = [];
@@ -523,7 +550,7 @@ async function main(args: string[]): Promise<number> {
       }
     }
     notes.push(
-      `MB = 10^6 bytes; memory = (server VmRSS with ${settings.idleSessions} idle sessions - before) / ${settings.idleSessions}; ` +
+      `MB = 10^6 bytes; memory = (server VmRSS, with its child processes, with ${settings.idleSessions} idle sessions - before) / ${settings.idleSessions}; ` +
         `ratios above 1 are better for throughput and sessions, below 1 for latency and memory.`,
     );
     for (const note of notes) console.log(`note: ${note}`);

@@ -191,6 +191,20 @@ export async function rssKiB(pid: number): Promise<number> {
   return Number(match[1]);
 }
 
+/**
+ * Resident memory of a process and all its descendants in KiB: for servers
+ * that fork a process per connection (sshd). Shared pages count once per
+ * process, so this is an upper bound for forked children.
+ */
+export async function treeRssKiB(pid: number): Promise<number> {
+  let total = await rssKiB(pid);
+  const children = await Deno.readTextFile(`/proc/${pid}/task/${pid}/children`).catch(() => "");
+  for (const child of children.split(/\s+/).filter((c) => c !== "")) {
+    total += await treeRssKiB(Number(child)).catch(() => 0);
+  }
+  return total;
+}
+
 /** Runs a short command and returns stdout + stderr ("" if it cannot run), bounded by `ms`. */
 export async function capture(argv: string[], ms = 5000): Promise<string> {
   const [command, ...args] = argv;

@@ -70,9 +70,29 @@ export interface Ratio {
   bestPeer: string;
 }
 
+/** One issue-13 target of one Cipherlink row: the ratio (or KiB) and whether it is met. */
+export interface TargetCheck {
+  what: string;
+  value: number | null;
+  goal: string;
+  met: boolean | null;
+}
+
+/** A crypto provider's own in-process ceiling, and the tunnel's share of it. */
+export interface Ceiling {
+  provider: string;
+  /** Plaintext bytes, at the data path's frame size, sealed and opened per second in one process. */
+  sealOpenMBps: number;
+  frameBytes: number;
+  depth: number;
+  /** One stream's throughput through the tunnel over that ceiling. */
+  fraction1: number | null;
+  fractionN: number | null;
+}
+
 /** The whole JSON file. */
 export interface BenchResults {
-  schema: 1;
+  schema: 2;
   startedAt: string;
   seconds: number;
   machine: {
@@ -89,7 +109,11 @@ export interface BenchResults {
   settings: Settings;
   baseline: TunnelResult;
   tunnels: TunnelResult[];
-  ratios: Record<string, Ratio | null>;
+  /** Cipherlink row name -> metric -> its ratio to the best peer. */
+  ratios: Record<string, Record<string, Ratio | null>>;
+  /** Cipherlink row name -> the issue's targets for it. */
+  targets: Record<string, TargetCheck[]>;
+  ceilings: Ceiling[];
 }
 
 /** One column of the table and one panel of the chart. */
@@ -169,29 +193,132 @@ function failedAt(result: TunnelResult, metric: Metric): boolean {
   return [metric.step, "start", "warmup"].some((step) => step in result.errors);
 }
 
-/** Cipherlink's ratio to the best peer, per metric (null without both). */
-export function ratios(tunnels: TunnelResult[], list: Metric[]): Record<string, Ratio | null> {
-  const out: Record<string, Ratio | null> = {};
-  const ours = tunnels.find((t) => t.name === "cipherlink");
-  for (const metric of list) {
-    const mine = ours ? metric.value(ours) : undefined;
-    let best: { value: number; name: string } | null = null;
-    for (const peer of tunnels) {
-      const value = peer.name === "cipherlink" ? undefined : metric.value(peer);
-      if (value === undefined || !Number.isFinite(value)) continue;
-      const better = metric.better === "higher"
-        ? value > (best?.value ?? -Infinity)
-        : value < (best?.value ?? Infinity);
-      if (better) best = { value, name: peer.name };
+/** Whether a tunnel is one of Cipherlink's rows. */
+export function isCipherlink(name: string): boolean {
+  return name === "cipherlink" || name.startsWith("cipherlink-");
+}
+
+/** Each Cipherlink row's ratio to the best peer, per metric (null without both). */
+export function ratios(
+  tunnels: TunnelResult[],
+  list: Metric[],
+): Record<string, Record<string, Ratio | null>> {
+  const all: Record<string, Record<string, Ratio | null>> = {};
+  for (const ours of tunnels.filter((t) => isCipherlink(t.name) && !t.skipped)) {
+    const out: Record<string, Ratio | null> = {};
+    for (const metric of list) {
+      const mine = metric.value(ours);
+      let best: { value: number; name: string } | null = null;
+      for (const peer of tunnels) {
+        const value = isCipherlink(peer.name) ? undefined : metric.value(peer);
+        if (value === undefined || !Number.isFinite(value)) continue;
+        const better = metric.better === "higher"
+          ? value > (best?.value ?? -Infinity)
+          : value < (best?.value ?? Infinity);
+        if (better) best = { value, name: peer.name };
+      }
+      out[metric.key] = mine === undefined || best === null || best.value === 0 ? null : {
+        ratio: mine / best.value,
+        cipherlink: mine,
+        best: best.value,
+        bestPeer: best.name,
+      };
     }
-    out[metric.key] = mine === undefined || best === null || best.value === 0 ? null : {
-      ratio: mine / best.value,
-      cipherlink: mine,
-      best: best.value,
-      bestPeer: best.name,
-    };
+    all[ours.name] = out;
+  }
+  return all;
+}
+
+/** The issue's targets (issue 13) per provider: [throughput x stunnel, p50 x stunnel, sessions x spiped]. */
+const TARGET_GOALS: Record<string, { throughput: number; latency: number; sessions: number }> = {
+  "cipherlink-openssl": { throughput: 1.2, latency: 1.3, sessions: 1.5 },
+  cipherlink: { throughput: 0.6, latency: 2.0, sessions: 1.0 },
+};
+/** Memory per idle session, both ends, every provider. */
+const TARGET_IDLE_KIB = 32;
+
+/** Checks every Cipherlink row against the issue's targets (same run, same machine). */
+export function targets(tunnels: TunnelResult[], streams: number): Record<string, TargetCheck[]> {
+  const peer = (name: string) => tunnels.find((t) => t.name === name && !t.skipped);
+  const stunnel = peer("stunnel");
+  const spiped = peer("spiped");
+  const over = (a: number | undefined, b: number | undefined) =>
+    a === undefined || b === undefined || b === 0 ? null : a / b;
+  const out: Record<string, TargetCheck[]> = {};
+  for (const ours of tunnels.filter((t) => isCipherlink(t.name) && !t.skipped)) {
+    const goal = TARGET_GOALS[ours.name] ?? TARGET_GOALS.cipherlink;
+    const checks: TargetCheck[] = [];
+    const atLeast = (what: string, value: number | null, min: number) =>
+      checks.push({ what, value, goal: `>= ${min}x`, met: value === null ? null : value >= min });
+    const atMost = (what: string, value: number | null, max: number, unit = "x") =>
+      checks.push({
+        what,
+        value,
+        goal: `<= ${max}${unit}`,
+        met: value === null ? null : value <= max,
+      });
+    atLeast(
+      "1 stream / stunnel4",
+      over(ours.throughput1?.mbPerSecond, stunnel?.throughput1?.mbPerSecond),
+      goal.throughput,
+    );
+    atLeast(
+      `${streams} streams / stunnel4`,
+      over(ours.throughputN?.mbPerSecond, stunnel?.throughputN?.mbPerSecond),
+      goal.throughput,
+    );
+    atMost(
+      "round trip p50 / stunnel4",
+      over(ours.latency?.p50Us, stunnel?.latency?.p50Us),
+      goal.latency,
+    );
+    atLeast(
+      "new sessions / spiped",
+      over(ours.sessions?.perSecond, spiped?.sessions?.perSecond),
+      goal.sessions,
+    );
+    atMost(
+      "server KiB per idle session",
+      ours.idle?.serverKiBPerSession ?? null,
+      TARGET_IDLE_KIB,
+      " KiB",
+    );
+    atMost(
+      "client KiB per idle session",
+      ours.idle?.clientKiBPerSession ?? null,
+      TARGET_IDLE_KIB,
+      " KiB",
+    );
+    out[ours.name] = checks;
   }
   return out;
+}
+
+/** The targets as lines of text, one Cipherlink row at a time. */
+export function targetLines(results: BenchResults): string[] {
+  const lines: string[] = [];
+  for (const [name, checks] of Object.entries(results.targets)) {
+    const label = results.tunnels.find((t) => t.name === name)?.label ?? name;
+    const cells = checks.map((c) =>
+      `${c.what} ${c.value === null ? "n/a" : c.value.toFixed(2)} (${c.goal}: ${
+        c.met === null ? "not measured" : c.met ? "met" : "MISSED"
+      })`
+    );
+    lines.push(`targets, ${label}: ${cells.join("; ")}`);
+  }
+  for (const c of results.ceilings) {
+    lines.push(
+      `ceiling, ${c.provider}: seal+open of ${c.frameBytes}-byte frames, ${c.depth} in flight, ` +
+        `${c.sealOpenMBps.toFixed(0)} MB/s in one process; Cipherlink (${c.provider}) reaches ` +
+        `${
+          c.fraction1 === null ? "n/a" : `${(100 * c.fraction1).toFixed(0)}%`
+        } of it with 1 stream, ` +
+        `${
+          c.fractionN === null ? "n/a" : `${(100 * c.fractionN).toFixed(0)}%`
+        } with ${results.settings.streams}`,
+    );
+  }
+  return lines;
 }
 
 function format(value: number | undefined, digits: number): string {
@@ -222,13 +349,16 @@ export function table(results: BenchResults): string {
       }),
     ]);
   }
-  rows.push([
-    "Cipherlink ÷ best peer",
-    ...list.map((m) => {
-      const r = results.ratios[m.key];
-      return r ? `${r.ratio.toFixed(2)}× (${r.bestPeer})` : "n/a";
-    }),
-  ]);
+  for (const [name, byMetric] of Object.entries(results.ratios)) {
+    const label = results.tunnels.find((t) => t.name === name)?.label ?? name;
+    rows.push([
+      `${label} ÷ best peer`,
+      ...list.map((m) => {
+        const r = byMetric[m.key];
+        return r ? `${r.ratio.toFixed(2)}× (${r.bestPeer})` : "n/a";
+      }),
+    ]);
+  }
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
   const line = (cells: string[]) =>
     `| ${cells.map((c, i) => i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i])).join(" | ")} |`;
@@ -240,16 +370,20 @@ export function table(results: BenchResults): string {
 
 const COLORS: Record<string, string> = {
   cipherlink: "#2563eb",
+  "cipherlink-openssl": "#7c3aed",
   stunnel: "#d97706",
   spiped: "#059669",
   shadowsocks: "#dc2626",
+  ssh: "#0891b2",
 };
 
 const SHORT_NAMES: Record<string, string> = {
-  cipherlink: "Cipherlink",
+  cipherlink: "CL webcrypto",
+  "cipherlink-openssl": "CL openssl",
   stunnel: "stunnel4",
   spiped: "spiped",
   shadowsocks: "shadowsocks",
+  ssh: "OpenSSH -L",
 };
 
 function escapeXml(text: string): string {
@@ -275,10 +409,25 @@ export function svg(results: BenchResults): string {
   const barHeight = 16;
   const barGap = 6;
   const panelHeight = 58 + Math.max(1, shown.length) * (barHeight + barGap) + 8;
-  const top = 84;
   const left = 16;
   const width = left * 2 + columns * panelWidth;
-  const height = top + Math.ceil(list.length / columns) * panelHeight + 28;
+  // The legend wraps onto as many rows as it needs; the panels start below it.
+  const legend: { tunnel: TunnelResult; label: string; x: number; row: number }[] = [];
+  let legendX = left;
+  let legendRow = 0;
+  for (const tunnel of shown) {
+    const label = `${SHORT_NAMES[tunnel.name] ?? tunnel.name}: ${tunnel.version ?? tunnel.label}`;
+    const entryWidth = 26 + label.length * 5.8;
+    if (legendX > left && legendX + entryWidth > width - left) {
+      legendX = left;
+      legendRow++;
+    }
+    legend.push({ tunnel, label, x: legendX, row: legendRow });
+    legendX += entryWidth;
+  }
+  const top = 84 + legendRow * 16;
+  const height = top + Math.ceil(list.length / columns) * panelHeight + 28 +
+    results.ceilings.length * 15;
   const parts: string[] = [];
   const text = (x: number, y: number, content: string, attrs = "") =>
     parts.push(
@@ -303,15 +452,14 @@ export function svg(results: BenchResults): string {
     }, load average ${machine.loadAtStart[0] ?? "?"} at the start — one run of deno task bench`,
     ` font-size="12" fill="#555"`,
   );
-  let legendX = left;
-  for (const tunnel of shown) {
+  for (const { tunnel, label, x, row } of legend) {
     const color = COLORS[tunnel.name] ?? "#6b7280";
     parts.push(
-      `<rect x="${legendX}" y="58" width="12" height="12" rx="2" fill="${color}"/>`,
+      `<rect x="${x.toFixed(1)}" y="${
+        59 + row * 16
+      }" width="10" height="10" rx="2" fill="${color}"/>`,
     );
-    const label = tunnel.version ?? tunnel.label;
-    text(legendX + 17, 69, label, ` font-size="12"`);
-    legendX += 30 + label.length * 6.6;
+    text(x + 17, 69 + row * 16, label, ` font-size="11"`);
   }
 
   list.forEach((metric, index) => {
@@ -358,11 +506,26 @@ export function svg(results: BenchResults): string {
         x0 + labelWidth + barWidth + 5,
         y + barHeight - 4,
         format(value, metric.digits),
-        ` font-size="12"${tunnel.name === "cipherlink" ? ` font-weight="600"` : ""}`,
+        ` font-size="12"${isCipherlink(tunnel.name) ? ` font-weight="600"` : ""}`,
       );
     });
   });
-  const footY = height - 12;
+  let footY = height - 12 - results.ceilings.length * 15;
+  for (const c of results.ceilings) {
+    text(
+      left,
+      footY,
+      `${c.provider}'s own ceiling here: ${c.sealOpenMBps.toFixed(0)} MB/s (seal+open of ` +
+        `${c.frameBytes}-byte frames, ${c.depth} in flight, one process); Cipherlink (${c.provider}) ` +
+        `reaches ${
+          c.fraction1 === null ? "n/a" : `${(100 * c.fraction1).toFixed(0)}%`
+        } of it with ` +
+        `1 stream, ${c.fractionN === null ? "n/a" : `${(100 * c.fractionN).toFixed(0)}%`} with ` +
+        `${results.settings.streams}.`,
+      ` font-size="11" fill="#64748b"`,
+    );
+    footY += 15;
+  }
   text(
     left,
     footY,

@@ -7,9 +7,11 @@
  * @module
  */
 
+import { type CryptoProviderName, loadCryptoProvider } from "../../lib/crypto/select.ts";
 import { capture, type Child, freePort, type Registry, waitForPort, which } from "./procs.ts";
 
 const MAIN = new URL("../../main.ts", import.meta.url).pathname;
+const LAUNCHER = new URL("../../cipherlink", import.meta.url).pathname;
 
 /** What a tunnel's processes need to know. */
 export interface TunnelContext {
@@ -96,57 +98,81 @@ async function writeKey(path: string, bytes = 32): Promise<void> {
   await Deno.writeFile(path, crypto.getRandomValues(new Uint8Array(bytes)), { mode: 0o600 });
 }
 
-const cipherlink: Tunnel = {
-  name: "cipherlink",
-  label: "Cipherlink",
-  async detect() {
-    const output = await capture([Deno.execPath(), "run", "--quiet", "-A", MAIN, "--version"]);
-    const version = /cipherlink (\S+)/.exec(output)?.[1];
-    if (!version) return { available: false, reason: `main.ts --version said: ${output.trim()}` };
-    return { available: true, version: `cipherlink ${version}`, programs: {} };
-  },
-  async start(ctx) {
-    const key = `${ctx.tmp}/cipherlink.key`;
-    await writeKey(key);
-    const common = ["--key", key, "--max-conns", String(ctx.maxConns), "--drain-timeout", "1"];
-    const spawn = async (name: string, args: string[]) => {
-      const child = ctx.registry.spawn(
-        name,
-        [Deno.execPath(), "run", "--quiet", "--no-prompt", "-A", MAIN, ...args, ...common],
-        { cwd: ctx.tmp },
-      );
-      try {
-        const line = await child.waitForLine(/listening on /);
-        const port = Number(/listening on \S*:(\d+)/.exec(line)?.[1]);
-        if (!port) throw child.failure(`no port in '${line}'`);
-        return { child, port };
-      } catch (err) {
-        await child.stop();
-        throw err;
+/**
+ * Cipherlink with one crypto provider: `webcrypto` (the default) or
+ * `openssl` (OpenSSL 3 through FFI), passed to both processes as --crypto.
+ */
+function cipherlink(provider: CryptoProviderName): Tunnel {
+  return {
+    name: provider === "webcrypto" ? "cipherlink" : `cipherlink-${provider}`,
+    label: `Cipherlink (${provider})`,
+    async detect() {
+      const output = await capture([Deno.execPath(), "run", "--quiet", "-A", MAIN, "--version"]);
+      const version = /cipherlink (\S+)/.exec(output)?.[1];
+      if (!version) return { available: false, reason: `main.ts --version said: ${output.trim()}` };
+      if (provider !== "webcrypto") {
+        try {
+          loadCryptoProvider(provider);
+        } catch (err) {
+          return { available: false, reason: (err as Error).message };
+        }
       }
-    };
-    const server = await spawn("cipherlink server", [
-      "server",
-      "--listen",
-      "127.0.0.1:0",
-      "--forward",
-      `127.0.0.1:${ctx.targetPort}`,
-    ]);
-    try {
-      const client = await spawn("cipherlink client", [
-        "client",
+      return {
+        available: true,
+        version: `cipherlink ${version} --crypto ${provider}`,
+        programs: {},
+      };
+    },
+    async start(ctx) {
+      const key = `${ctx.tmp}/cipherlink.key`;
+      await writeKey(key);
+      const common = [
+        "--key",
+        key,
+        "--max-conns",
+        String(ctx.maxConns),
+        "--drain-timeout",
+        "1",
+        "--crypto",
+        provider,
+      ];
+      const spawn = async (name: string, args: string[]) => {
+        // Through the launcher, as users run it: its permissions (FFI only
+        // for libcrypto with --crypto openssl) and its V8 settings.
+        const child = ctx.registry.spawn(name, [LAUNCHER, ...args, ...common], { cwd: ctx.tmp });
+        try {
+          const line = await child.waitForLine(/listening on /);
+          const port = Number(/listening on \S*:(\d+)/.exec(line)?.[1]);
+          if (!port) throw child.failure(`no port in '${line}'`);
+          return { child, port };
+        } catch (err) {
+          await child.stop();
+          throw err;
+        }
+      };
+      const server = await spawn("cipherlink server", [
+        "server",
         "--listen",
         "127.0.0.1:0",
-        "--server",
-        `127.0.0.1:${server.port}`,
+        "--forward",
+        `127.0.0.1:${ctx.targetPort}`,
       ]);
-      return running(server.child, client.child, client.port);
-    } catch (err) {
-      await server.child.stop();
-      throw err;
-    }
-  },
-};
+      try {
+        const client = await spawn("cipherlink client", [
+          "client",
+          "--listen",
+          "127.0.0.1:0",
+          "--server",
+          `127.0.0.1:${server.port}`,
+        ]);
+        return running(server.child, client.child, client.port);
+      } catch (err) {
+        await server.child.stop();
+        throw err;
+      }
+    },
+  };
+}
 
 const stunnel: Tunnel = {
   name: "stunnel",
@@ -339,5 +365,125 @@ const shadowsocks: Tunnel = {
   },
 };
 
-/** Every tunnel, Cipherlink first. */
-export const TUNNELS: readonly Tunnel[] = [cipherlink, stunnel, spiped, shadowsocks];
+/** Runs a command to completion (bounded); throws with its stderr when it fails. */
+async function run(program: string, args: string[]): Promise<void> {
+  const done = await new Deno.Command(program, {
+    args,
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+    signal: AbortSignal.timeout(30_000),
+  }).output();
+  if (!done.success) {
+    throw new Error(
+      `${program} ${args[0]} failed: ${new TextDecoder().decode(done.stderr).trim()}`,
+    );
+  }
+}
+
+/**
+ * OpenSSH port forwarding (`ssh -N -L`, aes128-gcm@openssh.com), the tunnel
+ * most people reach for first: a throwaway sshd on 127.0.0.1 with its own
+ * host key, authorized_keys and config in the temp folder, key auth only.
+ * New connections are channels over the one ssh connection (no handshake
+ * each), and sshd serves them from a forked per-connection process: its
+ * memory row counts that process.
+ */
+const openssh: Tunnel = {
+  name: "ssh",
+  label: "OpenSSH (ssh -L)",
+  async detect() {
+    const sshd = await which("sshd") ?? (await Deno.stat("/usr/sbin/sshd").then(
+      () => "/usr/sbin/sshd",
+      () => null,
+    ));
+    const ssh = await which("ssh");
+    const keygen = await which("ssh-keygen");
+    if (!sshd || !ssh || !keygen) {
+      return { available: false, reason: "openssh-server/openssh-client not installed" };
+    }
+    const output = await capture([ssh, "-V"]);
+    return {
+      available: true,
+      version: /OpenSSH_\S+/.exec(output)?.[0]?.replace(/,$/, "") ?? "OpenSSH ?",
+      programs: { sshd, ssh, keygen },
+    };
+  },
+  async start(ctx, programs) {
+    const hostKey = `${ctx.tmp}/ssh_host_ed25519_key`;
+    const userKey = `${ctx.tmp}/id_ed25519`;
+    await run(programs.keygen, ["-q", "-t", "ed25519", "-N", "", "-f", hostKey]);
+    await run(programs.keygen, ["-q", "-t", "ed25519", "-N", "", "-f", userKey]);
+    const authorized = `${ctx.tmp}/authorized_keys`;
+    await Deno.copyFile(`${userKey}.pub`, authorized);
+    await Deno.chmod(authorized, 0o600);
+    const user = Deno.env.get("USER") ?? (Deno.uid() === 0 ? "root" : "");
+    const serverPort = freePort();
+    const localPort = freePort();
+    const config = `${ctx.tmp}/sshd_config`;
+    await Deno.writeTextFile(
+      config,
+      [
+        `ListenAddress 127.0.0.1:${serverPort}`,
+        `HostKey ${hostKey}`,
+        `AuthorizedKeysFile ${authorized}`,
+        `PidFile ${ctx.tmp}/sshd.pid`,
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+        "PubkeyAuthentication yes",
+        "PermitRootLogin prohibit-password",
+        "UsePAM no",
+        "StrictModes no",
+        "AllowTcpForwarding yes",
+        "Ciphers aes128-gcm@openssh.com",
+        `MaxStartups ${ctx.maxConns}`,
+        `MaxSessions ${ctx.maxConns}`,
+        "LogLevel ERROR",
+        "",
+      ].join("\n"),
+    );
+    return await startPair(
+      // -D: no daemon; -e: log to stderr. sshd insists on its absolute path.
+      () => spawnListening(ctx, "sshd", [programs.sshd, "-D", "-e", "-f", config], serverPort),
+      async () => ({
+        child: await spawnListening(ctx, "ssh -L", [
+          programs.ssh,
+          "-N",
+          "-T",
+          "-F",
+          "/dev/null",
+          "-i",
+          userKey,
+          "-p",
+          String(serverPort),
+          "-c",
+          "aes128-gcm@openssh.com",
+          "-o",
+          "BatchMode=yes",
+          "-o",
+          "IdentitiesOnly=yes",
+          "-o",
+          "StrictHostKeyChecking=no",
+          "-o",
+          `UserKnownHostsFile=${ctx.tmp}/known_hosts`,
+          "-o",
+          "ExitOnForwardFailure=yes",
+          "-L",
+          `127.0.0.1:${localPort}:127.0.0.1:${ctx.targetPort}`,
+          `${user}@127.0.0.1`,
+        ], localPort),
+        port: localPort,
+      }),
+    );
+  },
+};
+
+/** Every tunnel, Cipherlink (both crypto providers) first. */
+export const TUNNELS: readonly Tunnel[] = [
+  cipherlink("webcrypto"),
+  cipherlink("openssl"),
+  stunnel,
+  spiped,
+  shadowsocks,
+  openssh,
+];
