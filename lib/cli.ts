@@ -23,7 +23,6 @@ import {
   DEFAULT_CRYPTO_PROVIDER,
   loadCryptoProvider,
 } from "./crypto/select.ts";
-import { readableOf, writableOf } from "./conn.ts";
 import { DEFAULT_DRAIN_DELAY_SECONDS, drainDelayFor } from "./drain.ts";
 import { CipherlinkError, KeyFileError, UsageError } from "./errors.ts";
 import { LocalForwarder } from "./forwarder.ts";
