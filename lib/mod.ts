@@ -21,20 +21,20 @@
  * @module
  */
 
-export { connect, type ConnectOptions, forward } from "./client.ts";
-export { type ServerOptions, TunnelServer } from "./server.ts";
-export { type ForwarderOptions, LocalForwarder } from "./forwarder.ts";
-export { Session, type SessionSummary } from "./session.ts";
-export { MessageType, SecureChannel } from "./channel.ts";
-export { fingerprint, generateKeyFile, loadKey, parseKey } from "./keys.ts";
-export { AllowList } from "./allow.ts";
+export { connect, type ConnectOptions, forward } from "./tunnel/client.ts";
+export { type ServerOptions, TunnelServer } from "./tunnel/server.ts";
+export { type ForwarderOptions, LocalForwarder } from "./tunnel/forwarder.ts";
+export { Session, type SessionSummary } from "./tunnel/session.ts";
+export { MessageType, SecureChannel } from "./protocol/channel.ts";
+export { fingerprint, generateKeyFile, loadKey, parseKey } from "./protocol/keys.ts";
+export { AllowList } from "./tunnel/allow.ts";
 export {
   CRYPTO_PROVIDERS,
   type CryptoProvider,
   type CryptoProviderName,
   loadCryptoProvider,
-} from "./crypto/select.ts";
-export { Logger } from "./log.ts";
+} from "./protocol/crypto/select.ts";
+export { Logger } from "./base/log.ts";
 export {
   AuthenticationError,
   CipherlinkError,
@@ -45,4 +45,4 @@ export {
   RemoteError,
   TimeoutError,
   TruncationError,
-} from "./errors.ts";
+} from "./base/errors.ts";

@@ -6,13 +6,13 @@
  */
 
 import assert from "node:assert/strict";
-import { AllowList } from "../lib/allow.ts";
-import { MessageType, SecureChannel } from "../lib/channel.ts";
-import { connect, forward } from "../lib/client.ts";
-import { closeQuietly, writeAll } from "../lib/conn.ts";
-import { ErrorCode, RemoteError } from "../lib/errors.ts";
-import type { Session } from "../lib/session.ts";
-import type { HostPort } from "../lib/target.ts";
+import { AllowList } from "../lib/tunnel/allow.ts";
+import { MessageType, SecureChannel } from "../lib/protocol/channel.ts";
+import { connect, forward } from "../lib/tunnel/client.ts";
+import { closeQuietly, writeAll } from "../lib/protocol/conn.ts";
+import { ErrorCode, RemoteError } from "../lib/base/errors.ts";
+import type { Session } from "../lib/tunnel/session.ts";
+import type { HostPort } from "../lib/protocol/target.ts";
 import { randomBytes } from "./helpers.ts";
 import { startServer, Upstream } from "./server_fixture.ts";
 

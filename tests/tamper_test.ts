@@ -9,20 +9,25 @@
  */
 
 import assert from "node:assert/strict";
-import { forward } from "../lib/client.ts";
-import { closeQuietly, readableOf, writeAll } from "../lib/conn.ts";
+import { forward } from "../lib/tunnel/client.ts";
+import { closeQuietly, readableOf, writeAll } from "../lib/protocol/conn.ts";
 import {
   AuthenticationError,
   ProtocolError,
   RemoteError,
   TimeoutError,
   TruncationError,
-} from "../lib/errors.ts";
-import { encodeHeader, HANDSHAKE_NONCE_SIZE, HEADER_SIZE, TAG_SIZE } from "../lib/frame.ts";
-import { FrameReader } from "../lib/framer.ts";
-import { NNpsk0Handshake } from "../lib/noise.ts";
-import { PROLOGUE } from "../lib/channel.ts";
-import type { HostPort } from "../lib/target.ts";
+} from "../lib/base/errors.ts";
+import {
+  encodeHeader,
+  HANDSHAKE_NONCE_SIZE,
+  HEADER_SIZE,
+  TAG_SIZE,
+} from "../lib/protocol/frame.ts";
+import { FrameReader } from "../lib/protocol/framer.ts";
+import { NNpsk0Handshake } from "../lib/protocol/noise.ts";
+import { PROLOGUE } from "../lib/protocol/channel.ts";
+import type { HostPort } from "../lib/protocol/target.ts";
 import { randomBytes } from "./helpers.ts";
 import { startServer, Upstream } from "./server_fixture.ts";
 

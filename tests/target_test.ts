@@ -1,5 +1,5 @@
 /**
- * OPEN targets and host:port strings (lib/target.ts): `HOST:PORT` parsing and
+ * OPEN targets and host:port strings (lib/protocol/target.ts): `HOST:PORT` parsing and
  * formatting, the OPEN body codec (protocol v2, section 3: `0x00`, or
  * `0x01 ATYP ADDR PORT` with SOCKS5 encoding) and the IPv4/IPv6 parsers it
  * rests on.
@@ -18,8 +18,8 @@ import {
   parseIPv6,
   SERVICE_TARGET,
   type Target,
-} from "../lib/target.ts";
-import { ProtocolError, UsageError } from "../lib/errors.ts";
+} from "../lib/protocol/target.ts";
+import { ProtocolError, UsageError } from "../lib/base/errors.ts";
 
 Deno.test("target: parseHostPort reads IPv4, names and bracketed IPv6", () => {
   assert.deepEqual(parseHostPort("127.0.0.1:8888"), { host: "127.0.0.1", port: 8888 });

@@ -12,11 +12,11 @@
 
 import fc from "npm:fast-check@3";
 import { Buffer } from "node:buffer";
-import type { AeadKey, CryptoProvider, X25519KeyPair } from "../../lib/crypto/provider.ts";
-import { AuthenticationError } from "../../lib/errors.ts";
-import { locateLibcrypto } from "../../lib/crypto/locate.ts";
-import { loadCryptoProvider } from "../../lib/crypto/select.ts";
-import { webcrypto } from "../../lib/crypto/webcrypto.ts";
+import type { AeadKey, CryptoProvider, X25519KeyPair } from "../../lib/protocol/crypto/provider.ts";
+import { AuthenticationError } from "../../lib/base/errors.ts";
+import { locateLibcrypto } from "../../lib/protocol/crypto/locate.ts";
+import { loadCryptoProvider } from "../../lib/protocol/crypto/select.ts";
+import { webcrypto } from "../../lib/protocol/crypto/webcrypto.ts";
 import { type Row, RowBuilder } from "./common.ts";
 
 /** What to run. */

@@ -8,8 +8,8 @@
  */
 
 import fc from "npm:fast-check@3";
-import { MessageType, PROLOGUE, SecureChannel } from "../../lib/channel.ts";
-import { readableOf } from "../../lib/conn.ts";
+import { MessageType, PROLOGUE, SecureChannel } from "../../lib/protocol/channel.ts";
+import { readableOf } from "../../lib/protocol/conn.ts";
 import {
   AuthenticationError,
   CipherlinkError,
@@ -18,12 +18,12 @@ import {
   ProtocolError,
   RemoteError,
   TruncationError,
-} from "../../lib/errors.ts";
-import { MAX_DATA_SIZE, MAX_FRAME_SIZE, parseHeader } from "../../lib/frame.ts";
-import { FrameReader } from "../../lib/framer.ts";
-import { NNpsk0Handshake } from "../../lib/noise.ts";
-import { Session } from "../../lib/session.ts";
-import { SERVICE_TARGET } from "../../lib/target.ts";
+} from "../../lib/base/errors.ts";
+import { MAX_DATA_SIZE, MAX_FRAME_SIZE, parseHeader } from "../../lib/protocol/frame.ts";
+import { FrameReader } from "../../lib/protocol/framer.ts";
+import { NNpsk0Handshake } from "../../lib/protocol/noise.ts";
+import { Session } from "../../lib/tunnel/session.ts";
+import { SERVICE_TARGET } from "../../lib/protocol/target.ts";
 import {
   bump,
   concatBytes,

@@ -6,8 +6,8 @@
  * @module
  */
 
-import { forward } from "../../lib/client.ts";
-import { SERVICE_TARGET } from "../../lib/target.ts";
+import { forward } from "../../lib/tunnel/client.ts";
+import { SERVICE_TARGET } from "../../lib/protocol/target.ts";
 import {
   bump,
   concatBytes,

@@ -6,12 +6,12 @@
  * @module
  */
 
-import { SecureChannel } from "../../lib/channel.ts";
-import { closeQuietly, type Connection } from "../../lib/conn.ts";
-import { ErrorCode } from "../../lib/errors.ts";
-import { receiveOpen, Session } from "../../lib/session.ts";
-import { echo } from "../../lib/splice.ts";
-import { SERVICE_TARGET } from "../../lib/target.ts";
+import { SecureChannel } from "../../lib/protocol/channel.ts";
+import { closeQuietly, type Connection } from "../../lib/protocol/conn.ts";
+import { ErrorCode } from "../../lib/base/errors.ts";
+import { receiveOpen, Session } from "../../lib/tunnel/session.ts";
+import { echo } from "../../lib/tunnel/splice.ts";
+import { SERVICE_TARGET } from "../../lib/protocol/target.ts";
 import { concatBytes } from "./common.ts";
 
 /** Deadlines of the in-process peers (short: they stand in for the real ones). */

@@ -6,9 +6,9 @@
  * @module
  */
 
-import { SecureChannel } from "../../lib/channel.ts";
-import { forward } from "../../lib/client.ts";
-import type { Connection } from "../../lib/conn.ts";
+import { SecureChannel } from "../../lib/protocol/channel.ts";
+import { forward } from "../../lib/tunnel/client.ts";
+import type { Connection } from "../../lib/protocol/conn.ts";
 import {
   concatBytes,
   type Latency,

@@ -7,8 +7,8 @@
  * @module
  */
 
-import { forward } from "../../lib/client.ts";
-import { closeQuietly } from "../../lib/conn.ts";
+import { forward } from "../../lib/tunnel/client.ts";
+import { closeQuietly } from "../../lib/protocol/conn.ts";
 import { type LogBook, pause, type Row, RowBuilder } from "./common.ts";
 import { LOOPBACK } from "./net.ts";
 import { cipherlinkArgv, type Proc, spawn, tempKey } from "./proc.ts";
