@@ -6,6 +6,7 @@
  * @module
  */
 
+import { concat } from "../lib/base/bytes.ts";
 import assert from "node:assert/strict";
 import { MessageType, PROLOGUE, SecureChannel } from "../lib/protocol/channel.ts";
 import { connect, forward } from "../lib/tunnel/client.ts";
@@ -44,16 +45,6 @@ async function within<T>(ms: number, what: string, promise: Promise<T>): Promise
   } finally {
     clearTimeout(timer);
   }
-}
-
-function concat(chunks: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(chunks.reduce((n, c) => n + c.byteLength, 0));
-  let at = 0;
-  for (const chunk of chunks) {
-    out.set(chunk, at);
-    at += chunk.byteLength;
-  }
-  return out;
 }
 
 async function readAll(readable: ReadableStream<Uint8Array>): Promise<Uint8Array> {

@@ -8,6 +8,7 @@
  * @module
  */
 
+import { concat } from "../lib/base/bytes.ts";
 import assert from "node:assert/strict";
 import { type Frame, FrameReader, INITIAL_READ_CAPACITY } from "../lib/protocol/framer.ts";
 import { HEADER_SIZE, MAX_DATA_SIZE, MAX_FRAME_SIZE } from "../lib/protocol/frame.ts";
@@ -42,16 +43,6 @@ function frameBytes(
   view.setUint32(5, fields.dataSize ?? data.byteLength);
   out.set(nonce, HEADER_SIZE);
   out.set(data, HEADER_SIZE + nonce.byteLength);
-  return out;
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((sum, p) => sum + p.byteLength, 0));
-  let at = 0;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.byteLength;
-  }
   return out;
 }
 

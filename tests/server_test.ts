@@ -5,6 +5,7 @@
  * @module
  */
 
+import { concat } from "../lib/base/bytes.ts";
 import assert from "node:assert/strict";
 import { AllowList } from "../lib/tunnel/allow.ts";
 import { MessageType, SecureChannel } from "../lib/protocol/channel.ts";
@@ -18,16 +19,6 @@ import { startServer, Upstream } from "./server_fixture.ts";
 
 const LOCAL = "127.0.0.1";
 const encoder = new TextEncoder();
-
-function concat(chunks: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(chunks.reduce((n, c) => n + c.byteLength, 0));
-  let at = 0;
-  for (const chunk of chunks) {
-    out.set(chunk, at);
-    at += chunk.byteLength;
-  }
-  return out;
-}
 
 /** Reads until EOF; a reset ends the stream too. */
 async function readUntilEnd(conn: Deno.TcpConn): Promise<Uint8Array> {

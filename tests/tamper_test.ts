@@ -8,6 +8,7 @@
  * @module
  */
 
+import { concat } from "../lib/base/bytes.ts";
 import assert from "node:assert/strict";
 import { forward } from "../lib/tunnel/client.ts";
 import { closeQuietly, readableOf, writeAll } from "../lib/protocol/conn.ts";
@@ -39,16 +40,6 @@ const HANDSHAKE_FRAME = HEADER_SIZE + HANDSHAKE_DATA;
 const PAYLOAD_SIZE = 16;
 /** How many tamper cases run at once. */
 const BATCH = 12;
-
-function concat(chunks: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(chunks.reduce((n, c) => n + c.byteLength, 0));
-  let at = 0;
-  for (const chunk of chunks) {
-    out.set(chunk, at);
-    at += chunk.byteLength;
-  }
-  return out;
-}
 
 /** Runs `run` for every item, `width` at a time. */
 async function inBatches<T>(items: T[], width: number, run: (item: T) => Promise<void>) {

@@ -33,6 +33,7 @@ import {
   type TunSettings,
 } from "./config.ts";
 import { drainDelayFor, type ShutdownOptions } from "../tunnel/drain.ts";
+import { equalBytes } from "../base/bytes.ts";
 import { UsageError } from "../base/errors.ts";
 import { LocalForwarder } from "../tunnel/forwarder.ts";
 import { type CryptoProvider, loadCryptoProvider } from "../protocol/crypto/select.ts";
@@ -112,10 +113,6 @@ export interface SupervisorOptions {
 /** Everything but the key path: what decides between a key swap and a restart. */
 function settingsOf(tunnel: TunnelConfig): string {
   return JSON.stringify({ ...tunnel, key: undefined });
-}
-
-function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  return a.byteLength === b.byteLength && a.every((byte, i) => byte === b[i]);
 }
 
 function messageOf(err: unknown): string {
@@ -335,7 +332,7 @@ export class Supervisor {
       } else {
         const { key, warning } = keys.get(next.name)!;
         running.config = next;
-        if (!sameBytes(key, running.key)) {
+        if (!equalBytes(key, running.key)) {
           running.runner.setKey(key);
           forgetPsk(running.key); // its cached handshake prefix is zeroed
           running.key = key;

@@ -30,6 +30,7 @@
  * @module
  */
 
+import { concat } from "../base/bytes.ts";
 import { AuthenticationError } from "../base/errors.ts";
 import {
   AEAD_KEY_SIZE,
@@ -718,7 +719,7 @@ export class NNpsk0Handshake {
     const s = this.#state;
     const e = yield* this.#ephemeral();
     yield* s.mixEphemeral(e.publicKey);
-    return concat(e.publicKey, yield* s.encryptAndHash(payload));
+    return concat([e.publicKey, yield* s.encryptAndHash(payload)]);
   }
 
   *#readMessage1(message: Uint8Array): Steps<Uint8Array> {
@@ -743,7 +744,7 @@ export class NNpsk0Handshake {
     } finally {
       shared.fill(0);
     }
-    return concat(e.publicKey, yield* s.encryptAndHash(payload, true));
+    return concat([e.publicKey, yield* s.encryptAndHash(payload, true)]);
   }
 
   *#readMessage2(message: Uint8Array): Steps<Uint8Array> {
@@ -778,11 +779,4 @@ function checkLength(message: Uint8Array): void {
   if (message.byteLength < DH_LEN + 16) {
     throw new AuthenticationError("handshake message too short");
   }
-}
-
-function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
-  const out = new Uint8Array(a.byteLength + b.byteLength);
-  out.set(a);
-  out.set(b, a.byteLength);
-  return out;
 }

@@ -12,6 +12,7 @@
  * @module
  */
 
+import { concat } from "../../base/bytes.ts";
 import { AEAD_TAG_SIZE, type AeadKey, type CryptoProvider, SHA256_SIZE } from "./provider.ts";
 import type { GcmContext, Libcrypto, X25519Key } from "./libcrypto.ts";
 import type { X25519KeyPair } from "./provider.ts";
@@ -49,17 +50,6 @@ class OpenSslKeyPair implements X25519KeyPair {
   }
 }
 
-function concat(parts: Uint8Array[]): Uint8Array {
-  if (parts.length === 1) return parts[0];
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
-  let at = 0;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.byteLength;
-  }
-  return out;
-}
-
 /** The openssl provider over a loaded libcrypto (see lib/protocol/crypto/select.ts). */
 export function opensslProvider(lib: Libcrypto): CryptoProvider {
   return {
@@ -67,7 +57,7 @@ export function opensslProvider(lib: Libcrypto): CryptoProvider {
     sync: true,
     aeadKey: (key) => new OpenSslAeadKey(lib.newGcm(key)),
     sha256(...parts) {
-      const joined = concat(parts);
+      const joined = parts.length === 1 ? parts[0] : concat(parts);
       try {
         return lib.sha256(joined);
       } finally {

@@ -9,6 +9,7 @@
  * @module
  */
 
+import { concat } from "../../base/bytes.ts";
 import { AuthenticationError } from "../../base/errors.ts";
 import {
   AEAD_KEY_SIZE,
@@ -143,7 +144,7 @@ export const webcrypto: CryptoProvider = {
 
   async sha256(...parts: Uint8Array[]): Promise<Uint8Array> {
     for (const part of parts) checkInput("hash input", part);
-    const joined = concat(parts);
+    const joined = parts.length === 1 ? parts[0] : concat(parts);
     const digest = subtle.digest("SHA-256", joined as BufferSource);
     if (parts.length > 1) joined.fill(0); // copied by digest(); it may hold key-derived bytes
     return new Uint8Array(await digest);
@@ -223,14 +224,3 @@ export const webcrypto: CryptoProvider = {
     return out;
   },
 };
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  if (parts.length === 1) return parts[0];
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
-  let at = 0;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.byteLength;
-  }
-  return out;
-}
