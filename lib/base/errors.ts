@@ -82,9 +82,12 @@ export class IdleTimeoutError extends TimeoutError {}
 /** The peer sent an ERROR frame; `code` is the protocol's ERROR code. */
 export class RemoteError extends CipherlinkError {
   readonly code: number;
+  /** The peer's own words after the code (untrusted text). */
+  readonly detail: string;
   constructor(code: number, detail: string) {
     super(`server error ${code} (${errorCodeName(code)}): ${detail}`);
     this.code = code;
+    this.detail = detail;
   }
 }
 
@@ -116,22 +119,46 @@ export const ErrorCode = {
   internal: 6,
 } as const;
 
+/** One of the protocol's ERROR codes. */
+export type ErrorCodeValue = typeof ErrorCode[keyof typeof ErrorCode];
+
+/**
+ * What each ERROR code is called: `name` in messages and logs, `label` as
+ * the outcome label of the OPEN metrics. (The SOCKS reply for each is in
+ * tunnel/socks.ts, next to the SOCKS reply codes.)
+ */
+export const ERROR_CODES = {
+  [ErrorCode.protocolViolation]: { name: "protocol violation", label: "protocol_violation" },
+  [ErrorCode.refused]: { name: "refused by the server's policy", label: "refused" },
+  [ErrorCode.unreachable]: { name: "target unreachable", label: "unreachable" },
+  [ErrorCode.busy]: { name: "server busy", label: "busy" },
+  [ErrorCode.timedOut]: { name: "timed out", label: "timed_out" },
+  [ErrorCode.internal]: { name: "internal error", label: "internal" },
+} as const satisfies Record<ErrorCodeValue, { name: string; label: string }>;
+
+/** The entry of `code` in {@linkcode ERROR_CODES}, or null for a code the protocol does not define. */
+export function errorCodeInfo(code: number): typeof ERROR_CODES[ErrorCodeValue] | null {
+  return Object.hasOwn(ERROR_CODES, code) ? ERROR_CODES[code as ErrorCodeValue] : null;
+}
+
 /** Human name of an ERROR code, for messages and logs. */
 export function errorCodeName(code: number): string {
-  switch (code) {
-    case ErrorCode.protocolViolation:
-      return "protocol violation";
-    case ErrorCode.refused:
-      return "refused by the server's policy";
-    case ErrorCode.unreachable:
-      return "target unreachable";
-    case ErrorCode.busy:
-      return "server busy";
-    case ErrorCode.timedOut:
-      return "timed out";
-    case ErrorCode.internal:
-      return "internal error";
-    default:
-      return "unknown error code";
-  }
+  return errorCodeInfo(code)?.name ?? "unknown error code";
+}
+
+/**
+ * The detail of the ERROR 3 a server sends when the target actively refused
+ * the connection (rather than being unreachable).
+ */
+export function targetRefusedDetail(target: string): string {
+  return `connection refused by ${target}`;
+}
+
+/**
+ * Whether an ERROR 3 detail says the target refused the connection. The wire
+ * has one code for both, so the words are all a client has to choose SOCKS
+ * reply 0x05 over 0x04; any peer's wording that says "refused" counts.
+ */
+export function saysTargetRefused(detail: string): boolean {
+  return /refused/i.test(detail);
 }

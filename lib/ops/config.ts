@@ -19,7 +19,7 @@
  */
 
 import { dirname, resolve } from "node:path";
-import { AllowList } from "../tunnel/allow.ts";
+import { AllowList, AllowRuleError } from "../tunnel/allow.ts";
 import { DEFAULT_REKEY_BYTES } from "../protocol/channel.ts";
 import { locateLibcrypto } from "../protocol/crypto/locate.ts";
 import { CRYPTO_PROVIDERS, type CryptoProviderName } from "../protocol/crypto/provider.ts";
@@ -698,8 +698,11 @@ function parseAllow(fields: Fields): string[] {
     try {
       AllowList.parse([rule]);
     } catch (err) {
-      // parseRule speaks of the command line option; here the field names it.
-      fields.fail(`allow[${i}]`, (err as Error).message.replace(/^--allow /, ""));
+      // The rule's own words, without the command line option's name: here the field names it.
+      fields.fail(
+        `allow[${i}]`,
+        err instanceof AllowRuleError ? err.detail : (err as Error).message,
+      );
     }
     return rule;
   });

@@ -63,33 +63,45 @@ export type Decision =
 /** The pattern of a lone `*`: any host, names and addresses alike. */
 const ANY_HOST = /^.*$/s;
 
-/** Parses one `--allow` rule; throws {@linkcode UsageError}. */
+/**
+ * A malformed `--allow` rule. `detail` names the rule and what is wrong with
+ * it, without the option's name, so a config file can name its own field.
+ */
+export class AllowRuleError extends UsageError {
+  readonly detail: string;
+  constructor(detail: string) {
+    super(`--allow ${detail}`);
+    this.detail = detail;
+  }
+}
+
+/** Parses one `--allow` rule; throws {@linkcode AllowRuleError}. */
 export function parseRule(text: string): AllowRule {
   const bracketed = /^\[([^\]]+)\]:(\*|\d{1,5})$/.exec(text);
   const plain = /^(.+):(\*|\d{1,5})$/.exec(text);
   const match = bracketed ?? plain;
   if (!match) {
-    throw new UsageError(
-      `--allow '${text}' is not HOST:PORT, HOST:*, *:PORT, CIDR:PORT or CIDR:*`,
+    throw new AllowRuleError(
+      `'${text}' is not HOST:PORT, HOST:*, *:PORT, CIDR:PORT or CIDR:*`,
     );
   }
   const [, host, portText] = match;
   const port = portText === "*" ? "*" : Number(portText);
   if (port !== "*" && (port < 1 || port > 65535)) {
-    throw new UsageError(`--allow '${text}': port must be 1 to 65535 or *`);
+    throw new AllowRuleError(`'${text}': port must be 1 to 65535 or *`);
   }
   const network = parseNetwork(host);
   if (network) return { text, port, pattern: null, network };
   if (
     host.includes("/") || host.includes(":") || !/^[A-Za-z0-9*._-]+$/.test(host)
   ) {
-    throw new UsageError(
-      `--allow '${text}': '${host}' is neither a host name pattern nor an IP network`,
+    throw new AllowRuleError(
+      `'${text}': '${host}' is neither a host name pattern nor an IP network`,
     );
   }
   if (host !== "*" && /^[0-9.*]+$/.test(host)) {
-    throw new UsageError(
-      `--allow '${text}': '${host}' looks like an address range but would match names; ` +
+    throw new AllowRuleError(
+      `'${text}': '${host}' looks like an address range but would match names; ` +
         `write a CIDR such as 192.168.1.0/24`,
     );
   }

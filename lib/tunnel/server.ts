@@ -32,6 +32,7 @@ import {
   ErrorCode,
   LegacyProtocolError,
   ProtocolError,
+  targetRefusedDetail,
   TimeoutError,
   TruncationError,
 } from "../base/errors.ts";
@@ -396,7 +397,7 @@ export class TunnelServer {
         });
         // The SOCKS client maps "refused" to reply 0x05, anything else to 0x04.
         const why = err instanceof Deno.errors.ConnectionRefused
-          ? `connection refused by ${targetText}`
+          ? targetRefusedDetail(targetText)
           : `cannot reach ${targetText}`;
         await this.#reject(
           channel,

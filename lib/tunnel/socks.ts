@@ -14,7 +14,7 @@
  */
 
 import { type Connection, writeAll } from "../protocol/conn.ts";
-import { ErrorCode, RemoteError, TimeoutError } from "../base/errors.ts";
+import { ErrorCode, RemoteError, saysTargetRefused, TimeoutError } from "../base/errors.ts";
 import { decodeSocksAddress, type HostPort } from "../protocol/target.ts";
 
 const VERSION = 5;
@@ -133,14 +133,14 @@ export async function replySocks(
 export function socksReplyFor(error: unknown): number {
   if (error instanceof TimeoutError) return SocksReply.ttlExpired;
   if (!(error instanceof RemoteError)) return SocksReply.generalFailure;
-  switch (error.code) {
-    case ErrorCode.refused:
-      return SocksReply.notAllowed;
-    case ErrorCode.unreachable:
-      return /refused/i.test(error.message)
-        ? SocksReply.connectionRefused
-        : SocksReply.hostUnreachable;
-    default:
-      return SocksReply.generalFailure;
+  if (error.code === ErrorCode.unreachable && saysTargetRefused(error.detail)) {
+    return SocksReply.connectionRefused;
   }
+  return SOCKS_REPLY_FOR_ERROR.get(error.code) ?? SocksReply.generalFailure;
 }
+
+/** The SOCKS5 reply for each ERROR code that has one of its own; the rest are general failures. */
+const SOCKS_REPLY_FOR_ERROR: ReadonlyMap<number, number> = new Map([
+  [ErrorCode.refused, SocksReply.notAllowed],
+  [ErrorCode.unreachable, SocksReply.hostUnreachable],
+]);

@@ -15,7 +15,7 @@
  * @module
  */
 
-import { ErrorCode, KeepaliveTimeoutError } from "../base/errors.ts";
+import { ERROR_CODES, ErrorCode, errorCodeInfo, KeepaliveTimeoutError } from "../base/errors.ts";
 import type { Session, SessionSummary } from "./session.ts";
 
 /** How a handshake ended. */
@@ -27,41 +27,16 @@ export const HANDSHAKE_OUTCOMES: readonly HandshakeOutcome[] = [
   "malformed",
 ];
 
-/** How an OPEN ended: "ok" or the name of the ERROR code. */
-export type OpenOutcome =
-  | "ok"
-  | "protocol_violation"
-  | "refused"
-  | "unreachable"
-  | "busy"
-  | "timed_out"
-  | "internal";
+/** How an OPEN ended: "ok" or the label of the ERROR code (base/errors.ts, ERROR_CODES). */
+export type OpenOutcome = "ok" | typeof ERROR_CODES[keyof typeof ERROR_CODES]["label"];
 const OPEN_OUTCOMES: readonly OpenOutcome[] = [
   "ok",
-  "protocol_violation",
-  "refused",
-  "unreachable",
-  "busy",
-  "timed_out",
-  "internal",
+  ...Object.values(ERROR_CODES).map((info) => info.label),
 ];
 
-/** The OPEN outcome for an ERROR code. */
+/** The OPEN outcome for an ERROR code (a code the protocol does not define counts as internal). */
 export function openOutcomeFor(code: number): OpenOutcome {
-  switch (code) {
-    case ErrorCode.protocolViolation:
-      return "protocol_violation";
-    case ErrorCode.refused:
-      return "refused";
-    case ErrorCode.unreachable:
-      return "unreachable";
-    case ErrorCode.busy:
-      return "busy";
-    case ErrorCode.timedOut:
-      return "timed_out";
-    default:
-      return "internal";
-  }
+  return errorCodeInfo(code)?.label ?? ERROR_CODES[ErrorCode.internal].label;
 }
 
 /** Upper bounds (seconds) of the handshake duration histogram. */
