@@ -36,7 +36,7 @@ import {
 import { closeQuietly, type Connection, writeAll } from "./conn.ts";
 import { FrameReader } from "./framer.ts";
 import { type CipherState, counterNonce, NNpsk0Handshake, type Role } from "./noise.ts";
-import type { CryptoProvider } from "./crypto/provider.ts";
+import { type CryptoProvider, X25519_SIZE } from "./crypto/provider.ts";
 
 /** The Noise prologue: binds every handshake to this protocol. */
 export const PROLOGUE: Uint8Array = new TextEncoder().encode("cipherlink/2");
@@ -325,7 +325,7 @@ export class SecureChannel {
       );
     }
     options.onHello?.();
-    const ephemeral = hello.data.slice(0, 32);
+    const ephemeral = hello.data.slice(0, X25519_SIZE);
     // Reserved before the first await: copies sent together are refused here, not verified each.
     if (options.replays && !options.replays.reserve(ephemeral)) {
       throw new AuthenticationError("message 1 was replayed (its ephemeral key was seen before)");

@@ -35,6 +35,7 @@ import { AuthenticationError } from "../base/errors.ts";
 import {
   AEAD_KEY_SIZE,
   AEAD_NONCE_SIZE,
+  AEAD_TAG_SIZE,
   type AeadKey,
   type CryptoProvider,
   type MaybePromise,
@@ -43,6 +44,7 @@ import {
   type X25519KeyPair,
 } from "./crypto/provider.ts";
 import { webcrypto } from "./crypto/webcrypto.ts";
+import { KEY_SIZE } from "./keys.ts";
 
 /** The protocol name, exactly 32 bytes, so it is also the initial hash. */
 export const PROTOCOL_NAME = "Noise_NNpsk0_25519_AESGCM_SHA256";
@@ -643,7 +645,7 @@ export class NNpsk0Handshake {
     prologue: Uint8Array,
     options: HandshakeOptions,
   ): Steps<NNpsk0Handshake> {
-    if (psk.byteLength !== 32) throw new RangeError("the psk must be 32 bytes");
+    if (psk.byteLength !== KEY_SIZE) throw new RangeError(`the psk must be ${KEY_SIZE} bytes`);
     const provider = options.provider ?? webcrypto;
     // The prologue and the psk token are the same for every handshake under
     // one key: their (ck, h) is computed once and reused, which halves the
@@ -776,7 +778,7 @@ export class NNpsk0Handshake {
 }
 
 function checkLength(message: Uint8Array): void {
-  if (message.byteLength < DH_LEN + 16) {
+  if (message.byteLength < DH_LEN + AEAD_TAG_SIZE) {
     throw new AuthenticationError("handshake message too short");
   }
 }

@@ -34,9 +34,18 @@ export interface HostPort {
 /** The server's own service (echo or its fixed forward). */
 export const SERVICE_TARGET: Target = { kind: "service" };
 
-const ATYP_IPV4 = 1;
-const ATYP_DOMAIN = 3;
-const ATYP_IPV6 = 4;
+/** ATYP of an IPv4 address (4 bytes), shared by OPEN targets and SOCKS5 requests. */
+export const ATYP_IPV4 = 1;
+/** ATYP of a host name (a length byte, then the name). */
+export const ATYP_DOMAIN = 3;
+/** ATYP of an IPv6 address (16 bytes). */
+export const ATYP_IPV6 = 4;
+/** Bytes of an IPv4 address. */
+export const IPV4_SIZE = 4;
+/** Bytes of an IPv6 address. */
+export const IPV6_SIZE = 16;
+/** Bytes of a port (big-endian u16). */
+export const PORT_SIZE = 2;
 
 /**
  * Parses `HOST:PORT`, `[IPv6]:PORT`. Throws {@linkcode UsageError}, also for
@@ -195,7 +204,7 @@ export function parseIPv6(text: string): number[] | null {
  */
 export function formatIPv6(bytes: Uint8Array): string {
   const groups: number[] = [];
-  for (let i = 0; i < 16; i += 2) groups.push((bytes[i] << 8) | bytes[i + 1]);
+  for (let i = 0; i < IPV6_SIZE; i += 2) groups.push((bytes[i] << 8) | bytes[i + 1]);
   let bestStart = -1;
   let bestLength = 1;
   for (let start = 0; start < 8; start++) {

@@ -31,11 +31,12 @@ import {
   IdleTimeoutError,
   KeepaliveTimeoutError,
   ProtocolError,
-  RemoteError,
   TruncationError,
 } from "../base/errors.ts";
 import { type Readable, sourceOf, type Writable, writeAll } from "../protocol/conn.ts";
 import { MAX_DATA_BODY } from "../protocol/frame.ts";
+import { encodeErrorBody, remoteErrorOf } from "../protocol/error_body.ts";
+import { concat } from "../base/bytes.ts";
 import { decodeTarget, encodeTarget, type HostPort, type Target } from "../protocol/target.ts";
 
 /** Session settings. Times are in milliseconds; 0 turns a timer off. */
@@ -178,7 +179,7 @@ export class Session {
     message: string,
   ): Promise<void> {
     try {
-      await channel.send(MessageType.error, errorBody(code, message));
+      await channel.send(MessageType.error, encodeErrorBody(code, message));
       await channel.flush();
     } catch {
       // The peer may be gone already; closing is all that is left.
@@ -454,10 +455,8 @@ export class Session {
         this.#resolveOpened();
         return undefined;
       case MessageType.error: {
-        const code = body[0] ?? 0;
-        const text = new TextDecoder().decode(body.subarray(1));
         this.channel.close();
-        this.#finish(new RemoteError(code, text || "no message"));
+        this.#finish(remoteErrorOf(body));
         return undefined;
       }
       default:
@@ -584,11 +583,6 @@ export class Session {
   }
 }
 
-function errorBody(code: number, message: string): Uint8Array {
-  const text = new TextEncoder().encode(message).subarray(0, 1024);
-  return Uint8Array.of(code, ...text);
-}
-
 function errorPlaintext(code: number, message: string): Uint8Array {
-  return Uint8Array.of(MessageType.error, ...errorBody(code, message));
+  return concat([Uint8Array.of(MessageType.error), encodeErrorBody(code, message)]);
 }

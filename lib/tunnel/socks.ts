@@ -15,7 +15,16 @@
 
 import { type Connection, writeAll } from "../protocol/conn.ts";
 import { ErrorCode, RemoteError, saysTargetRefused, TimeoutError } from "../base/errors.ts";
-import { decodeSocksAddress, type HostPort } from "../protocol/target.ts";
+import {
+  ATYP_DOMAIN,
+  ATYP_IPV4,
+  ATYP_IPV6,
+  decodeSocksAddress,
+  type HostPort,
+  IPV4_SIZE,
+  IPV6_SIZE,
+  PORT_SIZE,
+} from "../protocol/target.ts";
 
 const VERSION = 5;
 const METHOD_NO_AUTH = 0x00;
@@ -89,15 +98,15 @@ export async function acceptSocks(conn: Connection): Promise<HostPort | null> {
   }
   let rest: Uint8Array;
   switch (addressType) {
-    case 1:
-      rest = await readExact(conn, 4 + 2);
+    case ATYP_IPV4:
+      rest = await readExact(conn, IPV4_SIZE + PORT_SIZE);
       break;
-    case 4:
-      rest = await readExact(conn, 16 + 2);
+    case ATYP_IPV6:
+      rest = await readExact(conn, IPV6_SIZE + PORT_SIZE);
       break;
-    case 3: {
+    case ATYP_DOMAIN: {
       const [length] = await readExact(conn, 1);
-      rest = Uint8Array.of(length, ...(await readExact(conn, length + 2)));
+      rest = Uint8Array.of(length, ...(await readExact(conn, length + PORT_SIZE)));
       break;
     }
     default:

@@ -24,6 +24,7 @@
  * @module
  */
 
+import { remoteErrorOf } from "../protocol/error_body.ts";
 import { type ChannelOptions, MessageType, SecureChannel } from "../protocol/channel.ts";
 import { CLIENT_HANDSHAKE_TIMEOUT_MS } from "./client.ts";
 import { DEFAULT_CRYPTO_PROVIDER } from "../protocol/crypto/provider.ts";
@@ -277,7 +278,7 @@ export class VpnClient {
       const reply = await channel.receive();
       if (!reply) throw new CipherlinkError("the server closed the connection before OPEN_OK");
       if (reply.type === MessageType.error) {
-        throw new RemoteError(reply.body[0] ?? 0, new TextDecoder().decode(reply.body.subarray(1)));
+        throw remoteErrorOf(reply.body);
       }
       if (reply.type !== MessageType.openOk) {
         throw new ProtocolError(`expected OPEN_OK, got message type ${reply.type}`);

@@ -20,6 +20,7 @@
  */
 
 import { MessageType, type SecureChannel } from "../protocol/channel.ts";
+import { encodeErrorBody, remoteErrorOf } from "../protocol/error_body.ts";
 import {
   CipherlinkError,
   ErrorCode,
@@ -27,7 +28,6 @@ import {
   IdleTimeoutError,
   KeepaliveTimeoutError,
   ProtocolError,
-  RemoteError,
   TruncationError,
 } from "../base/errors.ts";
 import { KEEPALIVE_MISSES } from "./session.ts";
@@ -151,7 +151,7 @@ export class VpnLink {
   /** Ends the link at once with ERROR `code` (best effort). */
   abort(code: number, message: string, cause?: Error): void {
     if (this.#ended) return;
-    const body = errorBody(code, message);
+    const body = encodeErrorBody(code, message);
     const goodbye = this.channel.send(MessageType.error, body).then(() => this.channel.flush());
     this.#finish(cause ?? new CipherlinkError(message), goodbye);
   }
@@ -194,11 +194,9 @@ export class VpnLink {
           }
           this.#finish(null, this.channel.flush());
           return;
-        case MessageType.error: {
-          const text = new TextDecoder().decode(body.subarray(1));
-          this.#finish(new RemoteError(body[0] ?? 0, text || "no message"));
+        case MessageType.error:
+          this.#finish(remoteErrorOf(body));
           return;
-        }
         default:
           return this.#violation(`unexpected message type ${type} in a VPN session`);
       }
@@ -251,12 +249,4 @@ export class VpnLink {
       this.#resolveEnd(this.#ended!);
     });
   }
-}
-
-function errorBody(code: number, message: string): Uint8Array {
-  const text = new TextEncoder().encode(message).subarray(0, 1024);
-  const body = new Uint8Array(1 + text.byteLength);
-  body[0] = code;
-  body.set(text, 1);
-  return body;
 }
