@@ -21,6 +21,7 @@ import { connect, type ConnectOptions } from "./client.ts";
 import { closeQuietly } from "../protocol/conn.ts";
 import { webcrypto } from "../protocol/crypto/webcrypto.ts";
 import { drainListener, type ShutdownOptions } from "./drain.ts";
+import { DrainableListener, peerOf } from "./listener.ts";
 import {
   AuthenticationError,
   ErrorCode,
@@ -74,23 +75,21 @@ export class LocalForwarder {
   /** Counters for logs and the metrics endpoint. */
   readonly stats: TunnelStats = new TunnelStats();
   readonly stopped: Promise<void>;
-  #listener: Deno.TcpListener;
+  #listening: DrainableListener;
   #options: ForwarderOptions;
   #log: Logger;
   #locals = new Map<number, Local>();
   #nextId = 0;
-  #draining = false;
-  #shutdown: Promise<void> | null = null;
-  #listenerClosed = false;
-  /** Aborted by endNow(): the drain's delay and deadline end at once. */
-  #hurry = new AbortController();
 
   private constructor(listener: Deno.TcpListener, options: ForwarderOptions) {
-    this.#listener = listener;
     this.addr = listener.addr;
     this.#options = options;
     this.#log = options.logger ?? new Logger();
-    this.stopped = this.#acceptLoop();
+    this.#listening = new DrainableListener(listener, {
+      accepted: (conn) => this.#accepted(conn),
+      failed: (err) => this.#log.error("accept failed", { error: err.message }),
+    }, (delay, hurry) => this.#drain(delay, hurry));
+    this.stopped = this.#listening.stopped;
   }
 
   /** Binds and starts accepting; logs `listening on HOST:PORT`. */
@@ -127,7 +126,7 @@ export class LocalForwarder {
 
   /** Whether shutdown() has begun. */
   get draining(): boolean {
-    return this.#draining;
+    return this.#listening.draining;
   }
 
   /** Replaces the key for sessions opened from now on; open sessions keep theirs. */
@@ -143,27 +142,20 @@ export class LocalForwarder {
    * Calling it again returns the same drain.
    */
   shutdown(options: ShutdownOptions = {}): Promise<void> {
-    this.#draining = true;
-    this.#shutdown ??= this.#drain(options.delay ?? true);
-    return this.#shutdown;
+    return this.#listening.shutdown(options);
   }
 
   /** Ends a drain at once (a second SIGTERM/SIGINT): no more delay, no more deadline. */
   endNow(): Promise<void> {
-    this.#hurry.abort();
-    return this.shutdown();
+    return this.#listening.endNow();
   }
 
-  #drain(delay: boolean): Promise<void> {
+  #drain(delay: boolean, hurry: AbortSignal): Promise<void> {
     return drainListener({
       delayMs: delay ? this.#options.drainDelayMs ?? 0 : 0,
       timeoutMs: this.#options.drainTimeoutMs ?? 10000,
-      hurry: this.#hurry.signal,
-      closeListener: () => {
-        this.#listenerClosed = true;
-        this.#listener.close();
-        return this.stopped;
-      },
+      hurry,
+      closeListener: () => this.#listening.close(),
       accepted: () => this.#locals.values(),
       abortMessage: "client shutting down",
       stats: this.stats,
@@ -171,43 +163,30 @@ export class LocalForwarder {
     });
   }
 
-  async #acceptLoop(): Promise<void> {
+  #accepted(conn: Deno.TcpConn): void {
     const maxConns = this.#options.maxConns ?? 100;
-    for (;;) {
-      let conn: Deno.TcpConn;
-      try {
-        conn = await this.#listener.accept();
-      } catch (err) {
-        if (this.#listenerClosed || err instanceof Deno.errors.BadResource) return;
-        this.#log.error("accept failed", { error: (err as Error).message });
-        continue;
-      }
-      this.stats.connectionsAccepted++;
-      if (this.#locals.size >= maxConns) {
-        this.stats.connectionsRejectedBusy++;
-        closeQuietly(conn);
-        this.#log.warn("local connection refused: max-conns reached", {
-          max_conns: maxConns,
-          refused_total: this.stats.connectionsRejectedBusy,
-        });
-        continue;
-      }
-      const id = ++this.#nextId;
-      const local: Local = { conn, session: null, done: Promise.resolve() };
-      this.#locals.set(id, local);
-      local.done = this.#serve(id, local).finally(() => {
-        closeQuietly(conn);
-        this.#locals.delete(id);
+    this.stats.connectionsAccepted++;
+    if (this.#locals.size >= maxConns) {
+      this.stats.connectionsRejectedBusy++;
+      closeQuietly(conn);
+      this.#log.warn("local connection refused: max-conns reached", {
+        max_conns: maxConns,
+        refused_total: this.stats.connectionsRejectedBusy,
       });
+      return;
     }
+    const id = ++this.#nextId;
+    const local: Local = { conn, session: null, done: Promise.resolve() };
+    this.#locals.set(id, local);
+    local.done = this.#serve(id, local).finally(() => {
+      closeQuietly(conn);
+      this.#locals.delete(id);
+    });
   }
 
   async #serve(id: number, local: Local): Promise<void> {
     const { conn } = local;
-    const peer = formatHostPort({
-      host: (conn.remoteAddr as Deno.NetAddr).hostname,
-      port: (conn.remoteAddr as Deno.NetAddr).port,
-    });
+    const peer = peerOf(conn);
     conn.setNoDelay(true);
     let target = this.#options.connect.target;
     if (this.#options.mode === "socks") {

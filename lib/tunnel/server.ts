@@ -26,6 +26,7 @@ import { closeQuietly } from "../protocol/conn.ts";
 import type { CryptoProvider } from "../protocol/crypto/provider.ts";
 import { webcrypto } from "../protocol/crypto/webcrypto.ts";
 import { drainListener, type ShutdownOptions } from "./drain.ts";
+import { DrainableListener, peerOf } from "./listener.ts";
 import {
   AuthenticationError,
   CipherlinkError,
@@ -107,7 +108,7 @@ export class TunnelServer {
   /** Resolves when the accept loop has stopped. */
   readonly stopped: Promise<void>;
 
-  #listener: Deno.TcpListener;
+  #listening: DrainableListener;
   #options: Required<Omit<ServerOptions, "forward" | "vpn">> & {
     forward?: HostPort;
     vpn?: VpnService;
@@ -120,14 +121,8 @@ export class TunnelServer {
   #authenticated = 0;
   #unauthenticated: EventAggregator;
   #nextId = 0;
-  #draining = false;
-  #shutdown: Promise<void> | null = null;
-  #listenerClosed = false;
-  /** Aborted by endNow(): the drain's delay and deadline end at once. */
-  #hurry = new AbortController();
 
   private constructor(listener: Deno.TcpListener, options: ServerOptions) {
-    this.#listener = listener;
     this.addr = listener.addr;
     this.#options = {
       allow: new AllowList([]),
@@ -159,7 +154,20 @@ export class TunnelServer {
       idleTimeoutMs: this.#options.idleTimeoutMs,
     };
     if (options.vpn) this.stats.vpn = options.vpn.stats;
-    this.stopped = this.#acceptLoop();
+    this.#listening = new DrainableListener(listener, {
+      accepted: (conn) => this.#accepted(conn),
+      failed: async (err) => {
+        this.#log.error("accept failed", { error: err.message });
+        // Out of file descriptors, most likely: free one, and do not spin.
+        this.#pending.evictOldest();
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      },
+      // Under a connection flood accept() keeps resolving at once; let the
+      // event loop deliver reads (a key holder's message 1) every few accepts,
+      // or the newest connections would push it out of the pending budget first.
+      yieldEvery: ACCEPTS_PER_TURN,
+    }, (delay, hurry) => this.#drain(delay, hurry));
+    this.stopped = this.#listening.stopped;
   }
 
   /** Binds and starts accepting; logs `listening on HOST:PORT`. */
@@ -183,7 +191,7 @@ export class TunnelServer {
 
   /** Whether shutdown() has begun. */
   get draining(): boolean {
-    return this.#draining;
+    return this.#listening.draining;
   }
 
   /** Replaces the key for connections accepted from now on; open sessions keep theirs. */
@@ -199,26 +207,21 @@ export class TunnelServer {
    * for sessions). Calling it again returns the same drain.
    */
   shutdown(options: ShutdownOptions = {}): Promise<void> {
-    this.#draining = true;
-    this.#shutdown ??= this.#drain(options.delay ?? true);
-    return this.#shutdown;
+    return this.#listening.shutdown(options);
   }
 
   /** Ends a drain at once (a second SIGTERM/SIGINT): no more delay, no more deadline. */
   endNow(): Promise<void> {
-    this.#hurry.abort();
-    return this.shutdown();
+    return this.#listening.endNow();
   }
 
-  async #drain(delay: boolean): Promise<void> {
+  async #drain(delay: boolean, hurry: AbortSignal): Promise<void> {
     await drainListener({
       delayMs: delay ? this.#options.drainDelayMs : 0,
       timeoutMs: this.#options.drainTimeoutMs,
-      hurry: this.#hurry.signal,
+      hurry,
       closeListener: async () => {
-        this.#listenerClosed = true;
-        this.#listener.close();
-        await this.stopped;
+        await this.#listening.close();
         // VPN sessions never end by themselves: CLOSE them now (their clients
         // reconnect) and remove the device, so a restart can create it again.
         await this.#options.vpn?.close();
@@ -235,45 +238,28 @@ export class TunnelServer {
     return this.#options.logger;
   }
 
-  async #acceptLoop(): Promise<void> {
-    for (let accepted = 1;; accepted++) {
-      // Under a connection flood accept() keeps resolving at once; let the
-      // event loop deliver reads (a key holder's message 1) every few accepts,
-      // or the newest connections would push it out of the pending budget first.
-      if (accepted % ACCEPTS_PER_TURN === 0) await new Promise((resolve) => setTimeout(resolve, 0));
-      let conn: Deno.TcpConn;
-      try {
-        conn = await this.#listener.accept();
-      } catch (err) {
-        if (this.#listenerClosed || err instanceof Deno.errors.BadResource) return;
-        this.#log.error("accept failed", { error: (err as Error).message });
-        // Out of file descriptors, most likely: free one, and do not spin.
-        this.#pending.evictOldest();
-        await new Promise((resolve) => setTimeout(resolve, 50));
-        continue;
-      }
-      this.stats.connectionsAccepted++;
-      const id = ++this.#nextId;
-      const entry: Connection = {
-        conn,
-        session: null,
-        done: Promise.resolve(),
-        authenticated: false,
-        evicted: false,
-      };
-      // Never refused here: the pending budget makes room by dropping the oldest of the greediest source.
-      this.#pending.admit(id, sourceOf(conn), () => {
-        entry.evicted = true;
-        this.stats.connectionsEvicted++;
-        closeQuietly(conn);
-      });
-      this.#connections.set(id, entry);
-      entry.done = this.#serve(id, entry).finally(() => {
-        this.#pending.remove(id);
-        if (entry.authenticated) this.#authenticated--;
-        this.#connections.delete(id);
-      });
-    }
+  #accepted(conn: Deno.TcpConn): void {
+    this.stats.connectionsAccepted++;
+    const id = ++this.#nextId;
+    const entry: Connection = {
+      conn,
+      session: null,
+      done: Promise.resolve(),
+      authenticated: false,
+      evicted: false,
+    };
+    // Never refused here: the pending budget makes room by dropping the oldest of the greediest source.
+    this.#pending.admit(id, sourceOf(conn), () => {
+      entry.evicted = true;
+      this.stats.connectionsEvicted++;
+      closeQuietly(conn);
+    });
+    this.#connections.set(id, entry);
+    entry.done = this.#serve(id, entry).finally(() => {
+      this.#pending.remove(id);
+      if (entry.authenticated) this.#authenticated--;
+      this.#connections.delete(id);
+    });
   }
 
   async #serve(id: number, entry: Connection): Promise<void> {
@@ -527,9 +513,4 @@ async function resolveForward(host: string): Promise<string[]> {
 /** The source address a pending connection is counted against. */
 function sourceOf(conn: Deno.Conn): string {
   return (conn.remoteAddr as Deno.NetAddr).hostname;
-}
-
-function peerOf(conn: Deno.Conn): string {
-  const addr = conn.remoteAddr as Deno.NetAddr;
-  return formatHostPort({ host: addr.hostname, port: addr.port });
 }
