@@ -13,7 +13,7 @@
 
 import { AllowList } from "../tunnel/allow.ts";
 import { DEFAULT_REKEY_BYTES } from "../protocol/channel.ts";
-import { connect, type ConnectOptions, forward as _forward } from "../tunnel/client.ts";
+import { connect, type ConnectOptions } from "../tunnel/client.ts";
 import { checkConfigCommand, MAX_SECONDS, secondsProblem } from "../ops/config.ts";
 import {
   CRYPTO_ENV,
@@ -36,6 +36,7 @@ import {
 } from "../protocol/keys.ts";
 import { LOG_FORMATS, LOG_LEVELS, type LogFormat, Logger, type LogLevel } from "../base/log.ts";
 import { serveMetrics } from "../ops/metrics.ts";
+import { drainOnSignal, onShutdownSignal } from "../ops/signals.ts";
 import { type OptionTable, parseOptions, suggestion, type ValuesOf } from "../base/options.ts";
 import { TunnelServer } from "../tunnel/server.ts";
 import {
@@ -512,35 +513,6 @@ function help(io: Io, command: keyof typeof HELP): number {
   return ExitCode.ok;
 }
 
-/**
- * `signal` resolves when SIGINT or SIGTERM first arrives; each later one
- * calls what `again` was given (ending the drain at once). `remove` unhooks.
- */
-function onShutdownSignal(): {
-  signal: Promise<string>;
-  again(handler: () => void): void;
-  remove(): void;
-} {
-  let first: ((name: string) => void) | null = null;
-  let repeat = () => {};
-  const signal = new Promise<string>((resolve) => (first = resolve));
-  const handlers = (["SIGINT", "SIGTERM"] as const).map((name) => {
-    const handler = () => {
-      if (first) {
-        first(name);
-        first = null;
-      } else repeat();
-    };
-    Deno.addSignalListener(name, handler);
-    return [name, handler] as const;
-  });
-  return {
-    signal,
-    again: (handler) => (repeat = handler),
-    remove: () => handlers.forEach(([name, handler]) => Deno.removeSignalListener(name, handler)),
-  };
-}
-
 /** `--drain-delay`: as given, else the default when /healthz is served. */
 function drainDelay(values: { "drain-delay"?: string; metrics?: string }): number {
   const given = values["drain-delay"];
@@ -623,15 +595,7 @@ async function server(args: string[], io: Io): Promise<number> {
       sources: () => [{ stats: running.stats, labels: { role: "server" } }],
       healthy: () => !running.draining,
     }, log);
-  const name = await shutdown.signal;
-  log.info("shutting down", { signal: name });
-  shutdown.again(() => {
-    log.info("second signal: ending every session now");
-    running.endNow();
-  });
-  await running.shutdown();
-  await endpoint?.shutdown();
-  shutdown.remove();
+  await drainOnSignal(shutdown, running, log, endpoint);
   return ExitCode.ok;
 }
 
@@ -728,15 +692,7 @@ async function client(args: string[], io: Io): Promise<number> {
         sources: () => [{ stats: forwarder.stats, labels: { role: "client" } }],
         healthy: () => !forwarder.draining,
       }, log);
-    const name = await shutdown.signal;
-    log.info("shutting down", { signal: name });
-    shutdown.again(() => {
-      log.info("second signal: ending every session now");
-      forwarder.endNow();
-    });
-    await forwarder.shutdown();
-    await endpoint?.shutdown();
-    shutdown.remove();
+    await drainOnSignal(shutdown, forwarder, log, endpoint);
     return ExitCode.ok;
   }
   return positionals.length > 0

@@ -49,6 +49,7 @@ import {
   type LogSink,
 } from "../base/log.ts";
 import { serveMetrics } from "./metrics.ts";
+import { drainOnSignal, onShutdownSignal } from "./signals.ts";
 import type { MetricsSource, TunnelStats } from "../tunnel/stats.ts";
 import { TunnelServer } from "../tunnel/server.ts";
 import { formatHostPort, parseHostPort } from "../protocol/target.ts";
@@ -509,22 +510,8 @@ export async function runConfig(
     if (supervisor) reload(supervisor);
     else hangupDuringStart = true;
   };
-  let onStop = (_signal: string) => {};
-  const stopSignal = new Promise<string>((resolve) => (onStop = resolve));
-  let stopping = false;
-  const handlers = (["SIGINT", "SIGTERM"] as const).map((name) =>
-    [name, () => {
-      if (!stopping || !supervisor) {
-        stopping = true;
-        onStop(name);
-        return;
-      }
-      supervisor.log.info("second signal: ending every session now");
-      supervisor.endNow();
-    }] as const
-  );
+  const signals = onShutdownSignal();
   Deno.addSignalListener("SIGHUP", onHangup);
-  for (const [name, handler] of handlers) Deno.addSignalListener(name, handler);
   try {
     supervisor = await Supervisor.start(file, {
       level,
@@ -539,13 +526,10 @@ export async function runConfig(
       }, running.log)
       : null;
     if (hangupDuringStart) reload(supervisor);
-    const signal = await stopSignal;
-    supervisor.log.info("shutting down", { signal });
-    await supervisor.shutdown();
-    await endpoint?.shutdown();
+    await drainOnSignal(signals, supervisor, supervisor.log, endpoint);
     return 0;
   } finally {
     Deno.removeSignalListener("SIGHUP", onHangup);
-    for (const [name, handler] of handlers) Deno.removeSignalListener(name, handler);
+    signals.remove();
   }
 }
