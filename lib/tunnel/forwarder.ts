@@ -21,7 +21,7 @@ import { connect, type ConnectOptions } from "./client.ts";
 import { closeQuietly } from "../protocol/conn.ts";
 import { webcrypto } from "../protocol/crypto/webcrypto.ts";
 import { drainListener, type ShutdownOptions } from "./drain.ts";
-import { DrainableListener, peerOf } from "./listener.ts";
+import { DrainableListener, logSessionEnd, peerOf } from "./listener.ts";
 import {
   AuthenticationError,
   ErrorCode,
@@ -263,18 +263,6 @@ export class LocalForwarder {
     );
     const summary = await splice(session, conn);
     this.stats.sessionEnded(session, summary);
-    const fields = {
-      local: id,
-      peer,
-      target: targetText,
-      bytes_in: summary.bytesIn,
-      bytes_out: summary.bytesOut,
-      rekeys_sent: summary.rekeysSent,
-      rekeys_received: summary.rekeysReceived,
-      outcome: summary.error ? "error" : "ok",
-      error: summary.error?.message,
-    };
-    if (summary.error) this.#log.warn("session end", fields);
-    else this.#log.info("session end", fields);
+    logSessionEnd(this.#log, { local: id, peer, target: targetText }, summary);
   }
 }

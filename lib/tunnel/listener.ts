@@ -19,8 +19,10 @@
  * @module
  */
 
+import type { Logger } from "../base/log.ts";
 import { formatHostPort } from "../protocol/target.ts";
 import type { ShutdownOptions } from "./drain.ts";
+import type { SessionSummary } from "./session.ts";
 
 /** What the accept loop does with what accept() gives it. */
 export interface AcceptHandlers {
@@ -107,6 +109,29 @@ export class DrainableListener {
       handlers.accepted(conn);
     }
   }
+}
+
+/**
+ * Logs `session end`: `who` (the session's id, peer, target) then the
+ * summary's byte and REKEY counts and outcome; at warn when it ended with an
+ * error, else at info.
+ */
+export function logSessionEnd(
+  log: Logger,
+  who: Record<string, string | number>,
+  summary: SessionSummary,
+): void {
+  const fields = {
+    ...who,
+    bytes_in: summary.bytesIn,
+    bytes_out: summary.bytesOut,
+    rekeys_sent: summary.rekeysSent,
+    rekeys_received: summary.rekeysReceived,
+    outcome: summary.error ? "error" : "ok",
+    error: summary.error?.message,
+  };
+  if (summary.error) log.warn("session end", fields);
+  else log.info("session end", fields);
 }
 
 /** `HOST:PORT` of a connection's remote end, for logs. */

@@ -14,7 +14,7 @@
  */
 
 import { type Cidr, formatCidr, networkOf } from "../protocol/packet.ts";
-import { TunError } from "./tun.ts";
+import { TunDevice, TunError } from "./tun.ts";
 
 /** Default MTU of a VPN device. */
 export const DEFAULT_TUN_MTU = 1400;
@@ -75,6 +75,27 @@ export async function configureDevice(
     await must(["addr", "replace", formatCidr(cidr), "dev", name, ...extra]);
   }
   await must(["link", "set", "dev", name, "mtu", String(mtu), "up"]);
+}
+
+/**
+ * Opens (or creates) the TUN device `name` and configures it with
+ * {@linkcode configureDevice}, closing it again if that fails. `created` says
+ * whether the device did not exist before, so its owner removes it at the end.
+ */
+export async function openConfiguredDevice(
+  name: string,
+  addresses: readonly Cidr[],
+  mtu = DEFAULT_TUN_MTU,
+): Promise<{ device: TunDevice; created: boolean }> {
+  const existed = deviceExists(name);
+  const device = TunDevice.open(name);
+  try {
+    await configureDevice(name, addresses, mtu);
+  } catch (err) {
+    device.close();
+    throw err;
+  }
+  return { device, created: !existed };
 }
 
 /** Removes addresses given by configureDevice (for a device that outlives us). */

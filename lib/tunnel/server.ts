@@ -26,7 +26,7 @@ import { closeQuietly } from "../protocol/conn.ts";
 import type { CryptoProvider } from "../protocol/crypto/provider.ts";
 import { webcrypto } from "../protocol/crypto/webcrypto.ts";
 import { drainListener, type ShutdownOptions } from "./drain.ts";
-import { DrainableListener, peerOf } from "./listener.ts";
+import { DrainableListener, logSessionEnd, peerOf } from "./listener.ts";
 import {
   AuthenticationError,
   CipherlinkError,
@@ -333,7 +333,7 @@ export class TunnelServer {
     this.stats.handshake("ok", seconds);
     this.#log.debug("handshake ok", { session: id, peer, ms: Math.round(seconds * 1000) });
     const summary = await this.#dispatch(id, peer, channel, target, entry);
-    if (summary) this.#logSessionEnd(id, peer, summary);
+    if (summary) logSessionEnd(this.#log, { session: id, peer }, summary);
   }
 
   async #dispatch(
@@ -486,21 +486,6 @@ export class TunnelServer {
     } else {
       this.#unauthenticated.note("handshake failed", "failed", { ...fields, error: reason });
     }
-  }
-
-  #logSessionEnd(id: number, peer: string, summary: SessionSummary): void {
-    const fields = {
-      session: id,
-      peer,
-      bytes_in: summary.bytesIn,
-      bytes_out: summary.bytesOut,
-      rekeys_sent: summary.rekeysSent,
-      rekeys_received: summary.rekeysReceived,
-      outcome: summary.error ? "error" : "ok",
-      error: summary.error?.message,
-    };
-    if (summary.error) this.#log.warn("session end", fields);
-    else this.#log.info("session end", fields);
   }
 }
 

@@ -38,14 +38,7 @@ import {
 } from "../base/errors.ts";
 import { MAX_DATA_BODY } from "../protocol/frame.ts";
 import { Logger } from "../base/log.ts";
-import {
-  addRoute,
-  configureDevice,
-  DEFAULT_TUN_MTU,
-  deviceExists,
-  removeAddresses,
-  removeRoute,
-} from "./netdev.ts";
+import { addRoute, openConfiguredDevice, removeAddresses, removeRoute } from "./netdev.ts";
 import {
   type Cidr,
   formatAddress,
@@ -122,15 +115,12 @@ export class VpnClient {
    * Throws {@linkcode TunError} when the device cannot be made.
    */
   static async start(options: VpnClientOptions): Promise<VpnClient> {
-    const existed = deviceExists(options.device);
-    const device = TunDevice.open(options.device);
-    try {
-      await configureDevice(options.device, options.addresses, options.mtu ?? DEFAULT_TUN_MTU);
-    } catch (err) {
-      device.close();
-      throw err;
-    }
-    return new VpnClient(device, !existed, options);
+    const { device, created } = await openConfiguredDevice(
+      options.device,
+      options.addresses,
+      options.mtu,
+    );
+    return new VpnClient(device, created, options);
   }
 
   get #log(): Logger {

@@ -22,7 +22,7 @@ import type { SecureChannel } from "../protocol/channel.ts";
 import { MessageType } from "../protocol/channel.ts";
 import { MAX_DATA_BODY } from "../protocol/frame.ts";
 import type { Logger } from "../base/log.ts";
-import { configureDevice, DEFAULT_TUN_MTU, deviceExists, removeAddresses } from "./netdev.ts";
+import { openConfiguredDevice, removeAddresses } from "./netdev.ts";
 import {
   type Cidr,
   contains,
@@ -84,15 +84,12 @@ export class VpnService {
    * brings it up. Throws {@linkcode TunError} saying what is missing.
    */
   static async start(options: VpnServiceOptions): Promise<VpnService> {
-    const existed = deviceExists(options.device);
-    const device = TunDevice.open(options.device);
-    try {
-      await configureDevice(options.device, options.addresses, options.mtu ?? DEFAULT_TUN_MTU);
-    } catch (err) {
-      device.close();
-      throw err;
-    }
-    return new VpnService(device, !existed, options);
+    const { device, created } = await openConfiguredDevice(
+      options.device,
+      options.addresses,
+      options.mtu,
+    );
+    return new VpnService(device, created, options);
   }
 
   /** The device and its addresses, for the startup log. */
