@@ -9,15 +9,20 @@
  *
  * @example
  * ```ts
- * import { forward, loadKey, TunnelServer } from "./mod.ts";
- * const { key } = await loadKey("keys/shared_key.key");
+ * import { forward, TunnelServer } from "./mod.ts";
+ * // A program would read its key file: `(await loadKey("keys/shared_key.key")).key`.
+ * const key = crypto.getRandomValues(new Uint8Array(32));
  * const server = await TunnelServer.start({ listen: { host: "127.0.0.1", port: 0 }, key });
+ * // Without `forward`, the server echoes: the reply is what was sent.
  * const reply = await forward(new TextEncoder().encode("hello"), {
  *   server: { host: "127.0.0.1", port: server.addr.port },
  *   key,
  * });
- * await server.shutdown();
+ * if (new TextDecoder().decode(reply) !== "hello") throw new Error("no echo");
+ * await server.shutdown({ delay: false });
  * ```
+ *
+ * `deno test --doc --allow-net lib/mod.ts` runs this example (tests/mod_test.ts does).
  * @module
  */
 
