@@ -17,7 +17,8 @@ import { DEFAULT_DRAIN_DELAY_SECONDS, drainDelayFor } from "../lib/tunnel/drain.
 import { ErrorCode, RemoteError } from "../lib/base/errors.ts";
 import { LocalForwarder } from "../lib/tunnel/forwarder.ts";
 import { Session } from "../lib/tunnel/session.ts";
-import { renderMetrics, type TunnelStats } from "../lib/tunnel/stats.ts";
+import { renderMetrics } from "../lib/ops/prometheus.ts";
+import type { TunnelStats } from "../lib/tunnel/stats.ts";
 import { Supervisor } from "../lib/ops/supervisor.ts";
 import { SERVICE_TARGET } from "../lib/protocol/target.ts";
 import { randomBytes } from "./helpers.ts";

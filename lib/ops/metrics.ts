@@ -17,7 +17,7 @@
  */
 
 import type { Logger } from "../base/log.ts";
-import { type MetricsSource, renderMetrics } from "../tunnel/stats.ts";
+import { type MetricsSource, renderMetrics } from "./prometheus.ts";
 import { formatHostPort, type HostPort } from "../protocol/target.ts";
 
 /** The Prometheus text exposition content type. */

@@ -50,7 +50,8 @@ import {
 } from "../base/log.ts";
 import { serveMetrics } from "./metrics.ts";
 import { drainOnSignal, onShutdownSignal } from "./signals.ts";
-import type { MetricsSource, TunnelStats } from "../tunnel/stats.ts";
+import type { TunnelStats } from "../tunnel/stats.ts";
+import type { MetricsSource } from "./prometheus.ts";
 import { TunnelServer } from "../tunnel/server.ts";
 import { formatHostPort, parseHostPort } from "../protocol/target.ts";
 import { TunError } from "../tunnel/tun.ts";
