@@ -44,7 +44,7 @@ import {
   DEFAULT_MAX_PENDING,
   DEFAULT_MAX_PENDING_PER_SOURCE,
 } from "../tunnel/pending.ts";
-import { CONFIG_OPTIONS, runConfig } from "../ops/supervisor.ts";
+import { CONFIG_OPTIONS, runConfig } from "./config_mode.ts";
 import { type Cidr, parseCidr } from "../protocol/packet.ts";
 import { DEFAULT_TUN_MTU, MAX_TUN_MTU, MIN_TUN_MTU } from "../tunnel/netdev.ts";
 import { VpnClient, type VpnClientOptions } from "../tunnel/vpn_client.ts";

@@ -3,13 +3,13 @@
  * --config FILE` or `cipherlink client --config FILE`): a TunnelServer or a
  * LocalForwarder per tunnel, each logging with a `tunnel` field.
  *
- * SIGHUP re-reads the file. An invalid file is logged and changes nothing.
- * Otherwise new tunnels start, removed ones stop accepting and drain, a
+ * reload() (SIGHUP; cli/config_mode.ts wires the signals) re-reads the file.
+ * An invalid file is logged and changes nothing. Otherwise new tunnels start, removed ones stop accepting and drain, a
  * tunnel whose key (file path or contents) is all that changed gets the new
  * key for new sessions while open ones go on, and a tunnel with any other
  * change is drained and started again (at once: no drain delay on a reload).
- * SIGINT/SIGTERM drain every tunnel (each keeps accepting for its drain delay
- * first) and exit 0; a second one ends every session at once.
+ * shutdown() (SIGINT/SIGTERM) drains every tunnel (each keeps accepting for
+ * its drain delay first); endNow() (a second signal) ends every session at once.
  *
  * @example
  * ```ts
@@ -34,26 +34,21 @@ import {
 } from "./config.ts";
 import { drainDelayFor, type ShutdownOptions } from "../tunnel/drain.ts";
 import { equalBytes } from "../base/bytes.ts";
-import { UsageError } from "../base/errors.ts";
 import { LocalForwarder } from "../tunnel/forwarder.ts";
 import { type CryptoProvider, loadCryptoProvider } from "../protocol/crypto/select.ts";
 import { fingerprint, type LoadedKey } from "../protocol/keys.ts";
 import { forgetPsk } from "../protocol/noise.ts";
 import {
-  LOG_FORMATS,
-  LOG_LEVELS,
   type LogFields,
   type LogFormat,
   Logger,
   type LogLevel,
   type LogSink,
 } from "../base/log.ts";
-import { serveMetrics } from "./metrics.ts";
-import { drainOnSignal, onShutdownSignal } from "./signals.ts";
 import type { TunnelStats } from "../tunnel/stats.ts";
 import type { MetricsSource } from "./prometheus.ts";
 import { TunnelServer } from "../tunnel/server.ts";
-import { formatHostPort, parseHostPort } from "../protocol/target.ts";
+import { formatHostPort } from "../protocol/target.ts";
 import { TunError } from "../tunnel/tun.ts";
 import { VpnClient } from "../tunnel/vpn_client.ts";
 import { VpnService } from "../tunnel/vpn_server.ts";
@@ -460,77 +455,4 @@ async function startVpnClient(
       return stopped ?? client.done.then(() => {});
     },
   };
-}
-
-/** The command-line options `--config` mode takes; every other one is a usage error. */
-export const CONFIG_OPTIONS: readonly string[] = ["config", "log-level", "log-format", "metrics"];
-
-function optionOneOf<T extends string>(
-  name: string,
-  value: unknown,
-  allowed: readonly T[],
-): T | undefined {
-  if (value === undefined) return undefined;
-  if (!(allowed as readonly unknown[]).includes(value)) {
-    throw new UsageError(`--${name} takes one of ${allowed.join(", ")}, not '${value}'`);
-  }
-  return value as T;
-}
-
-/**
- * The CLI's `--config FILE` mode for `server` and `client`: the only other
- * options it takes are {@linkcode CONFIG_OPTIONS} (--log-level and
- * --log-format win over the file's `log`; --metrics serves every tunnel). Runs until SIGINT/SIGTERM, reloading on SIGHUP; resolves
- * the exit code. Throws {@linkcode UsageError} for a bad command line and
- * {@linkcode ConfigError} for a bad file or a tunnel that cannot listen.
- */
-export async function runConfig(
-  file: string,
-  values: Record<string, unknown>,
-  positionals: string[] = [],
-): Promise<number> {
-  const other = Object.keys(values).find((name) =>
-    values[name] !== undefined && !CONFIG_OPTIONS.includes(name)
-  );
-  if (other) {
-    throw new UsageError(
-      `--config cannot be combined with --${other} (each tunnel's settings live in the file)`,
-    );
-  }
-  if (positionals.length > 0) throw new UsageError("MESSAGE cannot be combined with --config");
-  const level = optionOneOf("log-level", values["log-level"], LOG_LEVELS);
-  const format = optionOneOf("log-format", values["log-format"], LOG_FORMATS);
-
-  let supervisor: Supervisor | null = null;
-  let hangupDuringStart = false;
-  const reload = (running: Supervisor) =>
-    running.reload().catch((err) => {
-      running.log.error("config reload failed", { error: messageOf(err) });
-    });
-  const onHangup = () => {
-    if (supervisor) reload(supervisor);
-    else hangupDuringStart = true;
-  };
-  const signals = onShutdownSignal();
-  Deno.addSignalListener("SIGHUP", onHangup);
-  try {
-    supervisor = await Supervisor.start(file, {
-      level,
-      format,
-      healthServed: typeof values.metrics === "string",
-    });
-    const running = supervisor;
-    const endpoint = typeof values.metrics === "string"
-      ? serveMetrics(parseHostPort(values.metrics, true), {
-        sources: () => running.metricsSources(),
-        healthy: () => !running.draining,
-      }, running.log)
-      : null;
-    if (hangupDuringStart) reload(supervisor);
-    await drainOnSignal(signals, supervisor, supervisor.log, endpoint);
-    return 0;
-  } finally {
-    Deno.removeSignalListener("SIGHUP", onHangup);
-    signals.remove();
-  }
 }
