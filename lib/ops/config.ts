@@ -26,6 +26,13 @@ import { CRYPTO_PROVIDERS, type CryptoProviderName } from "../protocol/crypto/pr
 import { CipherlinkError, UsageError } from "../base/errors.ts";
 import { type LoadedKey, loadKey } from "../protocol/keys.ts";
 import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from "../base/log.ts";
+import {
+  type JsonObject,
+  JsonSyntaxError,
+  type JsonValue,
+  lineAndColumn,
+  parseJsonc,
+} from "../base/jsonc.ts";
 import { parseOptions } from "../base/options.ts";
 import {
   DEFAULT_HELLO_TIMEOUT_MS,
@@ -140,28 +147,11 @@ export interface Config {
 }
 
 // ---------------------------------------------------------------------------
-// JSON with comments
-
-/** A parsed JSON value. Objects have no prototype, so `__proto__` is just a key. */
-export type JsonValue = null | boolean | number | string | JsonValue[] | JsonObject;
-/** A parsed JSON object. */
-export interface JsonObject {
-  [key: string]: JsonValue;
-}
-
-/** Deepest nesting the parser accepts; configs need 3. */
-const MAX_DEPTH = 64;
-
-class JsonSyntaxError extends Error {
-  constructor(message: string, readonly offset: number) {
-    super(message);
-  }
-}
+// JSON with comments (base/jsonc.ts), errors as ConfigError
 
 /**
- * Parses JSON extended with `//` line comments, `/* *\/` block comments and
- * trailing commas in objects and arrays. Duplicate keys in one object are
- * errors. Throws {@linkcode ConfigError} with the line and column.
+ * Parses JSON with comments and trailing commas (base/jsonc.ts: duplicate
+ * keys are errors). Throws {@linkcode ConfigError} with the line and column.
  *
  * @example
  * ```ts
@@ -169,189 +159,12 @@ class JsonSyntaxError extends Error {
  * ```
  */
 export function parseJsonWithComments(text: string, file: string): JsonValue {
-  const parser = new JsonParser(text);
   try {
-    return parser.document();
+    return parseJsonc(text);
   } catch (err) {
     if (!(err instanceof JsonSyntaxError)) throw err;
     const { line, column } = lineAndColumn(text, err.offset);
     throw new ConfigError(file, err.message, { line, column });
-  }
-}
-
-function lineAndColumn(text: string, offset: number): { line: number; column: number } {
-  let line = 1;
-  let start = 0;
-  for (let i = 0; i < offset && i < text.length; i++) {
-    if (text[i] === "\n") {
-      line++;
-      start = i + 1;
-    }
-  }
-  return { line, column: offset - start + 1 };
-}
-
-class JsonParser {
-  #text: string;
-  #at = 0;
-
-  constructor(text: string) {
-    this.#text = text;
-  }
-
-  document(): JsonValue {
-    if (this.#text.charCodeAt(0) === 0xfeff) this.#at = 1; // a byte order mark
-    this.#skip();
-    if (this.#at >= this.#text.length) this.#fail("the file is empty; expected a JSON object");
-    const value = this.#value(0);
-    this.#skip();
-    if (this.#at < this.#text.length) this.#fail("unexpected text after the end of the JSON value");
-    return value;
-  }
-
-  #fail(message: string, offset = this.#at): never {
-    throw new JsonSyntaxError(message, offset);
-  }
-
-  #describe(): string {
-    if (this.#at >= this.#text.length) return "the end of the file";
-    return `'${this.#text[this.#at]}'`;
-  }
-
-  /** Skips whitespace and comments. */
-  #skip(): void {
-    const text = this.#text;
-    while (this.#at < text.length) {
-      const c = text[this.#at];
-      if (c === " " || c === "\t" || c === "\n" || c === "\r") {
-        this.#at++;
-      } else if (c === "/" && text[this.#at + 1] === "/") {
-        const end = text.indexOf("\n", this.#at);
-        this.#at = end === -1 ? text.length : end + 1;
-      } else if (c === "/" && text[this.#at + 1] === "*") {
-        const end = text.indexOf("*/", this.#at + 2);
-        if (end === -1) this.#fail("a /* comment is never closed with */");
-        this.#at = end + 2;
-      } else {
-        return;
-      }
-    }
-  }
-
-  #value(depth: number): JsonValue {
-    if (depth > MAX_DEPTH) this.#fail(`nesting deeper than ${MAX_DEPTH} levels`);
-    const c = this.#text[this.#at];
-    if (c === "{") return this.#object(depth);
-    if (c === "[") return this.#array(depth);
-    if (c === '"') return this.#string();
-    if (c === "-" || (c >= "0" && c <= "9")) return this.#number();
-    for (const [word, value] of [["true", true], ["false", false], ["null", null]] as const) {
-      if (this.#text.startsWith(word, this.#at)) {
-        this.#at += word.length;
-        return value;
-      }
-    }
-    this.#fail(`expected a value, found ${this.#describe()}`);
-  }
-
-  #object(depth: number): JsonObject {
-    const result: JsonObject = Object.create(null);
-    this.#at++; // {
-    for (;;) {
-      this.#skip();
-      if (this.#text[this.#at] === "}") {
-        this.#at++;
-        return result;
-      }
-      if (this.#text[this.#at] !== '"') {
-        this.#fail(`expected a "quoted" field name or '}', found ${this.#describe()}`);
-      }
-      const keyAt = this.#at;
-      const key = this.#string();
-      if (Object.hasOwn(result, key)) this.#fail(`field "${key}" appears twice`, keyAt);
-      this.#skip();
-      if (this.#text[this.#at] !== ":") this.#fail(`expected ':' after "${key}"`);
-      this.#at++;
-      this.#skip();
-      result[key] = this.#value(depth + 1);
-      this.#skip();
-      if (this.#text[this.#at] === ",") {
-        this.#at++;
-      } else if (this.#text[this.#at] !== "}") {
-        this.#fail(`expected ',' or '}' after the value of "${key}", found ${this.#describe()}`);
-      }
-    }
-  }
-
-  #array(depth: number): JsonValue[] {
-    const result: JsonValue[] = [];
-    this.#at++; // [
-    for (;;) {
-      this.#skip();
-      if (this.#text[this.#at] === "]") {
-        this.#at++;
-        return result;
-      }
-      result.push(this.#value(depth + 1));
-      this.#skip();
-      if (this.#text[this.#at] === ",") {
-        this.#at++;
-      } else if (this.#text[this.#at] !== "]") {
-        this.#fail(`expected ',' or ']' after a list item, found ${this.#describe()}`);
-      }
-    }
-  }
-
-  #string(): string {
-    const text = this.#text;
-    const start = this.#at;
-    this.#at++; // "
-    let out = "";
-    for (;;) {
-      if (this.#at >= text.length) this.#fail("a string is never closed with '\"'", start);
-      const c = text[this.#at];
-      if (c === '"') {
-        this.#at++;
-        return out;
-      }
-      if (c < " ") this.#fail("a control character (such as a line break) inside a string");
-      if (c !== "\\") {
-        out += c;
-        this.#at++;
-        continue;
-      }
-      const escape = text[this.#at + 1];
-      const simple: Record<string, string> = {
-        '"': '"',
-        "\\": "\\",
-        "/": "/",
-        b: "\b",
-        f: "\f",
-        n: "\n",
-        r: "\r",
-        t: "\t",
-      };
-      if (escape !== undefined && Object.hasOwn(simple, escape)) {
-        out += simple[escape];
-        this.#at += 2;
-      } else if (
-        escape === "u" && /^[0-9A-Fa-f]{4}$/.test(text.slice(this.#at + 2, this.#at + 6))
-      ) {
-        out += String.fromCharCode(parseInt(text.slice(this.#at + 2, this.#at + 6), 16));
-        this.#at += 6;
-      } else {
-        this.#fail(
-          'an invalid escape in a string (JSON allows \\" \\\\ \\/ \\b \\f \\n \\r \\t \\uXXXX)',
-        );
-      }
-    }
-  }
-
-  #number(): number {
-    const match = /^-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?/.exec(this.#text.slice(this.#at));
-    if (!match) this.#fail("a malformed number");
-    this.#at += match[0].length;
-    return Number(match[0]);
   }
 }
 
