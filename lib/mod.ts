@@ -30,7 +30,8 @@ export { connect, type ConnectOptions, forward } from "./tunnel/client.ts";
 export { type ServerOptions, TunnelServer } from "./tunnel/server.ts";
 export { type ForwarderOptions, LocalForwarder } from "./tunnel/forwarder.ts";
 export { Session, type SessionSummary } from "./tunnel/session.ts";
-export { MessageType, SecureChannel } from "./protocol/channel.ts";
+export { SecureChannel } from "./protocol/channel.ts";
+export { MessageType } from "./protocol/messages.ts";
 export { fingerprint, generateKeyFile, loadKey, parseKey } from "./protocol/keys.ts";
 export { AllowList } from "./tunnel/allow.ts";
 export {

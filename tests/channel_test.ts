@@ -8,7 +8,8 @@
 
 import { concat } from "../lib/base/bytes.ts";
 import assert from "node:assert/strict";
-import { MessageType, PROLOGUE, SecureChannel } from "../lib/protocol/channel.ts";
+import { PROLOGUE, SecureChannel } from "../lib/protocol/channel.ts";
+import { MessageType } from "../lib/protocol/messages.ts";
 import { connect, forward } from "../lib/tunnel/client.ts";
 import { closeQuietly, readableOf, writeAll } from "../lib/protocol/conn.ts";
 import { ErrorCode, ProtocolError, TruncationError } from "../lib/base/errors.ts";

@@ -7,7 +7,8 @@
  */
 
 import assert from "node:assert/strict";
-import { MessageType, SecureChannel } from "../lib/protocol/channel.ts";
+import { SecureChannel } from "../lib/protocol/channel.ts";
+import { MessageType } from "../lib/protocol/messages.ts";
 import { connect } from "../lib/tunnel/client.ts";
 import type { CryptoProvider } from "../lib/protocol/crypto/provider.ts";
 import { randomBytes, sha256Hex } from "./helpers.ts";

@@ -8,7 +8,8 @@
  */
 
 import assert from "node:assert/strict";
-import { MessageType, SecureChannel } from "../lib/protocol/channel.ts";
+import { SecureChannel } from "../lib/protocol/channel.ts";
+import { MessageType } from "../lib/protocol/messages.ts";
 import { connect, forward } from "../lib/tunnel/client.ts";
 import { ErrorCode, ProtocolError } from "../lib/base/errors.ts";
 import { type Connection } from "../lib/protocol/conn.ts";

@@ -8,7 +8,8 @@
 import { concat } from "../lib/base/bytes.ts";
 import assert from "node:assert/strict";
 import { AllowList } from "../lib/tunnel/allow.ts";
-import { MessageType, SecureChannel } from "../lib/protocol/channel.ts";
+import { SecureChannel } from "../lib/protocol/channel.ts";
+import { MessageType } from "../lib/protocol/messages.ts";
 import { connect, forward } from "../lib/tunnel/client.ts";
 import { closeQuietly, writeAll } from "../lib/protocol/conn.ts";
 import { ErrorCode, RemoteError } from "../lib/base/errors.ts";

@@ -12,7 +12,8 @@
  */
 
 import assert from "node:assert/strict";
-import { PROLOGUE, ReplayGuard, SecureChannel } from "../lib/protocol/channel.ts";
+import { PROLOGUE, SecureChannel } from "../lib/protocol/channel.ts";
+import { ReplayGuard } from "../lib/protocol/replay.ts";
 import { forward } from "../lib/tunnel/client.ts";
 import { closeQuietly, type Connection, readableOf } from "../lib/protocol/conn.ts";
 import { AuthenticationError, ErrorCode, TruncationError } from "../lib/base/errors.ts";

@@ -6,7 +6,8 @@
  */
 
 import assert from "node:assert/strict";
-import { MessageType, SecureChannel } from "../lib/protocol/channel.ts";
+import { SecureChannel } from "../lib/protocol/channel.ts";
+import { MessageType } from "../lib/protocol/messages.ts";
 import { ConfigError, parseConfig } from "../lib/ops/config.ts";
 import { ProtocolError, UsageError } from "../lib/base/errors.ts";
 import {

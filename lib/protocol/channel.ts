@@ -13,7 +13,8 @@
  *
  * @example
  * ```ts
- * import { SecureChannel, MessageType } from "./channel.ts";
+ * import { SecureChannel } from "./channel.ts";
+ * import { MessageType } from "./messages.ts";
  * const conn = await Deno.connect({ hostname: "127.0.0.1", port: 8888 });
  * const psk = await Deno.readFile("keys/shared_key.key");
  * const channel = await SecureChannel.handshake(conn, psk, "initiator");
@@ -35,23 +36,13 @@ import {
 } from "./frame.ts";
 import { closeQuietly, type Connection, writeAll } from "./conn.ts";
 import { FrameReader } from "./framer.ts";
+import { MessageType } from "./messages.ts";
+import type { ReplayGuard } from "./replay.ts";
 import { type CipherState, counterNonce, NNpsk0Handshake, type Role } from "./noise.ts";
 import { type CryptoProvider, X25519_SIZE } from "./crypto/provider.ts";
 
 /** The Noise prologue: binds every handshake to this protocol. */
 export const PROLOGUE: Uint8Array = new TextEncoder().encode("cipherlink/2");
-
-/** Transport plaintext types (protocol section 3). */
-export const MessageType = {
-  open: 1,
-  openOk: 2,
-  data: 3,
-  close: 4,
-  ping: 5,
-  pong: 6,
-  rekey: 7,
-  error: 8,
-} as const;
 
 /** Default plaintext bytes sent under one key before REKEY: 1 GiB. */
 export const DEFAULT_REKEY_BYTES = 2 ** 30;
@@ -63,7 +54,7 @@ const MAX_REKEY_BYTES = 2 ** 30;
 /** The plaintext of a REKEY message: its type byte. */
 const REKEY_MESSAGE_SIZE = 1;
 /** Smallest handshake message: a public key and an empty payload's tag. */
-const MIN_HANDSHAKE_DATA = 32 + TAG_SIZE;
+const MIN_HANDSHAKE_DATA = X25519_SIZE + TAG_SIZE;
 /** Smallest transport data field: the type byte and the tag. */
 const MIN_TRANSPORT_DATA = 1 + TAG_SIZE;
 const FRAME_PREFIX = HEADER_SIZE + TRANSPORT_NONCE_SIZE;
@@ -93,51 +84,6 @@ export interface ChannelOptions {
    * then: what remains is bounded work, not a socket held open.
    */
   onHello?: () => void;
-}
-
-/**
- * Remembers the ephemeral public keys of the last `capacity` message 1s a
- * responder accepted. A client makes a fresh ephemeral key per handshake, so
- * a key seen twice is a recorded message 1 played again: refusing it up front
- * keeps a replay flood from costing a key exchange each.
- *
- * A key is reserved synchronously, before the first await of the handshake,
- * so copies of one message 1 arriving together cannot all pass the check
- * while the first is still being verified; one that fails verification
- * releases its reservation.
- */
-export class ReplayGuard {
-  #seen = new Set<string>();
-  #capacity: number;
-  constructor(capacity = 65536) {
-    this.#capacity = capacity;
-  }
-  /** Whether this ephemeral key was reserved before. */
-  has(ephemeral: Uint8Array): boolean {
-    return this.#seen.has(keyOf(ephemeral));
-  }
-  /** Reserves the key; false when it was already reserved (a replay). */
-  reserve(ephemeral: Uint8Array): boolean {
-    const key = keyOf(ephemeral);
-    if (this.#seen.has(key)) return false;
-    if (this.#seen.size >= this.#capacity) {
-      this.#seen.delete(this.#seen.values().next().value!);
-    }
-    this.#seen.add(key);
-    return true;
-  }
-  /** Forgets a reservation whose message 1 did not verify. */
-  release(ephemeral: Uint8Array): void {
-    this.#seen.delete(keyOf(ephemeral));
-  }
-  /** Records the key (as {@linkcode reserve}, ignoring whether it was new). */
-  add(ephemeral: Uint8Array): void {
-    this.reserve(ephemeral);
-  }
-}
-
-function keyOf(ephemeral: Uint8Array): string {
-  return String.fromCharCode(...ephemeral);
 }
 
 /** A message 1 made ahead of its connection (one use). */

@@ -21,7 +21,8 @@
  */
 
 import { AllowList } from "./allow.ts";
-import { ReplayGuard, SecureChannel } from "../protocol/channel.ts";
+import { SecureChannel } from "../protocol/channel.ts";
+import { ReplayGuard } from "../protocol/replay.ts";
 import { closeQuietly } from "../protocol/conn.ts";
 import type { CryptoProvider } from "../protocol/crypto/provider.ts";
 import { webcrypto } from "../protocol/crypto/webcrypto.ts";

@@ -23,7 +23,8 @@
  * @module
  */
 
-import { MessageType, type SecureChannel } from "../protocol/channel.ts";
+import { type SecureChannel } from "../protocol/channel.ts";
+import { MessageType } from "../protocol/messages.ts";
 import {
   CipherlinkError,
   ErrorCode,

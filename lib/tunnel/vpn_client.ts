@@ -25,7 +25,8 @@
  */
 
 import { remoteErrorOf } from "../protocol/error_body.ts";
-import { type ChannelOptions, MessageType, SecureChannel } from "../protocol/channel.ts";
+import { type ChannelOptions, SecureChannel } from "../protocol/channel.ts";
+import { MessageType } from "../protocol/messages.ts";
 import { CLIENT_HANDSHAKE_TIMEOUT_MS } from "./client.ts";
 import { DEFAULT_CRYPTO_PROVIDER } from "../protocol/crypto/provider.ts";
 import { closeQuietly } from "../protocol/conn.ts";

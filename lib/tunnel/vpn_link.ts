@@ -19,7 +19,8 @@
  * @module
  */
 
-import { MessageType, type SecureChannel } from "../protocol/channel.ts";
+import { type SecureChannel } from "../protocol/channel.ts";
+import { MessageType } from "../protocol/messages.ts";
 import { encodeErrorBody, remoteErrorOf } from "../protocol/error_body.ts";
 import {
   CipherlinkError,

@@ -19,7 +19,7 @@
  */
 
 import type { SecureChannel } from "../protocol/channel.ts";
-import { MessageType } from "../protocol/channel.ts";
+import { MessageType } from "../protocol/messages.ts";
 import { MAX_DATA_BODY } from "../protocol/frame.ts";
 import type { Logger } from "../base/log.ts";
 import { openConfiguredDevice, removeAddresses } from "./netdev.ts";

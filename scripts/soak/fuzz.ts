@@ -9,7 +9,8 @@
 
 import { concat, equalBytes } from "../../lib/base/bytes.ts";
 import fc from "npm:fast-check@3";
-import { MessageType, PROLOGUE, SecureChannel } from "../../lib/protocol/channel.ts";
+import { PROLOGUE, SecureChannel } from "../../lib/protocol/channel.ts";
+import { MessageType } from "../../lib/protocol/messages.ts";
 import { readableOf } from "../../lib/protocol/conn.ts";
 import {
   AuthenticationError,

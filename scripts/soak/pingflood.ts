@@ -12,7 +12,8 @@
 
 import { Buffer } from "node:buffer";
 import { createCipheriv } from "node:crypto";
-import { MessageType, SecureChannel } from "../../lib/protocol/channel.ts";
+import { SecureChannel } from "../../lib/protocol/channel.ts";
+import { MessageType } from "../../lib/protocol/messages.ts";
 import {
   encodeHeader,
   HEADER_SIZE,

@@ -9,7 +9,8 @@
  * @module
  */
 
-import { MessageType, SecureChannel } from "../../lib/protocol/channel.ts";
+import { SecureChannel } from "../../lib/protocol/channel.ts";
+import { MessageType } from "../../lib/protocol/messages.ts";
 import { loadKey } from "../../lib/protocol/keys.ts";
 import { parseCidr } from "../../lib/protocol/packet.ts";
 import { decodeTarget } from "../../lib/protocol/target.ts";
