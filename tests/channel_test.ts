@@ -25,7 +25,7 @@ import {
 import { FrameReader } from "../lib/protocol/framer.ts";
 import { type CipherState, counterNonce, NNpsk0Handshake } from "../lib/protocol/noise.ts";
 import { receiveOpen, Session } from "../lib/tunnel/session.ts";
-import type { HostPort } from "../lib/protocol/target.ts";
+import type { HostPort } from "../lib/protocol/hostport.ts";
 import { randomBytes, sha256Hex } from "./helpers.ts";
 import { startServer, Upstream } from "./server_fixture.ts";
 

@@ -8,7 +8,7 @@
 import { closeQuietly, writeAll } from "../lib/protocol/conn.ts";
 import { Logger } from "../lib/base/log.ts";
 import { type ServerOptions, TunnelServer } from "../lib/tunnel/server.ts";
-import type { HostPort } from "../lib/protocol/target.ts";
+import type { HostPort } from "../lib/protocol/hostport.ts";
 import { randomBytes } from "./helpers.ts";
 
 const LOCAL = "127.0.0.1";

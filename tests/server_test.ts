@@ -14,7 +14,7 @@ import { connect, forward } from "../lib/tunnel/client.ts";
 import { closeQuietly, writeAll } from "../lib/protocol/conn.ts";
 import { ErrorCode, RemoteError } from "../lib/base/errors.ts";
 import type { Session } from "../lib/tunnel/session.ts";
-import type { HostPort } from "../lib/protocol/target.ts";
+import type { HostPort } from "../lib/protocol/hostport.ts";
 import { randomBytes } from "./helpers.ts";
 import { startServer, Upstream } from "./server_fixture.ts";
 

@@ -16,7 +16,7 @@ import {
 } from "../lib/tunnel/socks.ts";
 import { RemoteError } from "../lib/base/errors.ts";
 import { writeAll } from "../lib/protocol/conn.ts";
-import { parseIPv6 } from "../lib/protocol/target.ts";
+import { parseIPv6 } from "../lib/protocol/address.ts";
 
 const encoder = new TextEncoder();
 

@@ -28,7 +28,7 @@ import {
 import { FrameReader } from "../lib/protocol/framer.ts";
 import { NNpsk0Handshake } from "../lib/protocol/noise.ts";
 import { PROLOGUE } from "../lib/protocol/channel.ts";
-import type { HostPort } from "../lib/protocol/target.ts";
+import type { HostPort } from "../lib/protocol/hostport.ts";
 import { randomBytes } from "./helpers.ts";
 import { startServer, Upstream } from "./server_fixture.ts";
 

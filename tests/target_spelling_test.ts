@@ -1,6 +1,6 @@
 /**
  * Finding 1 of issue 9: the server must act on the address it checked. A
- * property test compares canonicalHost (lib/protocol/target.ts) with the system's own
+ * property test compares canonicalHost (lib/protocol/address.ts) with the system's own
  * readings of generated IPv4 spellings (decimal, octal and hex parts, one to
  * five of them, leading zeros, overflow, a trailing dot): Python's
  * `socket.inet_aton` (the C library's parser) for every spelling and
@@ -20,7 +20,7 @@ import { RemoteError } from "../lib/base/errors.ts";
 import { TunnelServer } from "../lib/tunnel/server.ts";
 import { Session } from "../lib/tunnel/session.ts";
 import { Logger } from "../lib/base/log.ts";
-import { canonicalHost } from "../lib/protocol/target.ts";
+import { canonicalHost } from "../lib/protocol/address.ts";
 
 /** One part of an IPv4 spelling, in one of the radixes inet_aton reads. */
 const part = fc.tuple(
@@ -161,7 +161,7 @@ Deno.test("regression: over TCP, OPEN 127.0.0.01 under --allow 127.0.0.1/32 gets
 });
 
 Deno.test("regression: HOST:PORT on the command line and in config files refuses the spellings the server refuses", async () => {
-  const { parseHostPort } = await import("../lib/protocol/target.ts");
+  const { parseHostPort } = await import("../lib/protocol/hostport.ts");
   const { UsageError } = await import("../lib/base/errors.ts");
   for (const text of ["127.0.0.010:22", "0x7f.1:22", "2130706433:80", "127。0。0。1:22", "a b:1"]) {
     assert.throws(() => parseHostPort(text), UsageError, text);

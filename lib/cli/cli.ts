@@ -49,7 +49,7 @@ import { type Cidr, parseCidr } from "../protocol/packet.ts";
 import { DEFAULT_TUN_MTU, MAX_TUN_MTU, MIN_TUN_MTU } from "../tunnel/netdev.ts";
 import { VpnClient, type VpnClientOptions } from "../tunnel/vpn_client.ts";
 import { VpnService } from "../tunnel/vpn_server.ts";
-import { formatHostPort, type HostPort, parseHostPort } from "../protocol/target.ts";
+import { formatHostPort, type HostPort, parseHostPort } from "../protocol/hostport.ts";
 
 /** The program version. */
 export const VERSION = "0.2.0";

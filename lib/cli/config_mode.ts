@@ -14,7 +14,7 @@
 
 import { UsageError } from "../base/errors.ts";
 import { LOG_FORMATS, LOG_LEVELS } from "../base/log.ts";
-import { parseHostPort } from "../protocol/target.ts";
+import { parseHostPort } from "../protocol/hostport.ts";
 import { serveMetrics } from "../ops/metrics.ts";
 import { drainOnSignal, onShutdownSignal } from "../ops/signals.ts";
 import { Supervisor } from "../ops/supervisor.ts";

@@ -39,7 +39,7 @@ import {
   DEFAULT_MAX_PENDING,
   DEFAULT_MAX_PENDING_PER_SOURCE,
 } from "../tunnel/pending.ts";
-import { formatHostPort, type HostPort, parseHostPort } from "../protocol/target.ts";
+import { formatHostPort, type HostPort, parseHostPort } from "../protocol/hostport.ts";
 import { DEFAULT_TUN_MTU, MAX_TUN_MTU, MIN_TUN_MTU } from "../tunnel/netdev.ts";
 import { type Cidr, parseCidr } from "../protocol/packet.ts";
 import { checkDeviceName } from "../tunnel/tun.ts";

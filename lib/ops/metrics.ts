@@ -18,7 +18,7 @@
 
 import type { Logger } from "../base/log.ts";
 import { type MetricsSource, renderMetrics } from "./prometheus.ts";
-import { formatHostPort, type HostPort } from "../protocol/target.ts";
+import { formatHostPort, type HostPort } from "../protocol/hostport.ts";
 
 /** The Prometheus text exposition content type. */
 export const METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";

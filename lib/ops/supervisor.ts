@@ -48,7 +48,7 @@ import {
 import type { TunnelStats } from "../tunnel/stats.ts";
 import type { MetricsSource } from "./prometheus.ts";
 import { TunnelServer } from "../tunnel/server.ts";
-import { formatHostPort } from "../protocol/target.ts";
+import { formatHostPort } from "../protocol/hostport.ts";
 import { TunError } from "../tunnel/tun.ts";
 import { VpnClient } from "../tunnel/vpn_client.ts";
 import { VpnService } from "../tunnel/vpn_server.ts";

@@ -15,7 +15,7 @@
  */
 
 import { UsageError } from "../base/errors.ts";
-import { formatIPv6, parseIPv4, parseIPv6 } from "./target.ts";
+import { formatIPv6, parseIPv4, parseIPv6 } from "./address.ts";
 import type { Cidr, IpFamily } from "./vpn_open.ts";
 
 export type { Cidr, IpFamily } from "./vpn_open.ts";

@@ -28,12 +28,12 @@ import { ErrorCode, TargetError, UsageError } from "../base/errors.ts";
 import { type Resolver, ResolveTimeoutError, systemResolver } from "./resolve.ts";
 import {
   canonicalHost,
-  formatHostPort,
   isUnspecified,
   parseIPv4,
   parseIPv6,
   printable,
-} from "../protocol/target.ts";
+} from "../protocol/address.ts";
+import { formatHostPort } from "../protocol/hostport.ts";
 
 export type { Resolver } from "./resolve.ts";
 

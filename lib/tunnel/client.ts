@@ -19,7 +19,8 @@ import { closeQuietly } from "../protocol/conn.ts";
 import type { CryptoProvider } from "../protocol/crypto/provider.ts";
 import { CipherlinkError, TimeoutError } from "../base/errors.ts";
 import { Session, type SessionOptions } from "./session.ts";
-import { formatHostPort, type HostPort, SERVICE_TARGET, type Target } from "../protocol/target.ts";
+import { SERVICE_TARGET, type Target } from "../protocol/target.ts";
+import { formatHostPort, type HostPort } from "../protocol/hostport.ts";
 
 /** Where and how to connect; times in milliseconds. */
 export interface ConnectOptions extends SessionOptions {

@@ -44,7 +44,7 @@ import {
 } from "./socks.ts";
 import { splice } from "./splice.ts";
 import { openOutcomeFor, TunnelStats } from "./stats.ts";
-import { formatHostPort, type HostPort } from "../protocol/target.ts";
+import { formatHostPort, type HostPort } from "../protocol/hostport.ts";
 
 /** Local listener settings; times in milliseconds. */
 export interface ForwarderOptions {

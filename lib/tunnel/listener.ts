@@ -20,7 +20,7 @@
  */
 
 import type { Logger } from "../base/log.ts";
-import { formatHostPort } from "../protocol/target.ts";
+import { formatHostPort } from "../protocol/hostport.ts";
 import type { ShutdownOptions } from "./drain.ts";
 import type { SessionSummary } from "./session.ts";
 

@@ -16,7 +16,7 @@
 
 import { lookup } from "node:dns/promises";
 import { TimeoutError } from "../base/errors.ts";
-import { canonicalHost, isUnspecified } from "../protocol/target.ts";
+import { canonicalHost, isUnspecified } from "../protocol/address.ts";
 
 /** Resolves a canonical host name to canonical address literals (none: it has no address). */
 export type Resolver = (name: string) => Promise<string[]>;

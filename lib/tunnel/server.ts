@@ -48,7 +48,9 @@ import {
 import { receiveOpen, Session, type SessionOptions, type SessionSummary } from "./session.ts";
 import { echo, splice } from "./splice.ts";
 import { openOutcomeFor, TunnelStats } from "./stats.ts";
-import { canonicalHost, formatHostPort, type HostPort, type Target } from "../protocol/target.ts";
+import { type Target } from "../protocol/target.ts";
+import { canonicalHost } from "../protocol/address.ts";
+import { formatHostPort, type HostPort } from "../protocol/hostport.ts";
 import type { Cidr } from "../protocol/packet.ts";
 import type { VpnService } from "./vpn_server.ts";
 import { connectAddresses, systemResolver } from "./resolve.ts";

@@ -38,7 +38,8 @@ import { type Readable, sourceOf, type Writable, writeAll } from "../protocol/co
 import { MAX_DATA_BODY } from "../protocol/frame.ts";
 import { encodeErrorBody, remoteErrorOf } from "../protocol/error_body.ts";
 import { concat } from "../base/bytes.ts";
-import { decodeTarget, encodeTarget, type HostPort, type Target } from "../protocol/target.ts";
+import { decodeTarget, encodeTarget, type Target } from "../protocol/target.ts";
+import { type HostPort } from "../protocol/hostport.ts";
 
 /** Session settings. Times are in milliseconds; 0 turns a timer off. */
 export interface SessionOptions {

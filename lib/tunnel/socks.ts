@@ -20,11 +20,10 @@ import {
   ATYP_IPV4,
   ATYP_IPV6,
   decodeSocksAddress,
-  type HostPort,
-  IPV4_SIZE,
-  IPV6_SIZE,
   PORT_SIZE,
 } from "../protocol/target.ts";
+import { type HostPort } from "../protocol/hostport.ts";
+import { IPV4_SIZE, IPV6_SIZE } from "../protocol/address.ts";
 
 const VERSION = 5;
 const METHOD_NO_AUTH = 0x00;

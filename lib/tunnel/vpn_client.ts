@@ -48,7 +48,7 @@ import {
   sameAddress,
 } from "../protocol/packet.ts";
 import { TunnelStats, VpnStats } from "./stats.ts";
-import { formatHostPort, type HostPort } from "../protocol/target.ts";
+import { formatHostPort, type HostPort } from "../protocol/hostport.ts";
 import { TunDevice } from "./tun.ts";
 import { VpnLink } from "./vpn_link.ts";
 import { encodeVpnOpen } from "../protocol/vpn_open.ts";

@@ -12,7 +12,7 @@
 import { parseArgs } from "node:util";
 import { connect } from "../../lib/tunnel/client.ts";
 import { loadKey } from "../../lib/protocol/keys.ts";
-import { parseHostPort } from "../../lib/protocol/target.ts";
+import { parseHostPort } from "../../lib/protocol/hostport.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
