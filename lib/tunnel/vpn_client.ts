@@ -37,7 +37,6 @@ import {
   RemoteError,
   TimeoutError,
 } from "../base/errors.ts";
-import { MAX_DATA_BODY } from "../protocol/frame.ts";
 import { Logger } from "../base/log.ts";
 import { addRoute, openConfiguredDevice, removeAddresses, removeRoute } from "./netdev.ts";
 import {
@@ -50,7 +49,7 @@ import {
 import { TunnelStats, VpnStats } from "./stats.ts";
 import { formatHostPort, type HostPort } from "../protocol/hostport.ts";
 import { TunDevice } from "./tun.ts";
-import { VpnLink } from "./vpn_link.ts";
+import { readDevicePackets, VpnLink } from "./vpn_link.ts";
 import { encodeVpnOpen } from "../protocol/vpn_open.ts";
 import { VPN_DEFAULT_KEEPALIVE_MS } from "./vpn_server.ts";
 
@@ -302,28 +301,15 @@ export class VpnClient {
   }
 
   /** Packets the kernel routes into the device go to the server while a session is up. */
-  async #readDevice(): Promise<void> {
-    const buffer = new Uint8Array(1 + MAX_DATA_BODY);
-    const into = buffer.subarray(1);
-    for (;;) {
-      let n: number | null;
-      try {
-        n = await this.device.read(into);
-      } catch (err) {
-        this.#log.error("vpn device read failed", {
-          device: this.device.name,
-          error: (err as Error).message,
-        });
-        return;
-      }
-      if (n === null) return;
+  #readDevice(): Promise<void> {
+    return readDevicePackets(this.device, this.#log, (_packet, plaintext) => {
       const link = this.#link;
       if (!link || link.ended) {
         this.#vpn.drop("not_connected");
-        continue;
+        return;
       }
-      link.sendPacket(buffer.subarray(0, 1 + n));
-    }
+      link.sendPacket(plaintext);
+    });
   }
 
   /** The client's addresses, for logs. */

@@ -33,6 +33,9 @@ import {
 } from "../base/errors.ts";
 import { KEEPALIVE_MISSES } from "./session.ts";
 import { VpnStats } from "./stats.ts";
+import type { TunDevice } from "./tun.ts";
+import type { Logger } from "../base/log.ts";
+import { MAX_DATA_BODY } from "../protocol/frame.ts";
 
 /** Packets a link may have waiting for the connection before it drops new ones. */
 export const MAX_QUEUED_PACKETS = 256;
@@ -249,5 +252,34 @@ export class VpnLink {
       this.channel.close();
       this.#resolveEnd(this.#ended!);
     });
+  }
+}
+
+/**
+ * Reads packets from `device` until it closes, or fails (logged on `log`),
+ * through one reused buffer, handing each to `deliver` as `packet` and as
+ * `plaintext`: the packet behind one spare byte, what
+ * {@linkcode VpnLink.sendPacket} takes. `deliver` must not keep either.
+ */
+export async function readDevicePackets(
+  device: TunDevice,
+  log: Logger | undefined,
+  deliver: (packet: Uint8Array, plaintext: Uint8Array) => void,
+): Promise<void> {
+  const buffer = new Uint8Array(1 + MAX_DATA_BODY);
+  const into = buffer.subarray(1);
+  for (;;) {
+    let n: number | null;
+    try {
+      n = await device.read(into);
+    } catch (err) {
+      log?.error("vpn device read failed", {
+        device: device.name,
+        error: (err as Error).message,
+      });
+      return;
+    }
+    if (n === null) return;
+    deliver(into.subarray(0, n), buffer.subarray(0, 1 + n));
   }
 }

@@ -20,7 +20,6 @@
 
 import type { SecureChannel } from "../protocol/channel.ts";
 import { MessageType } from "../protocol/messages.ts";
-import { MAX_DATA_BODY } from "../protocol/frame.ts";
 import type { Logger } from "../base/log.ts";
 import { openConfiguredDevice, removeAddresses } from "./netdev.ts";
 import {
@@ -32,7 +31,7 @@ import {
 } from "../protocol/packet.ts";
 import { VpnStats } from "./stats.ts";
 import { TunDevice } from "./tun.ts";
-import { VpnLink, type VpnLinkEnd } from "./vpn_link.ts";
+import { readDevicePackets, VpnLink, type VpnLinkEnd } from "./vpn_link.ts";
 import { AddressPool } from "./vpn_pool.ts";
 
 /** Keepalive of VPN sessions when none is configured (vpn.md: 25 s in VPN mode). */
@@ -172,33 +171,19 @@ export class VpnService {
   }
 
   /** Packets the server's kernel routes into the device go to the session holding the destination. */
-  async #readDevice(): Promise<void> {
-    const buffer = new Uint8Array(1 + MAX_DATA_BODY);
-    const into = buffer.subarray(1);
-    for (;;) {
-      let n: number | null;
-      try {
-        n = await this.device.read(into);
-      } catch (err) {
-        this.#options.logger?.error("vpn device read failed", {
-          device: this.device.name,
-          error: (err as Error).message,
-        });
-        return;
-      }
-      if (n === null) return;
-      const packet = into.subarray(0, n);
+  #readDevice(): Promise<void> {
+    return readDevicePackets(this.device, this.#options.logger, (packet, plaintext) => {
       const info = inspectPacket(packet);
       if (!info) {
         this.stats.drop("malformed");
-        continue;
+        return;
       }
       const link = this.pool.ownerOf(packet, info.destinationOffset, info.family);
       if (!link) {
         this.stats.drop("no_route");
-        continue;
+        return;
       }
-      link.sendPacket(buffer.subarray(0, 1 + n));
-    }
+      link.sendPacket(plaintext);
+    });
   }
 }
