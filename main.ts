@@ -4,6 +4,6 @@
  * @module
  */
 
-import { main } from "./lib/cli.ts";
+import { main } from "./lib/cli/cli.ts";
 
 if (import.meta.main) Deno.exit(await main(Deno.args));

@@ -9,32 +9,38 @@
  *
  * @example
  * ```ts
- * import { forward, loadKey, TunnelServer } from "./mod.ts";
- * const { key } = await loadKey("keys/shared_key.key");
+ * import { forward, TunnelServer } from "./mod.ts";
+ * // A program would read its key file: `(await loadKey("keys/shared_key.key")).key`.
+ * const key = crypto.getRandomValues(new Uint8Array(32));
  * const server = await TunnelServer.start({ listen: { host: "127.0.0.1", port: 0 }, key });
+ * // Without `forward`, the server echoes: the reply is what was sent.
  * const reply = await forward(new TextEncoder().encode("hello"), {
  *   server: { host: "127.0.0.1", port: server.addr.port },
  *   key,
  * });
- * await server.shutdown();
+ * if (new TextDecoder().decode(reply) !== "hello") throw new Error("no echo");
+ * await server.shutdown({ delay: false });
  * ```
+ *
+ * `deno test --doc --allow-net lib/mod.ts` runs this example (tests/mod_test.ts does).
  * @module
  */
 
-export { connect, type ConnectOptions, forward } from "./client.ts";
-export { type ServerOptions, TunnelServer } from "./server.ts";
-export { type ForwarderOptions, LocalForwarder } from "./forwarder.ts";
-export { Session, type SessionSummary } from "./session.ts";
-export { MessageType, SecureChannel } from "./channel.ts";
-export { fingerprint, generateKeyFile, loadKey, parseKey } from "./keys.ts";
-export { AllowList } from "./allow.ts";
+export { connect, type ConnectOptions, forward } from "./tunnel/client.ts";
+export { type ServerOptions, TunnelServer } from "./tunnel/server.ts";
+export { type ForwarderOptions, LocalForwarder } from "./tunnel/forwarder.ts";
+export { Session, type SessionSummary } from "./tunnel/session.ts";
+export { SecureChannel } from "./protocol/channel.ts";
+export { MessageType } from "./protocol/messages.ts";
+export { fingerprint, generateKeyFile, loadKey, parseKey } from "./protocol/keys.ts";
+export { AllowList } from "./tunnel/allow.ts";
 export {
   CRYPTO_PROVIDERS,
   type CryptoProvider,
   type CryptoProviderName,
   loadCryptoProvider,
-} from "./crypto/select.ts";
-export { Logger } from "./log.ts";
+} from "./protocol/crypto/select.ts";
+export { Logger } from "./base/log.ts";
 export {
   AuthenticationError,
   CipherlinkError,
@@ -45,4 +51,4 @@ export {
   RemoteError,
   TimeoutError,
   TruncationError,
-} from "./errors.ts";
+} from "./base/errors.ts";

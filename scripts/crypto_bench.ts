@@ -15,7 +15,7 @@
 
 import { cpuUsage } from "node:process";
 import { parseArgs } from "node:util";
-import { CipherState, NNpsk0Handshake } from "../lib/noise.ts";
+import { CipherState, NNpsk0Handshake } from "../lib/protocol/noise.ts";
 
 /** Web Crypto calls made so far (every crypto.subtle method is counted). */
 let subtleCalls = 0;
@@ -58,7 +58,7 @@ const prologue = new TextEncoder().encode("cipherlink/2");
 async function providers(): Promise<(Provider | undefined)[]> {
   const list: (Provider | undefined)[] = [undefined]; // the default: Web Crypto
   if (values["webcrypto-only"]) return list;
-  const { loadCryptoProvider } = await import("../lib/crypto/select.ts");
+  const { loadCryptoProvider } = await import("../lib/protocol/crypto/select.ts");
   list.push(loadCryptoProvider("openssl") as Provider);
   return list;
 }

@@ -5,12 +5,12 @@
  * @module
  */
 
-import { forward } from "../lib/client.ts";
-import { closeQuietly, readableOf, writableOf } from "../lib/conn.ts";
-import { HEADER_SIZE } from "../lib/frame.ts";
-import { fingerprint } from "../lib/keys.ts";
-import { Logger } from "../lib/log.ts";
-import { TunnelServer } from "../lib/server.ts";
+import { forward } from "../lib/tunnel/client.ts";
+import { closeQuietly, readableOf, writableOf } from "../lib/protocol/conn.ts";
+import { HEADER_SIZE } from "../lib/protocol/frame.ts";
+import { fingerprint } from "../lib/protocol/keys.ts";
+import { Logger } from "../lib/base/log.ts";
+import { TunnelServer } from "../lib/tunnel/server.ts";
 
 const MESSAGE = "Hello from the Cipherlink demo: this sentence is the secret.";
 

@@ -1,5 +1,5 @@
 /**
- * `--allow` rules (lib/allow.ts): parsing each syntax of the CLI contract
+ * `--allow` rules (lib/tunnel/allow.ts): parsing each syntax of the CLI contract
  * (`HOST:PORT`, `HOST:*`, `*:PORT`, `CIDR:PORT`, `CIDR:*`, bracketed IPv6),
  * refusing malformed rules, and deciding targets: name wildcards, IPv4/IPv6
  * networks, ports, and names admitted by a network rule only through what
@@ -8,8 +8,8 @@
  */
 
 import assert from "node:assert/strict";
-import { AllowList, parseRule, type Resolver } from "../lib/allow.ts";
-import { ErrorCode, UsageError } from "../lib/errors.ts";
+import { AllowList, parseRule, type Resolver } from "../lib/tunnel/allow.ts";
+import { ErrorCode, UsageError } from "../lib/base/errors.ts";
 
 /** The addresses a decision lets the server dial, or null when it refuses. */
 async function admitted(allow: AllowList, host: string, port: number): Promise<string[] | null> {
@@ -268,7 +268,7 @@ Deno.test("allow: the resolver is not asked when the port rules out every rule",
 });
 
 Deno.test("allow: a lookup that fails or times out is ERROR 3 or 5, not a hang", async () => {
-  const { ResolveTimeoutError } = await import("../lib/resolve.ts");
+  const { ResolveTimeoutError } = await import("../lib/tunnel/resolve.ts");
   const slow = AllowList.parse(
     ["*.internal:*"],
     () => Promise.reject(new ResolveTimeoutError("slow")),

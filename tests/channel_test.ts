@@ -6,11 +6,13 @@
  * @module
  */
 
+import { concat } from "../lib/base/bytes.ts";
 import assert from "node:assert/strict";
-import { MessageType, PROLOGUE, SecureChannel } from "../lib/channel.ts";
-import { connect, forward } from "../lib/client.ts";
-import { closeQuietly, readableOf, writeAll } from "../lib/conn.ts";
-import { ErrorCode, ProtocolError, TruncationError } from "../lib/errors.ts";
+import { PROLOGUE, SecureChannel } from "../lib/protocol/channel.ts";
+import { MessageType } from "../lib/protocol/messages.ts";
+import { connect, forward } from "../lib/tunnel/client.ts";
+import { closeQuietly, readableOf, writeAll } from "../lib/protocol/conn.ts";
+import { ErrorCode, ProtocolError, TruncationError } from "../lib/base/errors.ts";
 import {
   encodeHeader,
   HANDSHAKE_NONCE_SIZE,
@@ -19,11 +21,11 @@ import {
   MAX_DATA_SIZE,
   TAG_SIZE,
   TRANSPORT_NONCE_SIZE,
-} from "../lib/frame.ts";
-import { FrameReader } from "../lib/framer.ts";
-import { type CipherState, counterNonce, NNpsk0Handshake } from "../lib/noise.ts";
-import { receiveOpen, Session } from "../lib/session.ts";
-import type { HostPort } from "../lib/target.ts";
+} from "../lib/protocol/frame.ts";
+import { FrameReader } from "../lib/protocol/framer.ts";
+import { type CipherState, counterNonce, NNpsk0Handshake } from "../lib/protocol/noise.ts";
+import { receiveOpen, Session } from "../lib/tunnel/session.ts";
+import type { HostPort } from "../lib/protocol/hostport.ts";
 import { randomBytes, sha256Hex } from "./helpers.ts";
 import { startServer, Upstream } from "./server_fixture.ts";
 
@@ -44,16 +46,6 @@ async function within<T>(ms: number, what: string, promise: Promise<T>): Promise
   } finally {
     clearTimeout(timer);
   }
-}
-
-function concat(chunks: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(chunks.reduce((n, c) => n + c.byteLength, 0));
-  let at = 0;
-  for (const chunk of chunks) {
-    out.set(chunk, at);
-    at += chunk.byteLength;
-  }
-  return out;
 }
 
 async function readAll(readable: ReadableStream<Uint8Array>): Promise<Uint8Array> {
@@ -149,7 +141,7 @@ class RecordingRelay {
 }
 
 /**
- * A client driven by hand from lib/noise.ts and lib/frame.ts, so that a test
+ * A client driven by hand from lib/protocol/noise.ts and lib/protocol/frame.ts, so that a test
  * chooses each frame's counter: the lib's channel never skips or repeats one.
  */
 class HandDrivenClient {

@@ -7,15 +7,15 @@
  */
 
 import assert from "node:assert/strict";
-import { connect, forward } from "../lib/client.ts";
-import { AuthenticationError } from "../lib/errors.ts";
+import { connect, forward } from "../lib/tunnel/client.ts";
+import { AuthenticationError } from "../lib/base/errors.ts";
 import {
   ConfigError,
   loadConfig,
   parseConfig,
   parseJsonWithComments,
   type ServerTunnelConfig,
-} from "../lib/config.ts";
+} from "../lib/ops/config.ts";
 import { type Daemon, freePort, runCipherlink, startDaemon, waitForLineWithin } from "./process.ts";
 
 const encoder = new TextEncoder();

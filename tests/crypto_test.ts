@@ -7,11 +7,11 @@
 
 import assert from "node:assert/strict";
 import { differential } from "../scripts/soak/differential.ts";
-import { AuthenticationError, CryptoLibraryError } from "../lib/errors.ts";
-import { loadCryptoProvider } from "../lib/crypto/select.ts";
-import { libcryptoPathsFor } from "../lib/ffi_grant.ts";
-import { locateLibcrypto } from "../lib/crypto/locate.ts";
-import type { AeadKey } from "../lib/crypto/provider.ts";
+import { AuthenticationError, CryptoLibraryError } from "../lib/base/errors.ts";
+import { loadCryptoProvider } from "../lib/protocol/crypto/select.ts";
+import { libcryptoPathsFor } from "../lib/cli/ffi_grant.ts";
+import { locateLibcrypto } from "../lib/protocol/crypto/locate.ts";
+import type { AeadKey } from "../lib/protocol/crypto/provider.ts";
 import { openssl, opensslMissing, providers, webcrypto } from "./providers.ts";
 
 const needsOpenssl = { ignore: openssl === null };

@@ -7,9 +7,10 @@
  */
 
 import assert from "node:assert/strict";
-import { MessageType, SecureChannel } from "../lib/channel.ts";
-import { connect } from "../lib/client.ts";
-import type { CryptoProvider } from "../lib/crypto/provider.ts";
+import { SecureChannel } from "../lib/protocol/channel.ts";
+import { MessageType } from "../lib/protocol/messages.ts";
+import { connect } from "../lib/tunnel/client.ts";
+import type { CryptoProvider } from "../lib/protocol/crypto/provider.ts";
 import { randomBytes, sha256Hex } from "./helpers.ts";
 import { openssl, opensslMissing, providers } from "./providers.ts";
 import { startServer } from "./server_fixture.ts";

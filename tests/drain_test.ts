@@ -9,17 +9,18 @@
  */
 
 import assert from "node:assert/strict";
-import { SecureChannel } from "../lib/channel.ts";
-import { connect, forward } from "../lib/client.ts";
-import { closeQuietly } from "../lib/conn.ts";
-import { parseConfig } from "../lib/config.ts";
-import { DEFAULT_DRAIN_DELAY_SECONDS, drainDelayFor } from "../lib/drain.ts";
-import { ErrorCode, RemoteError } from "../lib/errors.ts";
-import { LocalForwarder } from "../lib/forwarder.ts";
-import { Session } from "../lib/session.ts";
-import { renderMetrics, type TunnelStats } from "../lib/stats.ts";
-import { Supervisor } from "../lib/supervisor.ts";
-import { SERVICE_TARGET } from "../lib/target.ts";
+import { SecureChannel } from "../lib/protocol/channel.ts";
+import { connect, forward } from "../lib/tunnel/client.ts";
+import { closeQuietly } from "../lib/protocol/conn.ts";
+import { parseConfig } from "../lib/ops/config.ts";
+import { DEFAULT_DRAIN_DELAY_SECONDS, drainDelayFor } from "../lib/tunnel/drain.ts";
+import { ErrorCode, RemoteError } from "../lib/base/errors.ts";
+import { LocalForwarder } from "../lib/tunnel/forwarder.ts";
+import { Session } from "../lib/tunnel/session.ts";
+import { renderMetrics } from "../lib/ops/prometheus.ts";
+import type { TunnelStats } from "../lib/tunnel/stats.ts";
+import { Supervisor } from "../lib/ops/supervisor.ts";
+import { SERVICE_TARGET } from "../lib/protocol/target.ts";
 import { randomBytes } from "./helpers.ts";
 import { runCipherlink, startDaemon, tempKey, waitForLineWithin } from "./process.ts";
 import { LogCapture, startServer } from "./server_fixture.ts";

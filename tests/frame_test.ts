@@ -1,5 +1,5 @@
 /**
- * The 9-byte frame header codec (lib/frame.ts): the wire layout, the limits
+ * The 9-byte frame header codec (lib/protocol/frame.ts): the wire layout, the limits
  * derived from it, and every rejection rule that decides a frame from its
  * header alone (protocol v2, section 1).
  * @module
@@ -16,8 +16,8 @@ import {
   parseHeader,
   TAG_SIZE,
   TRANSPORT_NONCE_SIZE,
-} from "../lib/frame.ts";
-import { LegacyProtocolError, ProtocolError } from "../lib/errors.ts";
+} from "../lib/protocol/frame.ts";
+import { LegacyProtocolError, ProtocolError } from "../lib/base/errors.ts";
 
 /** A raw header with any field values, valid or not. */
 function rawHeader(version: number, nonceSize: number, dataSize: number): Uint8Array {

@@ -1,18 +1,19 @@
 /**
- * The exact-read framer (lib/framer.ts) over BYOB byte streams: frames split
+ * The exact-read framer (lib/protocol/framer.ts) over BYOB byte streams: frames split
  * at every possible point (one byte at a time, seeded random splits), many
  * frames in one read, clean EOF versus truncation, and bad headers rejected
  * after exactly 9 bytes, with nothing beyond the header read or allocated.
- * Streams come from lib/conn.ts readableOf over a scripted source, and over
+ * Streams come from lib/protocol/conn.ts readableOf over a scripted source, and over
  * real TCP on 127.0.0.1.
  * @module
  */
 
+import { concat } from "../lib/base/bytes.ts";
 import assert from "node:assert/strict";
-import { type Frame, FrameReader, INITIAL_READ_CAPACITY } from "../lib/framer.ts";
-import { HEADER_SIZE, MAX_DATA_SIZE, MAX_FRAME_SIZE } from "../lib/frame.ts";
-import { LegacyProtocolError, ProtocolError, TruncationError } from "../lib/errors.ts";
-import { type Readable, readableOf, writeAll } from "../lib/conn.ts";
+import { type Frame, FrameReader, INITIAL_READ_CAPACITY } from "../lib/protocol/framer.ts";
+import { HEADER_SIZE, MAX_DATA_SIZE, MAX_FRAME_SIZE } from "../lib/protocol/frame.ts";
+import { LegacyProtocolError, ProtocolError, TruncationError } from "../lib/base/errors.ts";
+import { type Readable, readableOf, writeAll } from "../lib/protocol/conn.ts";
 
 /** The framer's buffer may grow to one largest frame plus this much. */
 const FULL_READ_CAPACITY = MAX_FRAME_SIZE + 4096;
@@ -42,16 +43,6 @@ function frameBytes(
   view.setUint32(5, fields.dataSize ?? data.byteLength);
   out.set(nonce, HEADER_SIZE);
   out.set(data, HEADER_SIZE + nonce.byteLength);
-  return out;
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((sum, p) => sum + p.byteLength, 0));
-  let at = 0;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.byteLength;
-  }
   return out;
 }
 

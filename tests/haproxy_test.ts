@@ -15,7 +15,7 @@
  */
 
 import assert from "node:assert/strict";
-import { closeQuietly, writeAll } from "../lib/conn.ts";
+import { closeQuietly, writeAll } from "../lib/protocol/conn.ts";
 import { randomBytes, sha256Hex } from "./helpers.ts";
 import { type Daemon, freePort, startDaemon, tempKey } from "./process.ts";
 

@@ -8,11 +8,12 @@
  */
 
 import assert from "node:assert/strict";
-import { MessageType, SecureChannel } from "../lib/channel.ts";
-import { connect, forward } from "../lib/client.ts";
-import { ErrorCode, ProtocolError } from "../lib/errors.ts";
-import { type Connection } from "../lib/conn.ts";
-import { closeQuietly } from "../lib/conn.ts";
+import { SecureChannel } from "../lib/protocol/channel.ts";
+import { MessageType } from "../lib/protocol/messages.ts";
+import { connect, forward } from "../lib/tunnel/client.ts";
+import { ErrorCode, ProtocolError } from "../lib/base/errors.ts";
+import { type Connection } from "../lib/protocol/conn.ts";
+import { closeQuietly } from "../lib/protocol/conn.ts";
 import { randomBytes } from "./helpers.ts";
 import { startServer } from "./server_fixture.ts";
 
@@ -143,7 +144,7 @@ Deno.test("regression: message 1 has its own short deadline: a silent and a drib
 });
 
 Deno.test("hardening: the pending budget drops the oldest of the source that holds the most", async () => {
-  const { PendingBudget } = await import("../lib/pending.ts");
+  const { PendingBudget } = await import("../lib/tunnel/pending.ts");
   const dropped: string[] = [];
   const budget = new PendingBudget(4, 3);
   const add = (id: number, source: string) =>
@@ -312,8 +313,8 @@ Deno.test({
 });
 
 Deno.test("regression: a SOCKS client that stalls in negotiation is closed at the deadline, and a server that never answers OPEN gets reply 0x06", async () => {
-  const { LocalForwarder } = await import("../lib/forwarder.ts");
-  const { Logger } = await import("../lib/log.ts");
+  const { LocalForwarder } = await import("../lib/tunnel/forwarder.ts");
+  const { Logger } = await import("../lib/base/log.ts");
   const key = randomBytes(32);
   // A server that completes the handshake and then never answers OPEN.
   const listener = Deno.listen({ hostname: LOCAL, port: 0 });
@@ -360,7 +361,7 @@ Deno.test("regression: a SOCKS client that stalls in negotiation is closed at th
 });
 
 Deno.test("hardening: client --socks warns unless it listens on a loopback address (SOCKS5 has no authentication)", async () => {
-  const { isLoopbackHost } = await import("../lib/socks.ts");
+  const { isLoopbackHost } = await import("../lib/tunnel/socks.ts");
   for (const host of ["127.0.0.1", "127.8.9.10", "::1", "localhost"]) {
     assert.ok(isLoopbackHost(host), host);
   }
@@ -368,8 +369,8 @@ Deno.test("hardening: client --socks warns unless it listens on a loopback addre
     assert.ok(!isLoopbackHost(host), host);
   }
   // On loopback (the only address tests may bind), no warning.
-  const { LocalForwarder } = await import("../lib/forwarder.ts");
-  const { Logger } = await import("../lib/log.ts");
+  const { LocalForwarder } = await import("../lib/tunnel/forwarder.ts");
+  const { Logger } = await import("../lib/base/log.ts");
   const lines: string[] = [];
   const forwarder = LocalForwarder.start({
     listen: { host: LOCAL, port: 0 },
@@ -382,7 +383,7 @@ Deno.test("hardening: client --socks warns unless it listens on a loopback addre
 });
 
 Deno.test("regression: loadKey zeroes the buffer it read the key file into, in every format", async () => {
-  const { loadKey, encodeKey } = await import("../lib/keys.ts");
+  const { loadKey, encodeKey } = await import("../lib/protocol/keys.ts");
   const dir = await Deno.makeTempDir({ prefix: "cipherlink-test-" });
   const readFile = Deno.readFile;
   const buffers: Uint8Array[] = [];

@@ -1,5 +1,5 @@
 /**
- * The pre-shared key (lib/keys.ts): parsing the three key file formats
+ * The pre-shared key (lib/protocol/keys.ts): parsing the three key file formats
  * (protocol v2, section 4), loading files with their error messages and the
  * permission warning, writing new key files (cli.md, `keygen`), and the
  * fingerprint that names a key without revealing it.
@@ -14,8 +14,8 @@ import {
   KEY_FORMATS,
   loadKey,
   parseKey,
-} from "../lib/keys.ts";
-import { KeyFileError } from "../lib/errors.ts";
+} from "../lib/protocol/keys.ts";
+import { KeyFileError } from "../lib/base/errors.ts";
 import { toHex } from "./helpers.ts";
 
 const text = (s: string) => new TextEncoder().encode(s);

@@ -6,7 +6,7 @@
  */
 
 import assert from "node:assert/strict";
-import { Logger } from "../lib/log.ts";
+import { Logger } from "../lib/base/log.ts";
 
 const HOSTILE = [
   "evil\x1b[2J\x1b[31mred",

@@ -39,3 +39,21 @@ Deno.test("mod: forward() does one encrypted round trip through an in-process Tu
     await server.shutdown();
   }
 });
+
+Deno.test("mod: the usage example in lib/mod.ts type-checks and runs (deno test --doc)", async () => {
+  const run = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "test",
+      "--doc",
+      "--allow-net=127.0.0.1",
+      new URL("../lib/mod.ts", import.meta.url).pathname,
+    ],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    signal: AbortSignal.timeout(60_000),
+  }).output();
+  const output = new TextDecoder().decode(run.stdout) + new TextDecoder().decode(run.stderr);
+  assert.equal(run.code, 0, output);
+  assert.match(output, /1 passed/, output);
+});

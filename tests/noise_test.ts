@@ -6,10 +6,10 @@ import {
   importEphemeral,
   NNpsk0Handshake,
   PROTOCOL_NAME,
-} from "../lib/noise.ts";
-import type { CryptoProvider, MaybePromise } from "../lib/crypto/provider.ts";
-import { AuthenticationError } from "../lib/errors.ts";
-import { SecureChannel } from "../lib/channel.ts";
+} from "../lib/protocol/noise.ts";
+import type { CryptoProvider, MaybePromise } from "../lib/protocol/crypto/provider.ts";
+import { AuthenticationError } from "../lib/base/errors.ts";
+import { SecureChannel } from "../lib/protocol/channel.ts";
 import { fromHex, toHex } from "./helpers.ts";
 import { openssl, opensslMissing, providers, webcrypto } from "./providers.ts";
 

@@ -5,29 +5,26 @@
  * @module
  */
 
-const MAIN = new URL("../main.ts", import.meta.url).pathname;
+import { cipherlinkArgvWith, denoRunArgs, freePort, tempKeyFile } from "../support/process.ts";
+
+/** A free loopback port (support/process.ts). */
+export { freePort };
+
 const decoder = new TextDecoder();
 
 /** How long a test waits for a log line unless it names its own bound. */
 export const LINE_DEADLINE_MS = 20_000;
 
-/** The deno flags the launcher would use, plus what tests need. */
-function denoArgs(args: string[]): string[] {
-  return [
-    "run",
-    "--quiet",
-    "--no-prompt",
-    "--allow-net",
-    "--allow-read",
-    "--allow-write",
-    "--allow-env",
-    // --crypto openssl: the tests run the program directly; the launcher's
-    // narrowed grant is tested through ./cipherlink itself.
-    "--allow-ffi",
-    MAIN,
-    ...args,
-  ];
-}
+/** The permissions the launcher would grant, plus what tests need. */
+const TEST_PERMISSIONS = [
+  "--allow-net",
+  "--allow-read",
+  "--allow-write",
+  "--allow-env",
+  // --crypto openssl: the tests run the program directly; the launcher's
+  // narrowed grant is tested through ./cipherlink itself.
+  "--allow-ffi",
+];
 
 /** Output of a finished command. */
 export interface RunResult {
@@ -43,7 +40,7 @@ export async function runCipherlink(
   options: { stdin?: Uint8Array; env?: Record<string, string>; cwd?: string } = {},
 ): Promise<RunResult> {
   const child = new Deno.Command(Deno.execPath(), {
-    args: denoArgs(args),
+    args: denoRunArgs(TEST_PERMISSIONS, args),
     stdin: options.stdin ? "piped" : "null",
     stdout: "piped",
     stderr: "piped",
@@ -94,7 +91,7 @@ export interface Daemon {
  */
 export async function startDaemon(args: string[], env?: Record<string, string>): Promise<Daemon> {
   const process = new Deno.Command(Deno.execPath(), {
-    args: denoArgs(args),
+    args: denoRunArgs(TEST_PERMISSIONS, args),
     stdin: "null",
     stdout: "null",
     stderr: "piped",
@@ -170,11 +167,8 @@ export async function startDaemon(args: string[], env?: Record<string, string>):
 }
 
 /** A temporary folder with a fresh raw key in it. */
-export async function tempKey(): Promise<{ dir: string; path: string; cleanup(): Promise<void> }> {
-  const dir = await Deno.makeTempDir({ prefix: "cipherlink-test-" });
-  const path = `${dir}/shared.key`;
-  await Deno.writeFile(path, crypto.getRandomValues(new Uint8Array(32)), { mode: 0o600 });
-  return { dir, path, cleanup: () => Deno.remove(dir, { recursive: true }) };
+export function tempKey(): Promise<{ dir: string; path: string; cleanup(): Promise<void> }> {
+  return tempKeyFile("cipherlink-test-");
 }
 
 /**
@@ -183,19 +177,7 @@ export async function tempKey(): Promise<{ dir: string; path: string; cleanup():
  * as ssh's ProxyCommand.
  */
 export function cipherlinkArgv(args: string[]): string[] {
-  return [Deno.execPath(), ...denoArgs(args)];
-}
-
-/**
- * A TCP port on 127.0.0.1 that was free a moment ago (bound, then released),
- * for services that must be told their port in advance or for a target where
- * nothing listens.
- */
-export function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0, transport: "tcp" });
-  const { port } = listener.addr;
-  listener.close();
-  return port;
+  return cipherlinkArgvWith(TEST_PERMISSIONS, args);
 }
 
 /** `daemon.waitForLine(pattern, ms)`: kept for the tests that name their bound. */

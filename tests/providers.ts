@@ -6,10 +6,10 @@
  * @module
  */
 
-import type { CryptoProvider } from "../lib/crypto/provider.ts";
-import { locateLibcrypto } from "../lib/crypto/locate.ts";
-import { loadCryptoProvider } from "../lib/crypto/select.ts";
-import { webcrypto } from "../lib/crypto/webcrypto.ts";
+import type { CryptoProvider } from "../lib/protocol/crypto/provider.ts";
+import { locateLibcrypto } from "../lib/protocol/crypto/locate.ts";
+import { loadCryptoProvider } from "../lib/protocol/crypto/select.ts";
+import { webcrypto } from "../lib/protocol/crypto/webcrypto.ts";
 
 const located = locateLibcrypto();
 

@@ -5,10 +5,10 @@
  * @module
  */
 
-import { closeQuietly, writeAll } from "../lib/conn.ts";
-import { Logger } from "../lib/log.ts";
-import { type ServerOptions, TunnelServer } from "../lib/server.ts";
-import type { HostPort } from "../lib/target.ts";
+import { closeQuietly, writeAll } from "../lib/protocol/conn.ts";
+import { Logger } from "../lib/base/log.ts";
+import { type ServerOptions, TunnelServer } from "../lib/tunnel/server.ts";
+import type { HostPort } from "../lib/protocol/hostport.ts";
 import { randomBytes } from "./helpers.ts";
 
 const LOCAL = "127.0.0.1";

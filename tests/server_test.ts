@@ -5,29 +5,21 @@
  * @module
  */
 
+import { concat } from "../lib/base/bytes.ts";
 import assert from "node:assert/strict";
-import { AllowList } from "../lib/allow.ts";
-import { MessageType, SecureChannel } from "../lib/channel.ts";
-import { connect, forward } from "../lib/client.ts";
-import { closeQuietly, writeAll } from "../lib/conn.ts";
-import { ErrorCode, RemoteError } from "../lib/errors.ts";
-import type { Session } from "../lib/session.ts";
-import type { HostPort } from "../lib/target.ts";
+import { AllowList } from "../lib/tunnel/allow.ts";
+import { SecureChannel } from "../lib/protocol/channel.ts";
+import { MessageType } from "../lib/protocol/messages.ts";
+import { connect, forward } from "../lib/tunnel/client.ts";
+import { closeQuietly, writeAll } from "../lib/protocol/conn.ts";
+import { ErrorCode, RemoteError } from "../lib/base/errors.ts";
+import type { Session } from "../lib/tunnel/session.ts";
+import type { HostPort } from "../lib/protocol/hostport.ts";
 import { randomBytes } from "./helpers.ts";
 import { startServer, Upstream } from "./server_fixture.ts";
 
 const LOCAL = "127.0.0.1";
 const encoder = new TextEncoder();
-
-function concat(chunks: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(chunks.reduce((n, c) => n + c.byteLength, 0));
-  let at = 0;
-  for (const chunk of chunks) {
-    out.set(chunk, at);
-    at += chunk.byteLength;
-  }
-  return out;
-}
 
 /** Reads until EOF; a reset ends the stream too. */
 async function readUntilEnd(conn: Deno.TcpConn): Promise<Uint8Array> {

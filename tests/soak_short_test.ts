@@ -12,15 +12,16 @@
  */
 
 import assert from "node:assert/strict";
-import { PROLOGUE, ReplayGuard, SecureChannel } from "../lib/channel.ts";
-import { forward } from "../lib/client.ts";
-import { closeQuietly, type Connection, readableOf } from "../lib/conn.ts";
-import { AuthenticationError, ErrorCode, TruncationError } from "../lib/errors.ts";
-import { NNpsk0Handshake } from "../lib/noise.ts";
-import { Logger } from "../lib/log.ts";
-import { TunnelServer } from "../lib/server.ts";
-import { Session } from "../lib/session.ts";
-import { SERVICE_TARGET } from "../lib/target.ts";
+import { PROLOGUE, SecureChannel } from "../lib/protocol/channel.ts";
+import { ReplayGuard } from "../lib/protocol/replay.ts";
+import { forward } from "../lib/tunnel/client.ts";
+import { closeQuietly, type Connection, readableOf } from "../lib/protocol/conn.ts";
+import { AuthenticationError, ErrorCode, TruncationError } from "../lib/base/errors.ts";
+import { NNpsk0Handshake } from "../lib/protocol/noise.ts";
+import { Logger } from "../lib/base/log.ts";
+import { TunnelServer } from "../lib/tunnel/server.ts";
+import { Session } from "../lib/tunnel/session.ts";
+import { SERVICE_TARGET } from "../lib/protocol/target.ts";
 import { memoryPair } from "../scripts/soak/memory.ts";
 import { randomBytes } from "./helpers.ts";
 

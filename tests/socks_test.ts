@@ -1,5 +1,5 @@
 /**
- * The SOCKS5 server side (lib/socks.ts, RFC 1928) over real TCP on
+ * The SOCKS5 server side (lib/tunnel/socks.ts, RFC 1928) over real TCP on
  * 127.0.0.1: NO AUTH negotiation, CONNECT with IPv4, IPv6 and domain
  * addresses, refusal of other methods, commands and address types, and the
  * mapping from a tunnel's ERROR codes to SOCKS5 reply codes.
@@ -7,10 +7,16 @@
  */
 
 import assert from "node:assert/strict";
-import { acceptSocks, replySocks, SocksError, SocksReply, socksReplyFor } from "../lib/socks.ts";
-import { RemoteError } from "../lib/errors.ts";
-import { writeAll } from "../lib/conn.ts";
-import { parseIPv6 } from "../lib/target.ts";
+import {
+  acceptSocks,
+  replySocks,
+  SocksError,
+  SocksReply,
+  socksReplyFor,
+} from "../lib/tunnel/socks.ts";
+import { RemoteError } from "../lib/base/errors.ts";
+import { writeAll } from "../lib/protocol/conn.ts";
+import { parseIPv6 } from "../lib/protocol/address.ts";
 
 const encoder = new TextEncoder();
 

@@ -8,21 +8,27 @@
  * @module
  */
 
+import { concat } from "../lib/base/bytes.ts";
 import assert from "node:assert/strict";
-import { forward } from "../lib/client.ts";
-import { closeQuietly, readableOf, writeAll } from "../lib/conn.ts";
+import { forward } from "../lib/tunnel/client.ts";
+import { closeQuietly, readableOf, writeAll } from "../lib/protocol/conn.ts";
 import {
   AuthenticationError,
   ProtocolError,
   RemoteError,
   TimeoutError,
   TruncationError,
-} from "../lib/errors.ts";
-import { encodeHeader, HANDSHAKE_NONCE_SIZE, HEADER_SIZE, TAG_SIZE } from "../lib/frame.ts";
-import { FrameReader } from "../lib/framer.ts";
-import { NNpsk0Handshake } from "../lib/noise.ts";
-import { PROLOGUE } from "../lib/channel.ts";
-import type { HostPort } from "../lib/target.ts";
+} from "../lib/base/errors.ts";
+import {
+  encodeHeader,
+  HANDSHAKE_NONCE_SIZE,
+  HEADER_SIZE,
+  TAG_SIZE,
+} from "../lib/protocol/frame.ts";
+import { FrameReader } from "../lib/protocol/framer.ts";
+import { NNpsk0Handshake } from "../lib/protocol/noise.ts";
+import { PROLOGUE } from "../lib/protocol/channel.ts";
+import type { HostPort } from "../lib/protocol/hostport.ts";
 import { randomBytes } from "./helpers.ts";
 import { startServer, Upstream } from "./server_fixture.ts";
 
@@ -34,16 +40,6 @@ const HANDSHAKE_FRAME = HEADER_SIZE + HANDSHAKE_DATA;
 const PAYLOAD_SIZE = 16;
 /** How many tamper cases run at once. */
 const BATCH = 12;
-
-function concat(chunks: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(chunks.reduce((n, c) => n + c.byteLength, 0));
-  let at = 0;
-  for (const chunk of chunks) {
-    out.set(chunk, at);
-    at += chunk.byteLength;
-  }
-  return out;
-}
 
 /** Runs `run` for every item, `width` at a time. */
 async function inBatches<T>(items: T[], width: number, run: (item: T) => Promise<void>) {

@@ -1,6 +1,6 @@
 /**
  * Finding 1 of issue 9: the server must act on the address it checked. A
- * property test compares canonicalHost (lib/target.ts) with the system's own
+ * property test compares canonicalHost (lib/protocol/address.ts) with the system's own
  * readings of generated IPv4 spellings (decimal, octal and hex parts, one to
  * five of them, leading zeros, overflow, a trailing dot): Python's
  * `socket.inet_aton` (the C library's parser) for every spelling and
@@ -14,13 +14,13 @@
 import assert from "node:assert/strict";
 import { lookup } from "node:dns/promises";
 import fc from "npm:fast-check@3";
-import { AllowList } from "../lib/allow.ts";
-import { SecureChannel } from "../lib/channel.ts";
-import { RemoteError } from "../lib/errors.ts";
-import { TunnelServer } from "../lib/server.ts";
-import { Session } from "../lib/session.ts";
-import { Logger } from "../lib/log.ts";
-import { canonicalHost } from "../lib/target.ts";
+import { AllowList } from "../lib/tunnel/allow.ts";
+import { SecureChannel } from "../lib/protocol/channel.ts";
+import { RemoteError } from "../lib/base/errors.ts";
+import { TunnelServer } from "../lib/tunnel/server.ts";
+import { Session } from "../lib/tunnel/session.ts";
+import { Logger } from "../lib/base/log.ts";
+import { canonicalHost } from "../lib/protocol/address.ts";
 
 /** One part of an IPv4 spelling, in one of the radixes inet_aton reads. */
 const part = fc.tuple(
@@ -161,8 +161,8 @@ Deno.test("regression: over TCP, OPEN 127.0.0.01 under --allow 127.0.0.1/32 gets
 });
 
 Deno.test("regression: HOST:PORT on the command line and in config files refuses the spellings the server refuses", async () => {
-  const { parseHostPort } = await import("../lib/target.ts");
-  const { UsageError } = await import("../lib/errors.ts");
+  const { parseHostPort } = await import("../lib/protocol/hostport.ts");
+  const { UsageError } = await import("../lib/base/errors.ts");
   for (const text of ["127.0.0.010:22", "0x7f.1:22", "2130706433:80", "127。0。0。1:22", "a b:1"]) {
     assert.throws(() => parseHostPort(text), UsageError, text);
   }

@@ -1,5 +1,5 @@
 /**
- * OPEN targets and host:port strings (lib/target.ts): `HOST:PORT` parsing and
+ * OPEN targets and host:port strings (lib/protocol/target.ts, hostport.ts, address.ts): `HOST:PORT` parsing and
  * formatting, the OPEN body codec (protocol v2, section 3: `0x00`, or
  * `0x01 ATYP ADDR PORT` with SOCKS5 encoding) and the IPv4/IPv6 parsers it
  * rests on.
@@ -11,15 +11,12 @@ import {
   decodeSocksAddress,
   decodeTarget,
   encodeTarget,
-  formatHostPort,
-  formatIPv6,
-  parseHostPort,
-  parseIPv4,
-  parseIPv6,
   SERVICE_TARGET,
   type Target,
-} from "../lib/target.ts";
-import { ProtocolError, UsageError } from "../lib/errors.ts";
+} from "../lib/protocol/target.ts";
+import { formatHostPort, parseHostPort } from "../lib/protocol/hostport.ts";
+import { formatIPv6, parseIPv4, parseIPv6 } from "../lib/protocol/address.ts";
+import { ProtocolError, UsageError } from "../lib/base/errors.ts";
 
 Deno.test("target: parseHostPort reads IPv4, names and bracketed IPv6", () => {
   assert.deepEqual(parseHostPort("127.0.0.1:8888"), { host: "127.0.0.1", port: 8888 });

@@ -6,9 +6,10 @@
  */
 
 import assert from "node:assert/strict";
-import { MessageType, SecureChannel } from "../lib/channel.ts";
-import { ConfigError, parseConfig } from "../lib/config.ts";
-import { ProtocolError, UsageError } from "../lib/errors.ts";
+import { SecureChannel } from "../lib/protocol/channel.ts";
+import { MessageType } from "../lib/protocol/messages.ts";
+import { ConfigError, parseConfig } from "../lib/ops/config.ts";
+import { ProtocolError, UsageError } from "../lib/base/errors.ts";
 import {
   contains,
   formatAddress,
@@ -16,12 +17,12 @@ import {
   inspectPacket,
   networkOf,
   parseCidr,
-} from "../lib/packet.ts";
-import { decodeTarget, encodeTarget } from "../lib/target.ts";
-import { reconnectDelay } from "../lib/vpn_client.ts";
-import { MAX_QUEUED_PACKETS, VpnLink } from "../lib/vpn_link.ts";
-import { decodeVpnOpen, encodeVpnOpen } from "../lib/vpn_open.ts";
-import { AddressPool } from "../lib/vpn_pool.ts";
+} from "../lib/protocol/packet.ts";
+import { decodeTarget, encodeTarget } from "../lib/protocol/target.ts";
+import { reconnectDelay } from "../lib/tunnel/vpn_client.ts";
+import { MAX_QUEUED_PACKETS, VpnLink } from "../lib/tunnel/vpn_link.ts";
+import { decodeVpnOpen, encodeVpnOpen } from "../lib/protocol/vpn_open.ts";
+import { AddressPool } from "../lib/tunnel/vpn_pool.ts";
 import { runCipherlink } from "./process.ts";
 import { startServer } from "./server_fixture.ts";
 

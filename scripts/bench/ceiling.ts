@@ -6,10 +6,10 @@
  * @module
  */
 
-import { MAX_PLAINTEXT_SIZE, TAG_SIZE } from "../../lib/frame.ts";
-import { CipherState } from "../../lib/noise.ts";
-import { MAX_FRAMES_IN_FLIGHT } from "../../lib/session.ts";
-import type { CryptoProvider } from "../../lib/crypto/provider.ts";
+import { MAX_PLAINTEXT_SIZE, TAG_SIZE } from "../../lib/protocol/frame.ts";
+import { CipherState } from "../../lib/protocol/noise.ts";
+import { MAX_FRAMES_IN_FLIGHT } from "../../lib/tunnel/session.ts";
+import type { CryptoProvider } from "../../lib/protocol/crypto/provider.ts";
 
 /** What one ceiling run measured. */
 export interface CeilingRun {

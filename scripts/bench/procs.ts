@@ -7,6 +7,11 @@
  * @module
  */
 
+import { freePort } from "../../support/process.ts";
+
+/** A free loopback port (support/process.ts). */
+export { freePort };
+
 const decoder = new TextDecoder();
 
 /** A running child process whose stderr is being drained. */
@@ -173,14 +178,6 @@ export async function waitForPort(port: number, child: Child, ms = 10_000): Prom
     await new Promise((resolve) => setTimeout(resolve, backoff));
     backoff = Math.min(backoff * 2, 100);
   }
-}
-
-/** A TCP port on 127.0.0.1 that was free a moment ago, for programs that need one named. */
-export function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0, transport: "tcp" });
-  const { port } = listener.addr;
-  listener.close();
-  return port;
 }
 
 /** Resident memory of a process in KiB (VmRSS in /proc/PID/status). */

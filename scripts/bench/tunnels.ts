@@ -7,7 +7,7 @@
  * @module
  */
 
-import { type CryptoProviderName, loadCryptoProvider } from "../../lib/crypto/select.ts";
+import { type CryptoProviderName, loadCryptoProvider } from "../../lib/protocol/crypto/select.ts";
 import { capture, type Child, freePort, type Registry, waitForPort, which } from "./procs.ts";
 
 const MAIN = new URL("../../main.ts", import.meta.url).pathname;

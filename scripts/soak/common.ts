@@ -5,6 +5,8 @@
  * @module
  */
 
+import { concat } from "../../lib/base/bytes.ts";
+
 /** One line of the soak table. */
 export interface Row {
   suite: string;
@@ -85,7 +87,7 @@ export class LogBook {
 
   /** All output of one source. */
   bytesOf(source: string): Uint8Array {
-    return concatBytes(this.sources.get(source) ?? []);
+    return concat(this.sources.get(source) ?? []);
   }
 
   get totalBytes(): number {
@@ -93,16 +95,6 @@ export class LogBook {
     for (const list of this.sources.values()) for (const b of list) total += b.byteLength;
     return total;
   }
-}
-
-export function concatBytes(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.byteLength;
-  }
-  return out;
 }
 
 /** mulberry32: a small seeded PRNG, so every run with one seed is the same. */

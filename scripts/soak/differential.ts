@@ -10,13 +10,13 @@
  * @module
  */
 
+import { equalBytes } from "../../lib/base/bytes.ts";
 import fc from "npm:fast-check@3";
-import { Buffer } from "node:buffer";
-import type { AeadKey, CryptoProvider, X25519KeyPair } from "../../lib/crypto/provider.ts";
-import { AuthenticationError } from "../../lib/errors.ts";
-import { locateLibcrypto } from "../../lib/crypto/locate.ts";
-import { loadCryptoProvider } from "../../lib/crypto/select.ts";
-import { webcrypto } from "../../lib/crypto/webcrypto.ts";
+import type { AeadKey, CryptoProvider, X25519KeyPair } from "../../lib/protocol/crypto/provider.ts";
+import { AuthenticationError } from "../../lib/base/errors.ts";
+import { locateLibcrypto } from "../../lib/protocol/crypto/locate.ts";
+import { loadCryptoProvider } from "../../lib/protocol/crypto/select.ts";
+import { webcrypto } from "../../lib/protocol/crypto/webcrypto.ts";
 import { type Row, RowBuilder } from "./common.ts";
 
 /** What to run. */
@@ -85,13 +85,6 @@ const caseArb = fc.record({
 });
 type Case = typeof caseArb extends fc.Arbitrary<infer T> ? T : never;
 
-function equal(x: Uint8Array, y: Uint8Array): boolean {
-  return x.byteLength === y.byteLength &&
-    Buffer.from(x.buffer, x.byteOffset, x.byteLength).equals(
-      Buffer.from(y.buffer, y.byteOffset, y.byteLength),
-    );
-}
-
 /** Resolves true when `run` fails with AuthenticationError (thrown or rejected). */
 async function refuses(run: () => unknown): Promise<boolean> {
   try {
@@ -128,15 +121,15 @@ async function aeadCase(bytes: Uint8Array, c: Case, a: CryptoProvider, b: Crypto
       ka.seal(nonce, ad, plaintext, out),
       kb.seal(nonce, ad, plaintext),
     ]);
-    if (!equal(sealedA, sealedB)) failures.push(`${c.length} B: the ciphertexts differ`);
+    if (!equalBytes(sealedA, sealedB)) failures.push(`${c.length} B: the ciphertexts differ`);
     const [openedByB, openedByA] = await Promise.all([
       kb.open(nonce, ad, sealedA),
       ka.open(nonce, ad, sealedB),
     ]);
-    if (!equal(openedByB, plaintext)) {
+    if (!equalBytes(openedByB, plaintext)) {
       failures.push(`${c.length} B: ${b.name} opened ${a.name}'s wrong`);
     }
-    if (!equal(openedByA, plaintext)) {
+    if (!equalBytes(openedByA, plaintext)) {
       failures.push(`${c.length} B: ${a.name} opened ${b.name}'s wrong`);
     }
     if (c.tamper) {
@@ -209,7 +202,7 @@ async function sameX25519(
     }
   };
   const [x, y] = await Promise.all([outcome(a, pa), outcome(b, pb)]);
-  return x === null ? y === null : y !== null && equal(x, y);
+  return x === null ? y === null : y !== null && equalBytes(x, y);
 }
 
 async function primitiveCase(
@@ -230,9 +223,9 @@ async function primitiveCase(
       b.importX25519(privB),
     ]);
     pairs.push(aA, bA, aB, bB);
-    if (!equal(aA.publicKey, bA.publicKey)) failures.push("X25519 public keys differ");
+    if (!equalBytes(aA.publicKey, bA.publicKey)) failures.push("X25519 public keys differ");
     const [ab, ba] = await Promise.all([a.x25519(aA, bB.publicKey), b.x25519(bB, aA.publicKey)]);
-    if (!equal(ab, ba)) failures.push("X25519 shared secrets differ");
+    if (!equalBytes(ab, ba)) failures.push("X25519 shared secrets differ");
     const stranger = bytes.subarray(c.stranger, c.stranger + 32);
     if (!await sameX25519(a, aA, b, bA, stranger)) {
       failures.push("X25519 of a random point differs");
@@ -247,14 +240,14 @@ async function primitiveCase(
       a.hkdf(salt, ikm, c.okmLength),
       b.hkdf(salt, ikm, c.okmLength),
     ]);
-    if (!equal(ha, hb)) failures.push(`HKDF of ${c.okmLength} bytes differs`);
+    if (!equalBytes(ha, hb)) failures.push(`HKDF of ${c.okmLength} bytes differs`);
     const input = bytes.subarray(c.hashInput, c.hashInput + c.hashLength);
     const cut = c.hashLength === 0 ? 0 : c.split % c.hashLength;
     const [sa, sb] = await Promise.all([
       a.sha256(input.subarray(0, cut), input.subarray(cut)),
       b.sha256(input),
     ]);
-    if (!equal(sa, sb)) failures.push(`SHA-256 of ${c.hashLength} bytes differs`);
+    if (!equalBytes(sa, sb)) failures.push(`SHA-256 of ${c.hashLength} bytes differs`);
   } catch (err) {
     failures.push(`primitives: ${(err as Error).message}`);
   } finally {

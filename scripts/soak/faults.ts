@@ -8,7 +8,7 @@
  */
 
 import { createHash } from "node:crypto";
-import { closeQuietly } from "../../lib/conn.ts";
+import { closeQuietly } from "../../lib/protocol/conn.ts";
 import {
   type LogBook,
   MiB,

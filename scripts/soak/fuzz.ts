@@ -7,9 +7,11 @@
  * @module
  */
 
+import { concat, equalBytes } from "../../lib/base/bytes.ts";
 import fc from "npm:fast-check@3";
-import { MessageType, PROLOGUE, SecureChannel } from "../../lib/channel.ts";
-import { readableOf } from "../../lib/conn.ts";
+import { PROLOGUE, SecureChannel } from "../../lib/protocol/channel.ts";
+import { MessageType } from "../../lib/protocol/messages.ts";
+import { readableOf } from "../../lib/protocol/conn.ts";
 import {
   AuthenticationError,
   CipherlinkError,
@@ -18,15 +20,14 @@ import {
   ProtocolError,
   RemoteError,
   TruncationError,
-} from "../../lib/errors.ts";
-import { MAX_DATA_SIZE, MAX_FRAME_SIZE, parseHeader } from "../../lib/frame.ts";
-import { FrameReader } from "../../lib/framer.ts";
-import { NNpsk0Handshake } from "../../lib/noise.ts";
-import { Session } from "../../lib/session.ts";
-import { SERVICE_TARGET } from "../../lib/target.ts";
+} from "../../lib/base/errors.ts";
+import { MAX_DATA_SIZE, MAX_FRAME_SIZE, parseHeader } from "../../lib/protocol/frame.ts";
+import { FrameReader } from "../../lib/protocol/framer.ts";
+import { NNpsk0Handshake } from "../../lib/protocol/noise.ts";
+import { Session } from "../../lib/tunnel/session.ts";
+import { SERVICE_TARGET } from "../../lib/protocol/target.ts";
 import {
   bump,
-  concatBytes,
   errorName,
   histogramText,
   pool,
@@ -35,7 +36,7 @@ import {
   RowBuilder,
   within,
 } from "./common.ts";
-import { isPrefix, type Limits, runClient, sameBytes, serveEcho } from "./harness.ts";
+import { isPrefix, type Limits, runClient, serveEcho } from "./harness.ts";
 import {
   byteByByte,
   memoryPair,
@@ -328,8 +329,8 @@ async function framerRun(
       }
       const want = expected.frames[index++];
       if (!want) return "a frame the reference does not see";
-      const got = concatBytes([frame.header, frame.nonce, frame.data]);
-      if (!sameBytes(got, stream.subarray(want[0], want[0] + want[1]))) {
+      const got = concat([frame.header, frame.nonce, frame.data]);
+      if (!equalBytes(got, stream.subarray(want[0], want[0] + want[1]))) {
         return `frame ${index - 1} differs from the stream`;
       }
       if (frame.data.buffer.byteLength > FRAMER_BUFFER_LIMIT) {
@@ -363,7 +364,7 @@ async function fuzzFramer(plan: FuzzPlan, row: RowBuilder): Promise<void> {
   );
   const result = await fc.check(
     fc.asyncProperty(arb, async ({ context: [nonceSize, minData], segments, cuts }) => {
-      const stream = concatBytes(segments.map(materialize));
+      const stream = concat(segments.map(materialize));
       const reference = referenceFrames(stream, nonceSize, minData);
       bump(ends, reference.end);
       frames += reference.frames.length;
@@ -452,7 +453,7 @@ async function fuzzHandshakeMessages(
   for (let at = 0; at < message1.byteLength; at++) {
     for (const kind of MUTATION_KINDS) {
       const transform = mutateAt(kind, at, rng.int(1, 255));
-      mutated.push(concatBytes(transform(message1.slice())));
+      mutated.push(concat(transform(message1.slice())));
     }
   }
   const control = await NNpsk0Handshake.create("responder", psk, PROLOGUE);
@@ -504,7 +505,7 @@ async function measureLayout(psk: Uint8Array): Promise<Layout> {
     runClient(client, psk, PAYLOAD, ROOMY),
     serveEcho(server, psk, ROOMY),
   ]);
-  if (c.error || s.error || !sameBytes(c.received, PAYLOAD)) {
+  if (c.error || s.error || !equalBytes(c.received, PAYLOAD)) {
     throw new Error(`the unmutated session failed: ${describe(c.error ?? s.error)}`);
   }
   // message 1: 9 + 48; OPEN 0x00: 9 + 12 + 2 + 16.
@@ -629,7 +630,7 @@ async function fuzzSplitSessions(psk: Uint8Array, layout: Layout, row: RowBuilde
     try {
       const { client, server } = await sessionTrial(psk, t.c2s, t.s2c, ROOMY);
       row.check(
-        client.error === null && server.error === null && sameBytes(client.received, PAYLOAD),
+        client.error === null && server.error === null && equalBytes(client.received, PAYLOAD),
         `${t.what}: ${describe(client.error ?? server.error ?? "echo differs")}`,
       );
     } catch (err) {
@@ -679,7 +680,7 @@ const messageArb: fc.Arbitrary<Message> = fc.oneof(
     weight: 1,
     arbitrary: fc.record({
       type: fc.constant(8),
-      body: fc.tuple(fc.nat(9), bytesArb(20)).map(([c, t]) => concatBytes([Uint8Array.of(c), t])),
+      body: fc.tuple(fc.nat(9), bytesArb(20)).map(([c, t]) => concat([Uint8Array.of(c), t])),
     }),
   },
   {
@@ -726,14 +727,14 @@ function model(messages: Message[], side: "server" | "client"): Expected {
   let requiredPongs = 0;
   if (side === "server") {
     const first = messages[0];
-    if (!first || first.type !== MessageType.open || !sameBytes(first.body, Uint8Array.of(0))) {
+    if (!first || first.type !== MessageType.open || !equalBytes(first.body, Uint8Array.of(0))) {
       return { data: new Uint8Array(0), pongs, requiredPongs, end: "eof", openOk: false };
     }
     openOk = true;
     start = 1;
   }
   const result = (end: Expected["end"]): Expected => ({
-    data: concatBytes(data),
+    data: concat(data),
     pongs,
     requiredPongs,
     end: closed && (end === "violation" || end === "remote") ? "late" : end,
@@ -815,14 +816,14 @@ async function hostileClient(
     // The server dropped the connection: what was seen so far is the observation.
   }
   channel.close();
-  seen.data = concatBytes(data);
+  seen.data = concat(data);
   return seen;
 }
 
 /** PONGs answer PINGs in order; at least `required` of them must have come. */
 function pongsMatch(got: Uint8Array[], want: Uint8Array[], required: number): boolean {
   if (got.length > want.length || got.length < required) return false;
-  return got.every((p, i) => sameBytes(p, want[i]));
+  return got.every((p, i) => equalBytes(p, want[i]));
 }
 
 /** The server's session state machine against random message sequences, checked against the model. */
@@ -863,7 +864,10 @@ async function fuzzServerModel(plan: FuzzPlan, psk: Uint8Array, row: RowBuilder)
       );
       row.check(isTyped(server.error), `${what}: server ended with ${describe(server.error)}`);
       // The server's CLOSE follows all of its echoes: whoever sees it has them all.
-      row.check(!seen.close || sameBytes(seen.data, want.data), `${what}: CLOSE before all echoes`);
+      row.check(
+        !seen.close || equalBytes(seen.data, want.data),
+        `${what}: CLOSE before all echoes`,
+      );
       row.check(isPrefix(seen.data, want.data), `${what}: echoed bytes that were not sent`);
       row.check(
         pongsMatch(seen.pongs, want.pongs, want.end === "clean" ? want.requiredPongs : 0),
@@ -932,7 +936,7 @@ async function fuzzClientModel(plan: FuzzPlan, psk: Uint8Array, row: RowBuilder)
           }
           const summary = await session.ended;
           return {
-            data: concatBytes(chunks),
+            data: concat(chunks),
             readable,
             opened: await opened,
             error: summary.error,
@@ -951,7 +955,7 @@ async function fuzzClientModel(plan: FuzzPlan, psk: Uint8Array, row: RowBuilder)
       row.check(isTyped(client.error), `${what}: client ended with ${describe(client.error)}`);
       if (want.end === "clean") {
         row.check(
-          client.error === null && client.opened && sameBytes(client.data, want.data) &&
+          client.error === null && client.opened && equalBytes(client.data, want.data) &&
             pongsMatch(server.seen.pongs, want.pongs, want.requiredPongs),
           `${what}: a valid session failed (${describe(client.error)})`,
         );

@@ -6,11 +6,11 @@
  * @module
  */
 
-import { forward } from "../../lib/client.ts";
-import { SERVICE_TARGET } from "../../lib/target.ts";
+import { concat, equalBytes } from "../../lib/base/bytes.ts";
+import { forward } from "../../lib/tunnel/client.ts";
+import { SERVICE_TARGET } from "../../lib/protocol/target.ts";
 import {
   bump,
-  concatBytes,
   histogramText,
   type LogBook,
   ms,
@@ -21,7 +21,6 @@ import {
   RowBuilder,
   within,
 } from "./common.ts";
-import { sameBytes } from "./harness.ts";
 import { mutateAt, MUTATION_KINDS } from "./memory.ts";
 import {
   connectLoopback,
@@ -63,7 +62,7 @@ function inputs(count: number, seed: number, recorded: Uint8Array): Input[] {
   for (let at = 0; at < 57; at++) {
     for (const kind of MUTATION_KINDS) {
       const transform = mutateAt(kind, at, rng.int(1, 255));
-      const bytes = concatBytes(transform(message1.slice()));
+      const bytes = concat(transform(message1.slice()));
       // Its last byte duplicated (or a copy of it inserted) leaves message 1
       // whole, with one byte after it: a replay.
       const intact = (kind === "duplicate" || transform.insertedCopy === true) && at === 56;
@@ -73,7 +72,7 @@ function inputs(count: number, seed: number, recorded: Uint8Array): Input[] {
   // The whole recorded session with OPEN broken at every byte (and as is): a replay at best.
   for (let at = 57; at < 96; at++) {
     for (const kind of MUTATION_KINDS) {
-      const bytes = concatBytes(mutateAt(kind, at, rng.int(1, 255))(recorded.slice()));
+      const bytes = concat(mutateAt(kind, at, rng.int(1, 255))(recorded.slice()));
       list.push({ kind: `OPEN ${kind}`, bytes, silent: false, quick: false });
     }
   }
@@ -87,7 +86,7 @@ function inputs(count: number, seed: number, recorded: Uint8Array): Input[] {
     }),
     () => ({
       kind: "random message 1",
-      bytes: concatBytes([header(2, 0, 48), rng.bytes(48)]),
+      bytes: concat([header(2, 0, 48), rng.bytes(48)]),
       silent: true,
       quick: true,
     }),
@@ -105,7 +104,7 @@ function inputs(count: number, seed: number, recorded: Uint8Array): Input[] {
     }),
     () => ({
       kind: "bad version",
-      bytes: concatBytes([header([0, 1, 3, 255][rng.int(0, 3)], 0, 48), rng.bytes(48)]),
+      bytes: concat([header([0, 1, 3, 255][rng.int(0, 3)], 0, 48), rng.bytes(48)]),
       silent: true,
       quick: true,
     }),
@@ -173,7 +172,7 @@ export async function fuzzOverTcp(book: LogBook, options: TcpFuzzOptions): Promi
         10_000,
         "a legitimate round trip",
       );
-      if (sameBytes(reply, payload)) legit.ok++;
+      if (equalBytes(reply, payload)) legit.ok++;
       else throw new Error("the echo differs");
     } catch (err) {
       legit.failed++;
@@ -191,7 +190,7 @@ export async function fuzzOverTcp(book: LogBook, options: TcpFuzzOptions): Promi
       target: SERVICE_TARGET,
     });
     await tap.close();
-    const recorded = concatBytes(chunks);
+    const recorded = concat(chunks);
     const upstreamBefore = nobody.connections; // the recorded session itself: 1
     const rssBefore = await server.rss();
 

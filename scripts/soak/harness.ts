@@ -6,13 +6,13 @@
  * @module
  */
 
-import { SecureChannel } from "../../lib/channel.ts";
-import { closeQuietly, type Connection } from "../../lib/conn.ts";
-import { ErrorCode } from "../../lib/errors.ts";
-import { receiveOpen, Session } from "../../lib/session.ts";
-import { echo } from "../../lib/splice.ts";
-import { SERVICE_TARGET } from "../../lib/target.ts";
-import { concatBytes } from "./common.ts";
+import { concat } from "../../lib/base/bytes.ts";
+import { SecureChannel } from "../../lib/protocol/channel.ts";
+import { closeQuietly, type Connection } from "../../lib/protocol/conn.ts";
+import { ErrorCode } from "../../lib/base/errors.ts";
+import { receiveOpen, Session } from "../../lib/tunnel/session.ts";
+import { echo } from "../../lib/tunnel/splice.ts";
+import { SERVICE_TARGET } from "../../lib/protocol/target.ts";
 
 /** Deadlines of the in-process peers (short: they stand in for the real ones). */
 export interface Limits {
@@ -106,7 +106,7 @@ export async function runClient(
     readError = err;
   }
   const summary = await session.ended;
-  return { received: concatBytes(chunks), error: summary.error ?? readError };
+  return { received: concat(chunks), error: summary.error ?? readError };
 }
 
 /** Whether `part` is a prefix of `whole`. */
@@ -114,8 +114,4 @@ export function isPrefix(part: Uint8Array, whole: Uint8Array): boolean {
   if (part.byteLength > whole.byteLength) return false;
   for (let i = 0; i < part.byteLength; i++) if (part[i] !== whole[i]) return false;
   return true;
-}
-
-export function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  return a.byteLength === b.byteLength && isPrefix(a, b);
 }

@@ -6,11 +6,11 @@
  * @module
  */
 
-import { SecureChannel } from "../../lib/channel.ts";
-import { forward } from "../../lib/client.ts";
-import type { Connection } from "../../lib/conn.ts";
+import { concat } from "../../lib/base/bytes.ts";
+import { SecureChannel } from "../../lib/protocol/channel.ts";
+import { forward } from "../../lib/tunnel/client.ts";
+import type { Connection } from "../../lib/protocol/conn.ts";
 import {
-  concatBytes,
   type Latency,
   latency,
   type LogBook,
@@ -169,7 +169,7 @@ export async function hostileClients(book: LogBook, options: HostileOptions): Pr
       target: { host: LOOPBACK, port: nobody.port },
     });
     await tap.close();
-    const recorded = concatBytes(chunks);
+    const recorded = concat(chunks);
     const upstreamBaseline = nobody.connections;
 
     probe = await spawn(
@@ -280,7 +280,7 @@ export async function hostileClients(book: LogBook, options: HostileOptions): Pr
       } (timeout ${timeoutMs} ms)`;
     };
     // A message 1 header and then random bytes: the server waits for the rest.
-    const drip = concatBytes([
+    const drip = concat([
       Uint8Array.of(2, 0, 0, 0, 0, 0, 0, 0, 48),
       crypto.getRandomValues(new Uint8Array(48)),
     ]);
@@ -386,5 +386,5 @@ async function wrongKeyMessage1(): Promise<Uint8Array> {
   };
   await SecureChannel.handshake(capture, crypto.getRandomValues(new Uint8Array(32)), "initiator")
     .catch(() => {}); // it fails at the (absent) reply, after message 1 was written
-  return concatBytes(written);
+  return concat(written);
 }

@@ -7,22 +7,15 @@
  * @module
  */
 
-import { forward } from "../../lib/client.ts";
-import { closeQuietly } from "../../lib/conn.ts";
+import { freePort } from "../../support/process.ts";
+import { forward } from "../../lib/tunnel/client.ts";
+import { closeQuietly } from "../../lib/protocol/conn.ts";
 import { type LogBook, pause, type Row, RowBuilder } from "./common.ts";
 import { LOOPBACK } from "./net.ts";
 import { cipherlinkArgv, type Proc, spawn, tempKey } from "./proc.ts";
 
 const LEVELS = ["debug", "info", "warn", "error"] as const;
 const FORMATS = ["text", "json"] as const;
-
-/** A port that was free a moment ago, for a server that will not log where it listens. */
-function freePort(): number {
-  const listener = Deno.listen({ hostname: LOOPBACK, port: 0 });
-  const { port } = listener.addr;
-  listener.close();
-  return port;
-}
 
 /**
  * Waits until something accepts on `port` (for servers at warn/error level,

@@ -6,7 +6,7 @@
  * @module
  */
 
-import type { Connection } from "../../lib/conn.ts";
+import type { Connection } from "../../lib/protocol/conn.ts";
 
 /** Rewrites one direction of a stream, chunk by chunk, keeping its own offset. */
 export type StreamTransform = (chunk: Uint8Array) => Uint8Array[];

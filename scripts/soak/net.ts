@@ -5,7 +5,7 @@
  * @module
  */
 
-import { closeQuietly } from "../../lib/conn.ts";
+import { closeQuietly } from "../../lib/protocol/conn.ts";
 import type { StreamTransform } from "./memory.ts";
 
 export const LOOPBACK = "127.0.0.1";

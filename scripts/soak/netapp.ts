@@ -13,7 +13,7 @@
 
 import { createHash } from "node:crypto";
 import { parseArgs } from "node:util";
-import { parseHostPort } from "../../lib/target.ts";
+import { parseHostPort } from "../../lib/protocol/hostport.ts";
 
 const { values, positionals } = parseArgs({
   args: Deno.args,

@@ -7,12 +7,12 @@
  * The link is a veth pair shaped with `tc qdisc … netem` where the kernel has
  * netem. Where it does not (CONFIG_NET_SCH_NETEM unset), the link is a pair
  * of TUN devices joined by a relay in this process that drops and delays
- * packets the same way (a userspace netem on lib/tun.ts, the VPN mode's
+ * packets the same way (a userspace netem on lib/tunnel/tun.ts, the VPN mode's
  * TUN devices).
  * @module
  */
 
-import { TunDevice } from "../../lib/tun.ts";
+import { TunDevice } from "../../lib/tunnel/tun.ts";
 import { Rng } from "./common.ts";
 
 /** Names carry this process's id, so two soaks on one machine never share a namespace. */

@@ -12,8 +12,14 @@
 
 import { Buffer } from "node:buffer";
 import { createCipheriv } from "node:crypto";
-import { MessageType, SecureChannel } from "../../lib/channel.ts";
-import { encodeHeader, HEADER_SIZE, TAG_SIZE, TRANSPORT_NONCE_SIZE } from "../../lib/frame.ts";
+import { SecureChannel } from "../../lib/protocol/channel.ts";
+import { MessageType } from "../../lib/protocol/messages.ts";
+import {
+  encodeHeader,
+  HEADER_SIZE,
+  TAG_SIZE,
+  TRANSPORT_NONCE_SIZE,
+} from "../../lib/protocol/frame.ts";
 import { type LogBook, MiB, mib, pause, type Row, RowBuilder } from "./common.ts";
 import { connectLoopback, LOOPBACK, writeAll } from "./net.ts";
 import { cipherlinkArgv, type Proc, spawn, tempKey } from "./proc.ts";

@@ -13,8 +13,8 @@
  */
 
 import { lookup } from "node:dns/promises";
-import { connect } from "../../lib/client.ts";
-import { RemoteError } from "../../lib/errors.ts";
+import { connect } from "../../lib/tunnel/client.ts";
+import { RemoteError } from "../../lib/base/errors.ts";
 import { type LogBook, ms, pool, Rng, type Row, RowBuilder } from "./common.ts";
 import { LOOPBACK, sentinel } from "./net.ts";
 import { cipherlinkArgv, helperArgv, type Proc, spawn, tempKey } from "./proc.ts";

@@ -10,9 +10,9 @@
  */
 
 import { parseArgs } from "node:util";
-import { connect } from "../../lib/client.ts";
-import { loadKey } from "../../lib/keys.ts";
-import { parseHostPort } from "../../lib/target.ts";
+import { connect } from "../../lib/tunnel/client.ts";
+import { loadKey } from "../../lib/protocol/keys.ts";
+import { parseHostPort } from "../../lib/protocol/hostport.ts";
 
 const { values } = parseArgs({
   args: Deno.args,

@@ -6,9 +6,10 @@
  * @module
  */
 
+import { cipherlinkArgvWith, tempKeyFile } from "../../support/process.ts";
+import type { KeyFormat } from "../../lib/protocol/keys.ts";
 import type { LogBook } from "./common.ts";
 
-const MAIN = new URL("../../main.ts", import.meta.url).pathname;
 /** The soak helper scripts' folder. */
 export const SOAK_DIR = new URL(".", import.meta.url).pathname;
 
@@ -53,17 +54,7 @@ export interface SpawnOptions {
 
 /** The argv of `cipherlink ARGS` from source, with what a server or client needs. */
 export function cipherlinkArgv(args: string[]): string[] {
-  return [
-    Deno.execPath(),
-    "run",
-    "--quiet",
-    "--no-prompt",
-    "--allow-net",
-    "--allow-read",
-    "--allow-env",
-    MAIN,
-    ...args,
-  ];
+  return cipherlinkArgvWith(["--allow-net", "--allow-read", "--allow-env"], args);
 }
 
 /** The argv of a soak helper script (scripts/soak/NAME.ts). */
@@ -221,19 +212,9 @@ export function tail(lines: string[], count = 8): string {
 /** A temporary folder with a fresh key in it (raw, mode 0600 unless told). */
 export async function tempKey(
   book: LogBook,
-  options: { mode?: number; format?: "raw" | "hex" | "base64" } = {},
+  options: { mode?: number; format?: KeyFormat } = {},
 ): Promise<{ dir: string; path: string; key: Uint8Array; cleanup(): Promise<void> }> {
-  const dir = await Deno.makeTempDir({ prefix: "cipherlink-soak-" });
-  const path = `${dir}/shared.key`;
-  const key = crypto.getRandomValues(new Uint8Array(32));
-  book.keys.push(key);
-  const format = options.format ?? "raw";
-  const contents = format === "raw" ? key : new TextEncoder().encode(
-    (format === "hex"
-      ? Array.from(key, (b) => b.toString(16).padStart(2, "0")).join("")
-      : btoa(String.fromCharCode(...key))) + "\n",
-  );
-  await Deno.writeFile(path, contents, { mode: options.mode ?? 0o600 });
-  await Deno.chmod(path, options.mode ?? 0o600);
-  return { dir, path, key, cleanup: () => Deno.remove(dir, { recursive: true }) };
+  const file = await tempKeyFile("cipherlink-soak-", options);
+  book.keys.push(file.key);
+  return file;
 }

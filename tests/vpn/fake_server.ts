@@ -9,10 +9,11 @@
  * @module
  */
 
-import { MessageType, SecureChannel } from "../../lib/channel.ts";
-import { loadKey } from "../../lib/keys.ts";
-import { parseCidr } from "../../lib/packet.ts";
-import { decodeTarget } from "../../lib/target.ts";
+import { SecureChannel } from "../../lib/protocol/channel.ts";
+import { MessageType } from "../../lib/protocol/messages.ts";
+import { loadKey } from "../../lib/protocol/keys.ts";
+import { parseCidr } from "../../lib/protocol/packet.ts";
+import { decodeTarget } from "../../lib/protocol/target.ts";
 
 const [keyFile, host, port, source, udpPort, ...packets] = Deno.args;
 const { key } = await loadKey(keyFile);
