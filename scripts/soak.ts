@@ -181,6 +181,7 @@ await suite("load", async () => {
     wave: settings.concurrent,
     maxPayload: 64 * 1024,
     settleMs: quick ? 45_000 : 300_000,
+    requireGiveBack: !quick,
   });
   return [];
 });
