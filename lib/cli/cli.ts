@@ -11,6 +11,12 @@
  * @module
  */
 
+import {
+  DEFAULT_DRAIN_TIMEOUT_SECONDS,
+  DEFAULT_HANDSHAKE_TIMEOUT_SECONDS,
+  DEFAULT_MAX_CONNS,
+  MAX_CONNECTION_COUNT,
+} from "../base/defaults.ts";
 import { AllowList } from "../tunnel/allow.ts";
 import { DEFAULT_REKEY_BYTES } from "../protocol/channel.ts";
 import { connect, type ConnectOptions } from "../tunnel/client.ts";
@@ -102,7 +108,7 @@ so two hosts can check that they hold the same key without showing it.
   --allow RULE                targets clients may ask for: HOST:PORT, HOST:*, *:PORT,
                               CIDR:PORT or CIDR:* (HOST may hold * wildcards); repeatable
   --max-conns N               concurrent authenticated connections; past it a client
-                              holding the key is answered ERROR 4, busy (default 100)
+                              holding the key is answered ERROR 4, busy (default ${DEFAULT_MAX_CONNS})
   --max-pending N             connections still before a verified message 1; past it the
                               oldest is dropped (default ${DEFAULT_MAX_PENDING})
   --max-pending-per-source N  the share of --max-pending one source address may hold
@@ -110,13 +116,13 @@ so two hosts can check that they hold the same key without showing it.
   --hello-timeout SECS        time a new connection has to send message 1 (default ${
     DEFAULT_HELLO_TIMEOUT_MS / 1000
   })
-  --handshake-timeout SECS    time to complete the handshake and OPEN (default 5)
+  --handshake-timeout SECS    time to complete the handshake and OPEN (default ${DEFAULT_HANDSHAKE_TIMEOUT_SECONDS})
   --idle-timeout SECS         close sessions silent for this long (default 0: off)
   --keepalive SECS            PING after this much silence; drop after 3 unanswered (default 0: off)
   --drain-delay SECS          on SIGINT/SIGTERM, keep accepting this long while /healthz
                               answers 503 (default ${DEFAULT_DRAIN_DELAY_SECONDS} with --metrics, else 0)
   --drain-timeout SECS        then stop accepting; time every accepted connection gets to
-                              finish before ERROR 6 (default 10); a second signal ends at once
+                              finish before ERROR 6 (default ${DEFAULT_DRAIN_TIMEOUT_SECONDS}); a second signal ends at once
   --rekey-bytes N             plaintext bytes sent under one key before REKEY (default 2^30)
   --crypto PROVIDER           webcrypto (default) or openssl (OpenSSL 3 libcrypto, faster)
   --libcrypto PATH            the libcrypto for --crypto openssl (default: searched)
@@ -137,11 +143,11 @@ so two hosts can check that they hold the same key without showing it.
   --connect HOST:PORT         ask the server for this target instead of its own service
   --listen HOST:PORT          port forward: each local connection becomes a session
   --socks HOST:PORT           SOCKS5 proxy (CONNECT; IPv4, IPv6, domain names)
-  --max-conns N               concurrent local connections (default 100)
+  --max-conns N               concurrent local connections (default ${DEFAULT_MAX_CONNS})
   --keepalive SECS            PING after this much silence; drop after 3 unanswered (default 0: off)
   --drain-delay SECS, --drain-timeout SECS   as for the server, for local connections
   --rekey-bytes N             plaintext bytes sent under one key before REKEY (default 2^30)
-  --handshake-timeout SECS    time the server gets to answer the handshake (default 5)
+  --handshake-timeout SECS    time the server gets to answer the handshake (default ${DEFAULT_HANDSHAKE_TIMEOUT_SECONDS})
   --crypto PROVIDER           webcrypto (default) or openssl (OpenSSL 3 libcrypto, faster)
   --libcrypto PATH            the libcrypto for --crypto openssl (default: searched)
   --tun NAME                  VPN mode: carry IP packets through the TUN device NAME
@@ -533,20 +539,26 @@ async function server(args: string[], io: Io): Promise<number> {
       : parseHostPort(values.listen, true),
     forward: values.forward === undefined ? undefined : parseHostPort(values.forward),
     allow: AllowList.parse(values.allow ?? []),
-    maxConns: integer("max-conns", values["max-conns"], 100, 1, 1_000_000),
+    maxConns: integer("max-conns", values["max-conns"], DEFAULT_MAX_CONNS, 1, MAX_CONNECTION_COUNT),
     handshakeTimeoutMs: seconds(
       "handshake-timeout",
       values["handshake-timeout"],
-      5,
+      DEFAULT_HANDSHAKE_TIMEOUT_SECONDS,
     ),
     idleTimeoutMs: seconds("idle-timeout", values["idle-timeout"], 0),
-    maxPending: integer("max-pending", values["max-pending"], DEFAULT_MAX_PENDING, 1, 1_000_000),
+    maxPending: integer(
+      "max-pending",
+      values["max-pending"],
+      DEFAULT_MAX_PENDING,
+      1,
+      MAX_CONNECTION_COUNT,
+    ),
     maxPendingPerSource: integer(
       "max-pending-per-source",
       values["max-pending-per-source"],
       DEFAULT_MAX_PENDING_PER_SOURCE,
       1,
-      1_000_000,
+      MAX_CONNECTION_COUNT,
     ),
     helloTimeoutMs: seconds(
       "hello-timeout",
@@ -554,7 +566,11 @@ async function server(args: string[], io: Io): Promise<number> {
       DEFAULT_HELLO_TIMEOUT_MS / 1000,
     ),
     keepaliveMs: seconds("keepalive", values.keepalive, 0),
-    drainTimeoutMs: seconds("drain-timeout", values["drain-timeout"], 10),
+    drainTimeoutMs: seconds(
+      "drain-timeout",
+      values["drain-timeout"],
+      DEFAULT_DRAIN_TIMEOUT_SECONDS,
+    ),
     drainDelayMs: drainDelay(values),
     rekeyBytes: integer(
       "rekey-bytes",
@@ -630,7 +646,7 @@ async function client(args: string[], io: Io): Promise<number> {
     handshakeTimeoutMs: seconds(
       "handshake-timeout",
       values["handshake-timeout"],
-      5,
+      DEFAULT_HANDSHAKE_TIMEOUT_SECONDS,
     ),
     rekeyBytes: integer(
       "rekey-bytes",
@@ -641,8 +657,18 @@ async function client(args: string[], io: Io): Promise<number> {
     ),
     provider: cryptoProvider(values),
   };
-  const maxConns = integer("max-conns", values["max-conns"], 100, 1, 1_000_000);
-  const drainTimeoutMs = seconds("drain-timeout", values["drain-timeout"], 10);
+  const maxConns = integer(
+    "max-conns",
+    values["max-conns"],
+    DEFAULT_MAX_CONNS,
+    1,
+    MAX_CONNECTION_COUNT,
+  );
+  const drainTimeoutMs = seconds(
+    "drain-timeout",
+    values["drain-timeout"],
+    DEFAULT_DRAIN_TIMEOUT_SECONDS,
+  );
   const delayMs = drainDelay(values);
   const listen = values.listen ?? values.socks;
   const listenAddress: HostPort | undefined = listen === undefined

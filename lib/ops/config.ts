@@ -18,6 +18,12 @@
  * @module
  */
 
+import {
+  DEFAULT_DRAIN_TIMEOUT_SECONDS,
+  DEFAULT_HANDSHAKE_TIMEOUT_SECONDS,
+  DEFAULT_MAX_CONNS,
+  MAX_CONNECTION_COUNT,
+} from "../base/defaults.ts";
 import { dirname, resolve } from "node:path";
 import { AllowList, AllowRuleError } from "../tunnel/allow.ts";
 import { DEFAULT_REKEY_BYTES } from "../protocol/channel.ts";
@@ -389,10 +395,10 @@ function parseTunnel(entry: JsonValue, index: number, file: string, folder: stri
       ? null
       : fields.requiredHostPort("listen", "HOST:PORT to accept connections on", true),
     key: resolve(folder, fields.requiredString("key", "the path of the key file")),
-    maxConns: fields.integer("maxConns", 100, 1, 1_000_000),
-    handshakeTimeoutMs: fields.seconds("handshakeTimeout", 5),
+    maxConns: fields.integer("maxConns", DEFAULT_MAX_CONNS, 1, MAX_CONNECTION_COUNT),
+    handshakeTimeoutMs: fields.seconds("handshakeTimeout", DEFAULT_HANDSHAKE_TIMEOUT_SECONDS),
     keepaliveMs: fields.seconds("keepalive", 0),
-    drainTimeoutMs: fields.seconds("drainTimeout", 10),
+    drainTimeoutMs: fields.seconds("drainTimeout", DEFAULT_DRAIN_TIMEOUT_SECONDS),
     rekeyBytes: fields.integer("rekeyBytes", DEFAULT_REKEY_BYTES, 1, DEFAULT_REKEY_BYTES),
     ...parseCrypto(fields, folder),
   };
@@ -404,12 +410,12 @@ function parseTunnel(entry: JsonValue, index: number, file: string, folder: stri
       forward: fields.hostPort("forward"),
       allow: parseAllow(fields),
       idleTimeoutMs: fields.seconds("idleTimeout", 0),
-      maxPending: fields.integer("maxPending", DEFAULT_MAX_PENDING, 1, 1_000_000),
+      maxPending: fields.integer("maxPending", DEFAULT_MAX_PENDING, 1, MAX_CONNECTION_COUNT),
       maxPendingPerSource: fields.integer(
         "maxPendingPerSource",
         DEFAULT_MAX_PENDING_PER_SOURCE,
         1,
-        1_000_000,
+        MAX_CONNECTION_COUNT,
       ),
       helloTimeoutMs: fields.seconds("helloTimeout", DEFAULT_HELLO_TIMEOUT_MS / 1000),
       ...optional("vpn", parseTun(fields, "server")),

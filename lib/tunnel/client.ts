@@ -14,6 +14,7 @@
  * @module
  */
 
+import { DEFAULT_HANDSHAKE_TIMEOUT_SECONDS } from "../base/defaults.ts";
 import { SecureChannel } from "../protocol/channel.ts";
 import { closeQuietly } from "../protocol/conn.ts";
 import type { CryptoProvider } from "../protocol/crypto/provider.ts";
@@ -35,7 +36,7 @@ export interface ConnectOptions extends SessionOptions {
 }
 
 /** Default client handshake deadline. */
-export const CLIENT_HANDSHAKE_TIMEOUT_MS = 5000;
+export const CLIENT_HANDSHAKE_TIMEOUT_MS = DEFAULT_HANDSHAKE_TIMEOUT_SECONDS * 1000;
 
 /**
  * Connects, completes the handshake and sends OPEN. The returned session's

@@ -17,6 +17,7 @@
  * @module
  */
 
+import { DEFAULT_DRAIN_TIMEOUT_SECONDS, DEFAULT_MAX_CONNS } from "../base/defaults.ts";
 import { connect, type ConnectOptions } from "./client.ts";
 import { closeQuietly } from "../protocol/conn.ts";
 import { webcrypto } from "../protocol/crypto/webcrypto.ts";
@@ -153,7 +154,7 @@ export class LocalForwarder {
   #drain(delay: boolean, hurry: AbortSignal): Promise<void> {
     return drainListener({
       delayMs: delay ? this.#options.drainDelayMs ?? 0 : 0,
-      timeoutMs: this.#options.drainTimeoutMs ?? 10000,
+      timeoutMs: this.#options.drainTimeoutMs ?? DEFAULT_DRAIN_TIMEOUT_SECONDS * 1000,
       hurry,
       closeListener: () => this.#listening.close(),
       accepted: () => this.#locals.values(),
@@ -164,7 +165,7 @@ export class LocalForwarder {
   }
 
   #accepted(conn: Deno.TcpConn): void {
-    const maxConns = this.#options.maxConns ?? 100;
+    const maxConns = this.#options.maxConns ?? DEFAULT_MAX_CONNS;
     this.stats.connectionsAccepted++;
     if (this.#locals.size >= maxConns) {
       this.stats.connectionsRejectedBusy++;

@@ -20,8 +20,13 @@
  * @module
  */
 
+import {
+  DEFAULT_DRAIN_TIMEOUT_SECONDS,
+  DEFAULT_HANDSHAKE_TIMEOUT_SECONDS,
+  DEFAULT_MAX_CONNS,
+} from "../base/defaults.ts";
 import { AllowList } from "./allow.ts";
-import { SecureChannel } from "../protocol/channel.ts";
+import { DEFAULT_REKEY_BYTES, SecureChannel } from "../protocol/channel.ts";
 import { ReplayGuard } from "../protocol/replay.ts";
 import { closeQuietly } from "../protocol/conn.ts";
 import type { CryptoProvider } from "../protocol/crypto/provider.ts";
@@ -129,16 +134,16 @@ export class TunnelServer {
     this.addr = listener.addr;
     this.#options = {
       allow: new AllowList([]),
-      maxConns: 100,
+      maxConns: DEFAULT_MAX_CONNS,
       maxPending: DEFAULT_MAX_PENDING,
       maxPendingPerSource: DEFAULT_MAX_PENDING_PER_SOURCE,
       helloTimeoutMs: DEFAULT_HELLO_TIMEOUT_MS,
-      handshakeTimeoutMs: 5000,
+      handshakeTimeoutMs: DEFAULT_HANDSHAKE_TIMEOUT_SECONDS * 1000,
       idleTimeoutMs: 0,
       keepaliveMs: 0,
-      drainTimeoutMs: 10000,
+      drainTimeoutMs: DEFAULT_DRAIN_TIMEOUT_SECONDS * 1000,
       drainDelayMs: 0,
-      rekeyBytes: 2 ** 30,
+      rekeyBytes: DEFAULT_REKEY_BYTES,
       logger: new Logger(),
       provider: webcrypto,
       ...options,

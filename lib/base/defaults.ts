@@ -1,0 +1,23 @@
+/**
+ * Defaults and bounds that the command line, config files and the library
+ * classes share (the tables of cli.md): each stated once, here.
+ *
+ * @example
+ * ```ts
+ * import { DEFAULT_MAX_CONNS } from "./defaults.ts";
+ * console.log(`--max-conns defaults to ${DEFAULT_MAX_CONNS}`);
+ * ```
+ * @module
+ */
+
+/** `--max-conns` / `maxConns`: concurrent sessions (server) or local connections (client). */
+export const DEFAULT_MAX_CONNS = 100;
+
+/** The largest `--max-conns` and `--max-pending` (and their config keys) accept. */
+export const MAX_CONNECTION_COUNT = 1_000_000;
+
+/** `--handshake-timeout` / `handshakeTimeout`, in seconds, on both ends. */
+export const DEFAULT_HANDSHAKE_TIMEOUT_SECONDS = 5;
+
+/** `--drain-timeout` / `drainTimeout`, in seconds, on both ends. */
+export const DEFAULT_DRAIN_TIMEOUT_SECONDS = 10;
