@@ -43,13 +43,14 @@ export const CLIENT_HANDSHAKE_TIMEOUT_MS = DEFAULT_HANDSHAKE_TIMEOUT_SECONDS * 1
  * `opened` settles with the server's answer; data may be written at once.
  */
 export async function connect(options: ConnectOptions): Promise<Session> {
-  // Message 1 is made while the connection is being set up: it goes out at
-  // once, which is what a server under a connection flood gives time for.
-  const preparing = SecureChannel.prepareHello(options.key, {
+  // Message 1 is made before the connection: the server gives a new
+  // connection about a second (--hello-timeout) to deliver it, and a client
+  // busy with many handshakes at once (a port forward's burst) could
+  // otherwise connect long before its own crypto gets to message 1.
+  const hello = await SecureChannel.prepareHello(options.key, {
     rekeyBytes: options.rekeyBytes,
     provider: options.provider,
   });
-  preparing.catch(() => {}); // awaited below, or released after a failed connect
   let conn: Deno.TcpConn;
   try {
     conn = await Deno.connect({
@@ -57,7 +58,7 @@ export async function connect(options: ConnectOptions): Promise<Session> {
       port: options.server.port,
     });
   } catch (err) {
-    preparing.then((hello) => hello.dispose(), () => {});
+    hello.dispose();
     throw new CipherlinkError(
       `cannot connect to the server at ${formatHostPort(options.server)}: ${
         (err as Error).message
@@ -71,7 +72,7 @@ export async function connect(options: ConnectOptions): Promise<Session> {
     closeQuietly(conn);
   }, options.handshakeTimeoutMs ?? CLIENT_HANDSHAKE_TIMEOUT_MS);
   try {
-    const channel = await (await preparing).run(conn);
+    const channel = await hello.run(conn);
     return Session.open(channel, options.target ?? SERVICE_TARGET, options);
   } catch (err) {
     if (timedOut) {
