@@ -23,6 +23,7 @@
  * @module
  */
 
+import { KEEPALIVE_MISSES, Liveness } from "./liveness.ts";
 import { type SecureChannel } from "../protocol/channel.ts";
 import { MessageType } from "../protocol/messages.ts";
 import {
@@ -53,8 +54,6 @@ export interface SessionOptions {
 export const MAX_FRAMES_IN_FLIGHT = 4;
 /** Read size of a quiet source; it grows to a full frame while data flows. */
 export const QUIET_READ_SIZE = 1024;
-/** Unanswered PINGs after which the peer is considered gone. */
-export const KEEPALIVE_MISSES = 3;
 const MAX_PING_BODY = 8;
 /** How long a last frame may take to leave before the connection is closed anyway. */
 const GOODBYE_GRACE_MS = 1000;
@@ -114,17 +113,14 @@ export class Session {
   #error: Error | null = null;
   #bytesIn = 0;
   #bytesOut = 0;
-  #lastReceived = Date.now();
-  #lastActivity = Date.now();
+  #liveness = new Liveness();
   #receiving = false;
-  #unansweredPings = 0;
   /** Set while a failed write waits for the peer's last words (see #writeFailed). */
   #lastWords: { error: unknown; timer: ReturnType<typeof setTimeout> } | null = null;
   /** PINGs this side sent that no PONG has answered yet (their bodies are all empty). */
   #pingsAwaitingPong = 0;
   /** The PONG being sent: no further frame is read until it is on the wire. */
   #pong: Promise<void> | null = null;
-  #timer: ReturnType<typeof setInterval> | undefined;
   // The receiver's hand-off: a body held for read(), or pumpTo's sink.
   #mailbox: Uint8Array | null = null;
   #sink: Writable | null = null;
@@ -283,7 +279,7 @@ export class Session {
         if (this.#sentClose || this.#finished || this.#lastWords) break;
         buffer[0] = MessageType.data;
         this.#bytesOut += count;
-        this.#lastActivity = Date.now();
+        this.#liveness.active();
         this.channel.post(buffer.subarray(0, 1 + count));
         if (count === capacity && capacity < MAX_DATA_BODY) {
           buffer = new Uint8Array(1 + MAX_DATA_BODY);
@@ -318,7 +314,7 @@ export class Session {
       this.#bytesOut += piece.byteLength;
       this.channel.post(plaintext);
     }
-    this.#lastActivity = Date.now();
+    this.#liveness.active();
     return this.channel.roomFor(MAX_FRAMES_IN_FLIGHT) ?? Promise.resolve();
   }
 
@@ -377,8 +373,7 @@ export class Session {
         this.#receiving = false;
       }
       if (!message) return this.#fail(this.#lastWords?.error ?? new TruncationError());
-      this.#lastReceived = this.#lastActivity = Date.now();
-      this.#unansweredPings = 0;
+      this.#liveness.heard();
       const body = this.#handle(message.type, message.body);
       if (body === null) {
         this.#wakeReader?.();
@@ -522,7 +517,7 @@ export class Session {
   #finish(error: Error | null, closed: Promise<void> = Promise.resolve()): void {
     if (this.#finished) return;
     this.#finished = true;
-    clearInterval(this.#timer);
+    this.#liveness.stop();
     if (this.#lastWords) clearTimeout(this.#lastWords.timer);
     if (error) {
       this.#error = error;
@@ -548,40 +543,29 @@ export class Session {
   }
 
   #startTimers({ keepaliveMs = 0, idleTimeoutMs = 0 }: SessionOptions): void {
-    const tick = Math.min(
-      ...[keepaliveMs, idleTimeoutMs].filter((ms) => ms > 0),
-    );
-    if (!Number.isFinite(tick)) return;
-    this.#timer = setInterval(() => {
-      const now = Date.now();
-      if (idleTimeoutMs > 0 && now - this.#lastActivity >= idleTimeoutMs) {
-        return this.abort(
+    this.#liveness.start(keepaliveMs, idleTimeoutMs, {
+      // A reader that is not reading (backpressure) cannot see the peer's
+      // frames, so silence only counts against the peer while we listen.
+      listening: () => this.#receiving,
+      idle: () =>
+        this.abort(
           ErrorCode.timedOut,
           "idle timeout",
           new IdleTimeoutError("idle timeout: no traffic"),
-        );
-      }
-      // A reader that is not reading (backpressure) cannot see the peer's
-      // frames, so silence only counts against the peer while we listen.
-      if (
-        keepaliveMs > 0 && this.#receiving &&
-        now - this.#lastReceived >= keepaliveMs
-      ) {
-        if (this.#unansweredPings >= KEEPALIVE_MISSES) {
-          return this.abort(
-            ErrorCode.timedOut,
-            "keepalive timeout",
-            new KeepaliveTimeoutError(
-              `keepalive: the peer answered none of ${KEEPALIVE_MISSES} PINGs`,
-            ),
-          );
-        }
-        this.#unansweredPings++;
+        ),
+      dead: () =>
+        this.abort(
+          ErrorCode.timedOut,
+          "keepalive timeout",
+          new KeepaliveTimeoutError(
+            `keepalive: the peer answered none of ${KEEPALIVE_MISSES} PINGs`,
+          ),
+        ),
+      ping: () => {
         this.#pingsAwaitingPong++;
-        this.#lastReceived = now;
         this.channel.post(Uint8Array.of(MessageType.ping));
-      }
-    }, tick / 4 > 50 ? tick / 4 : tick);
+      },
+    });
   }
 }
 

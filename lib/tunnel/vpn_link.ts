@@ -31,7 +31,7 @@ import {
   ProtocolError,
   TruncationError,
 } from "../base/errors.ts";
-import { KEEPALIVE_MISSES } from "./session.ts";
+import { KEEPALIVE_MISSES, Liveness } from "./liveness.ts";
 import { VpnStats } from "./stats.ts";
 import type { TunDevice } from "./tun.ts";
 import type { Logger } from "../base/log.ts";
@@ -75,10 +75,7 @@ export class VpnLink {
   #ended: VpnLinkEnd | null = null;
   #resolveEnd!: (end: VpnLinkEnd) => void;
   #end: Promise<VpnLinkEnd>;
-  #lastReceived = Date.now();
-  #lastActivity = Date.now();
-  #unansweredPings = 0;
-  #timer: ReturnType<typeof setInterval> | undefined;
+  #liveness = new Liveness();
   #running = false;
 
   constructor(channel: SecureChannel, options: VpnLinkOptions) {
@@ -112,7 +109,7 @@ export class VpnLink {
     plaintext[0] = MessageType.data;
     this.#queuedPackets++;
     this.#queuedBytes += size;
-    this.#lastActivity = Date.now();
+    this.#liveness.active();
     this.stats.packetsOut++;
     this.packets.out++;
     this.stats.bytesOut += size - 1;
@@ -173,8 +170,7 @@ export class VpnLink {
       }
       if (this.#ended) return;
       if (!message) return this.#finish(new TruncationError());
-      this.#lastReceived = this.#lastActivity = Date.now();
-      this.#unansweredPings = 0;
+      this.#liveness.heard();
       const { type, body } = message;
       switch (type) {
         case MessageType.data:
@@ -212,30 +208,22 @@ export class VpnLink {
   }
 
   #startTimer(): void {
-    const keepaliveMs = this.#options.keepaliveMs ?? 0;
-    const idleTimeoutMs = this.#options.idleTimeoutMs ?? 0;
-    const tick = Math.min(...[keepaliveMs, idleTimeoutMs].filter((ms) => ms > 0));
-    if (!Number.isFinite(tick)) return;
-    this.#timer = setInterval(() => {
-      const now = Date.now();
-      if (idleTimeoutMs > 0 && now - this.#lastActivity >= idleTimeoutMs) {
-        return this.abort(ErrorCode.timedOut, "idle timeout", new IdleTimeoutError("idle timeout"));
-      }
-      if (keepaliveMs > 0 && now - this.#lastReceived >= keepaliveMs) {
-        if (this.#unansweredPings >= KEEPALIVE_MISSES) {
-          return this.abort(
-            ErrorCode.timedOut,
-            "keepalive timeout",
-            new KeepaliveTimeoutError(
-              `keepalive: the peer answered none of ${KEEPALIVE_MISSES} PINGs`,
-            ),
-          );
-        }
-        this.#unansweredPings++;
-        this.#lastReceived = now;
+    this.#liveness.start(this.#options.keepaliveMs ?? 0, this.#options.idleTimeoutMs ?? 0, {
+      listening: () => true,
+      idle: () =>
+        this.abort(ErrorCode.timedOut, "idle timeout", new IdleTimeoutError("idle timeout")),
+      dead: () =>
+        this.abort(
+          ErrorCode.timedOut,
+          "keepalive timeout",
+          new KeepaliveTimeoutError(
+            `keepalive: the peer answered none of ${KEEPALIVE_MISSES} PINGs`,
+          ),
+        ),
+      ping: () => {
         this.channel.send(MessageType.ping).catch((err) => this.#finish(err));
-      }
-    }, tick / 4 > 50 ? tick / 4 : tick);
+      },
+    });
   }
 
   /** Ends the link once: closes the connection after `flushing` (or a grace period). */
@@ -243,7 +231,7 @@ export class VpnLink {
     if (this.#ended) return;
     const error = err === null ? null : err instanceof Error ? err : new Error(String(err));
     this.#ended = { error };
-    clearInterval(this.#timer);
+    this.#liveness.stop();
     this.#options.onEnd?.(this.#ended);
     let timer: ReturnType<typeof setTimeout> | undefined;
     const grace = new Promise((resolve) => (timer = setTimeout(resolve, CLOSE_GRACE_MS)));
