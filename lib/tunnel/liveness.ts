@@ -19,6 +19,8 @@
  * @module
  */
 
+import { KeepaliveTimeoutError } from "../base/errors.ts";
+
 /** PINGs left unanswered before keepalive gives up on the peer. */
 export const KEEPALIVE_MISSES = 3;
 
@@ -28,8 +30,8 @@ export interface LivenessHooks {
   listening(): boolean;
   /** No frame either way for the idle timeout. */
   idle(): void;
-  /** KEEPALIVE_MISSES PINGs went unanswered. */
-  dead(): void;
+  /** KEEPALIVE_MISSES PINGs went unanswered: `error` says so. */
+  dead(error: KeepaliveTimeoutError): void;
   /** Send one PING (empty body). */
   ping(): void;
 }
@@ -60,7 +62,13 @@ export class Liveness {
       const now = Date.now();
       if (idleTimeoutMs > 0 && now - this.#lastActivity >= idleTimeoutMs) return hooks.idle();
       if (keepaliveMs > 0 && hooks.listening() && now - this.#lastReceived >= keepaliveMs) {
-        if (this.#unansweredPings >= KEEPALIVE_MISSES) return hooks.dead();
+        if (this.#unansweredPings >= KEEPALIVE_MISSES) {
+          return hooks.dead(
+            new KeepaliveTimeoutError(
+              `keepalive: the peer answered none of ${KEEPALIVE_MISSES} PINGs`,
+            ),
+          );
+        }
         this.#unansweredPings++;
         this.#lastReceived = now;
         hooks.ping();

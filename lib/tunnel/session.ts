@@ -23,7 +23,7 @@
  * @module
  */
 
-import { KEEPALIVE_MISSES, Liveness } from "./liveness.ts";
+import { Liveness } from "./liveness.ts";
 import { type SecureChannel } from "../protocol/channel.ts";
 import { MessageType } from "../protocol/messages.ts";
 import {
@@ -31,7 +31,6 @@ import {
   ErrorCode,
   FrameHeaderError,
   IdleTimeoutError,
-  KeepaliveTimeoutError,
   ProtocolError,
   TruncationError,
 } from "../base/errors.ts";
@@ -553,14 +552,7 @@ export class Session {
           "idle timeout",
           new IdleTimeoutError("idle timeout: no traffic"),
         ),
-      dead: () =>
-        this.abort(
-          ErrorCode.timedOut,
-          "keepalive timeout",
-          new KeepaliveTimeoutError(
-            `keepalive: the peer answered none of ${KEEPALIVE_MISSES} PINGs`,
-          ),
-        ),
+      dead: (error) => this.abort(ErrorCode.timedOut, "keepalive timeout", error),
       ping: () => {
         this.#pingsAwaitingPong++;
         this.channel.post(Uint8Array.of(MessageType.ping));

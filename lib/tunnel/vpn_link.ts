@@ -27,11 +27,10 @@ import {
   ErrorCode,
   FrameHeaderError,
   IdleTimeoutError,
-  KeepaliveTimeoutError,
   ProtocolError,
   TruncationError,
 } from "../base/errors.ts";
-import { KEEPALIVE_MISSES, Liveness } from "./liveness.ts";
+import { Liveness } from "./liveness.ts";
 import { VpnStats } from "./stats.ts";
 import type { TunDevice } from "./tun.ts";
 import type { Logger } from "../base/log.ts";
@@ -212,14 +211,7 @@ export class VpnLink {
       listening: () => true,
       idle: () =>
         this.abort(ErrorCode.timedOut, "idle timeout", new IdleTimeoutError("idle timeout")),
-      dead: () =>
-        this.abort(
-          ErrorCode.timedOut,
-          "keepalive timeout",
-          new KeepaliveTimeoutError(
-            `keepalive: the peer answered none of ${KEEPALIVE_MISSES} PINGs`,
-          ),
-        ),
+      dead: (error) => this.abort(ErrorCode.timedOut, "keepalive timeout", error),
       ping: () => {
         this.channel.send(MessageType.ping).catch((err) => this.#finish(err));
       },
