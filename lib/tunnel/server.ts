@@ -50,13 +50,12 @@ import {
   DEFAULT_MAX_PENDING_PER_SOURCE,
   PendingBudget,
 } from "./pending.ts";
-import { receiveOpen, Session, type SessionOptions, type SessionSummary } from "./session.ts";
+import { Session, type SessionOptions, type SessionSummary } from "./session.ts";
+import { PendingOpen } from "./pending_open.ts";
 import { echo, splice } from "./splice.ts";
 import { openOutcomeFor, TunnelStats } from "./stats.ts";
-import { type Target } from "../protocol/target.ts";
 import { canonicalHost } from "../protocol/address.ts";
 import { formatHostPort, type HostPort } from "../protocol/hostport.ts";
-import type { Cidr } from "../protocol/packet.ts";
 import type { VpnService } from "./vpn_server.ts";
 import { connectAddresses, systemResolver } from "./resolve.ts";
 
@@ -283,8 +282,7 @@ export class TunnelServer {
       timedOut ??= "handshake";
       closeQuietly(conn);
     }, this.#options.handshakeTimeoutMs);
-    let channel: SecureChannel;
-    let target: Target;
+    let open: PendingOpen;
     const started = performance.now();
     try {
       const hello = await SecureChannel.verifyHello(conn, this.#options.key, {
@@ -300,7 +298,7 @@ export class TunnelServer {
       if (entry.evicted) throw new TruncationError("dropped to make room for newer connections");
       // A key holder is answered even when the server is full: ERROR 4 says why, not silence.
       if (this.#authenticated >= this.#options.maxConns) {
-        channel = await hello.complete();
+        const channel = await hello.complete();
         this.stats.connectionsRejectedBusy++;
         this.#log.warn("session refused: max-conns reached", {
           session: id,
@@ -317,8 +315,7 @@ export class TunnelServer {
       }
       entry.authenticated = true;
       this.#authenticated++;
-      channel = await hello.complete();
-      target = await receiveOpen(channel);
+      open = await PendingOpen.receive(await hello.complete());
     } catch (err) {
       if (!timedOut) closeQuietly(conn);
       this.#logHandshakeFailure(
@@ -340,19 +337,22 @@ export class TunnelServer {
     const seconds = (performance.now() - started) / 1000;
     this.stats.handshake("ok", seconds);
     this.#log.debug("handshake ok", { session: id, peer, ms: Math.round(seconds * 1000) });
-    const summary = await this.#dispatch(id, peer, channel, target, entry);
+    // An OPEN the dispatch leaves unanswered (a bug, a throw) closes the connection here.
+    using _ = open;
+    const summary = await this.#dispatch(id, peer, open, entry);
     if (summary) logSessionEnd(this.#log, { session: id, peer }, summary);
   }
 
+  /** Decides on the OPEN: refuse it, or accept it and serve the session to its end. */
   async #dispatch(
     id: number,
     peer: string,
-    channel: SecureChannel,
-    target: Target,
+    open: PendingOpen,
     entry: Connection,
   ): Promise<SessionSummary | null> {
+    const { target } = open;
     if (target.kind === "vpn") {
-      await this.#serveVpn(id, peer, channel, target.addresses);
+      await this.#serveVpn(id, peer, open);
       return null;
     }
     let upstream: Deno.TcpConn | null = null;
@@ -370,7 +370,7 @@ export class TunnelServer {
             target: targetText,
             reason: decision.reason,
           });
-          await this.#reject(channel, decision.code, decision.reason);
+          await this.#reject(open, decision.code, decision.reason);
           return null;
         }
         addresses = decision.addresses;
@@ -394,7 +394,7 @@ export class TunnelServer {
           ? targetRefusedDetail(targetText)
           : `cannot reach ${targetText}`;
         await this.#reject(
-          channel,
+          open,
           timedOut ? ErrorCode.timedOut : ErrorCode.unreachable,
           timedOut ? `timed out connecting to ${targetText}` : why,
         );
@@ -403,10 +403,9 @@ export class TunnelServer {
     }
     let session: Session;
     try {
-      session = await Session.accept(channel, this.#sessionOptions);
+      session = await open.accept(this.#sessionOptions);
     } catch {
       if (upstream) closeQuietly(upstream);
-      channel.close();
       return null;
     }
     entry.session = session;
@@ -419,19 +418,14 @@ export class TunnelServer {
   }
 
   /** OPEN 0x02: admits the session into the VPN pool, or refuses it with ERROR 2. */
-  async #serveVpn(
-    id: number,
-    peer: string,
-    channel: SecureChannel,
-    wanted: Cidr[],
-  ): Promise<void> {
+  async #serveVpn(id: number, peer: string, open: PendingOpen): Promise<void> {
     const vpn = this.#options.vpn;
     const refuse = async (why: string) => {
       this.#log.warn("vpn open refused", { session: id, peer, error: why });
-      await this.#reject(channel, ErrorCode.refused, why);
+      await this.#reject(open, ErrorCode.refused, why);
     };
     if (!vpn) return await refuse("VPN mode is not enabled on this server");
-    const admitted = vpn.admit(channel, wanted);
+    const admitted = vpn.admit(open);
     if ("refused" in admitted) return await refuse(admitted.refused);
     const { link, addresses } = admitted;
     this.stats.open("ok");
@@ -455,9 +449,9 @@ export class TunnelServer {
   }
 
   /** Answers an OPEN with ERROR `code`, counting the outcome. */
-  #reject(channel: SecureChannel, code: number, message: string): Promise<void> {
+  #reject(open: PendingOpen, code: number, message: string): Promise<void> {
     this.stats.open(openOutcomeFor(code));
-    return Session.reject(channel, code, message);
+    return open.reject(code, message);
   }
 
   /**
