@@ -26,6 +26,7 @@ import {
   DEFAULT_MAX_CONNS,
 } from "../base/defaults.ts";
 import { AllowList } from "./allow.ts";
+import { KeySlot } from "./key_slot.ts";
 import { DEFAULT_REKEY_BYTES, SecureChannel } from "../protocol/channel.ts";
 import { ReplayGuard } from "../protocol/replay.ts";
 import { closeQuietly } from "../protocol/conn.ts";
@@ -116,11 +117,12 @@ export class TunnelServer {
   readonly stopped: Promise<void>;
 
   #listening: DrainableListener;
-  #options: Required<Omit<ServerOptions, "forward" | "vpn">> & {
+  #options: Required<Omit<ServerOptions, "forward" | "vpn" | "key">> & {
     forward?: HostPort;
     vpn?: VpnService;
   };
   #sessionOptions: SessionOptions;
+  #keys: KeySlot;
   #connections = new Map<number, Connection>();
   /** Message 1s seen: a replayed one is refused before any crypto. */
   #replays = new ReplayGuard();
@@ -129,8 +131,10 @@ export class TunnelServer {
   #unauthenticated: EventAggregator;
   #nextId = 0;
 
-  private constructor(listener: Deno.TcpListener, options: ServerOptions) {
+  private constructor(listener: Deno.TcpListener, { key, ...options }: ServerOptions) {
     this.addr = listener.addr;
+    // The key lives only in the slot: a replaced one is referenced by nothing here.
+    this.#keys = new KeySlot(key);
     this.#options = {
       allow: new AllowList([]),
       maxConns: DEFAULT_MAX_CONNS,
@@ -201,9 +205,13 @@ export class TunnelServer {
     return this.#listening.draining;
   }
 
-  /** Replaces the key for connections accepted from now on; open sessions keep theirs. */
-  setKey(key: Uint8Array): void {
-    this.#options.key = key;
+  /**
+   * Replaces the key for handshakes from now on; open sessions keep theirs.
+   * Resolves once no handshake reads the replaced key any more (one waiting
+   * for its message 1 may still complete under it): its owner may zero it then.
+   */
+  setKey(key: Uint8Array): Promise<void> {
+    return this.#keys.replace(key);
   }
 
   /**
@@ -285,16 +293,18 @@ export class TunnelServer {
     let open: PendingOpen;
     const started = performance.now();
     try {
-      const hello = await SecureChannel.verifyHello(conn, this.#options.key, {
-        rekeyBytes: this.#options.rekeyBytes,
-        replays: this.#replays,
-        provider: this.#options.provider,
-        // A complete message 1 is in: from here on it is bounded work, not a held socket.
-        onHello: () => {
-          clearTimeout(helloDeadline);
-          this.#pending.remove(id);
-        },
-      });
+      const hello = await this.#keys.withKey((key) =>
+        SecureChannel.verifyHello(conn, key, {
+          rekeyBytes: this.#options.rekeyBytes,
+          replays: this.#replays,
+          provider: this.#options.provider,
+          // A complete message 1 is in: from here on it is bounded work, not a held socket.
+          onHello: () => {
+            clearTimeout(helloDeadline);
+            this.#pending.remove(id);
+          },
+        })
+      );
       if (entry.evicted) throw new TruncationError("dropped to make room for newer connections");
       // A key holder is answered even when the server is full: ERROR 4 says why, not silence.
       if (this.#authenticated >= this.#options.maxConns) {
