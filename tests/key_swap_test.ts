@@ -20,24 +20,12 @@ import { Session } from "../lib/tunnel/session.ts";
 import { swapKey } from "../lib/ops/supervisor.ts";
 import { Logger } from "../lib/base/log.ts";
 import { randomBytes } from "./helpers.ts";
+import { within } from "./process.ts";
 import { startServer } from "./server_fixture.ts";
 
 const LOCAL = "127.0.0.1";
 const WAIT_MS = 10_000;
 const encoder = new TextEncoder();
-
-/** Rejects with `what` if `promise` has not settled within WAIT_MS. */
-async function within<T>(what: string, promise: Promise<T>): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const bound = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: not within ${WAIT_MS} ms`)), WAIT_MS);
-  });
-  try {
-    return await Promise.race([promise, bound]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /** Resolves once `ready()` holds, checking every 10 ms; fails naming `what` after WAIT_MS. */
 async function until(what: string, ready: () => boolean): Promise<void> {
@@ -53,7 +41,7 @@ const isZero = (bytes: Uint8Array) => bytes.every((b) => b === 0);
 /** One echo round trip on an open session. */
 async function roundTrip(session: Session, text: string): Promise<void> {
   await session.write(encoder.encode(text));
-  assert.deepEqual(await within(`echo of ${text}`, session.read()), encoder.encode(text));
+  assert.deepEqual(await within(session.read(), WAIT_MS, `echo of ${text}`), encoder.encode(text));
 }
 
 Deno.test("key slot: replace resolves at once without loans, after the last loan otherwise; a replaced key cannot return", async () => {
@@ -73,7 +61,7 @@ Deno.test("key slot: replace resolves at once without loans, after the last loan
   assert.equal(keys.current, c, "new loans get c at once");
   release();
   await loan;
-  await within("b retired", replaced);
+  await within(replaced, WAIT_MS, "b retired");
   assert.throws(() => keys.replace(a), TypeError);
   assert.throws(() => keys.replace(c), TypeError);
 });
@@ -98,28 +86,35 @@ Deno.test("key swap: the server's old key is zeroed after a handshake begun unde
     // The early connection's message 1 (old key) arrives after the swap: it is verified
     // under the old key, not under zeros, and its session works.
     const hello = await SecureChannel.prepareHello(oldCopy);
-    const late = Session.open(await within("early handshake", hello.run(early)), SERVICE_TARGET);
-    await within("OPEN_OK for the early connection", late.opened);
+    const late = Session.open(
+      await within(hello.run(early), WAIT_MS, "early handshake"),
+      SERVICE_TARGET,
+    );
+    await within(late.opened, WAIT_MS, "OPEN_OK for the early connection");
     await roundTrip(late, "begun before the swap");
 
-    await within("the swap's end", swapped);
+    await within(swapped, WAIT_MS, "the swap's end");
     assert.ok(isZero(oldKey), "the old key's bytes are zero");
 
     await roundTrip(open, "after the swap");
     assert.deepEqual(
-      await within("new key", forward(encoder.encode("new"), { server: address, key: newKey })),
+      await within(
+        forward(encoder.encode("new"), { server: address, key: newKey }),
+        WAIT_MS,
+        "new key",
+      ),
       encoder.encode("new"),
     );
     for (const [name, key] of [["old", oldCopy], ["all-zero", new Uint8Array(32)]] as const) {
       await assert.rejects(
-        within(`${name} key`, forward(encoder.encode("x"), { server: address, key })),
+        within(forward(encoder.encode("x"), { server: address, key }), WAIT_MS, `${name} key`),
         AuthenticationError,
         `the ${name} key is refused`,
       );
     }
     await open.closeWrite();
     await late.closeWrite();
-    await within("sessions end", Promise.all([open.ended, late.ended]));
+    await within(Promise.all([open.ended, late.ended]), WAIT_MS, "sessions end");
   } finally {
     closeQuietly(early);
     await server.shutdown({ delay: false });
@@ -137,13 +132,13 @@ Deno.test("key swap: a client tunnel's old key is zeroed and its new sessions us
     logger: new Logger("error"),
   });
   try {
-    await within("the swap", swapKey(forwarder, oldKey, newKey));
+    await within(swapKey(forwarder, oldKey, newKey), WAIT_MS, "the swap");
     assert.ok(isZero(oldKey), "the old key's bytes are zero");
     const conn = await Deno.connect({ hostname: LOCAL, port: forwarder.addr.port });
     try {
       await conn.write(encoder.encode("through"));
       const buffer = new Uint8Array(16);
-      const n = await within("echo through the forwarder", conn.read(buffer));
+      const n = await within(conn.read(buffer), WAIT_MS, "echo through the forwarder");
       assert.equal(new TextDecoder().decode(buffer.subarray(0, n ?? 0)), "through");
     } finally {
       closeQuietly(conn);

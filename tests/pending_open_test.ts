@@ -14,22 +14,10 @@ import { ErrorCode, RemoteError } from "../lib/base/errors.ts";
 import { OpenAnsweredError, PendingOpen } from "../lib/tunnel/pending_open.ts";
 import type { Session } from "../lib/tunnel/session.ts";
 import { randomBytes } from "./helpers.ts";
+import { within } from "./process.ts";
 
 const LOCAL = "127.0.0.1";
 const WAIT_MS = 10_000;
-
-/** Rejects with `what` if `promise` has not settled within WAIT_MS. */
-async function within<T>(what: string, promise: Promise<T>): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const bound = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: not within ${WAIT_MS} ms`)), WAIT_MS);
-  });
-  try {
-    return await Promise.race([promise, bound]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /**
  * A client session asking for `target` and the server's pending OPEN for it;
@@ -42,12 +30,16 @@ async function withOpen(
   const key = randomBytes(32);
   const listener = Deno.listen({ hostname: LOCAL, port: 0 });
   const clientSession = connect({ server: { host: LOCAL, port: listener.addr.port }, key, target });
-  const conn = await within("accept", listener.accept());
+  const conn = await within(listener.accept(), WAIT_MS, "accept");
   let open: PendingOpen | null = null;
   try {
-    const channel = await within("handshake", SecureChannel.handshake(conn, key, "responder"));
-    open = await within("OPEN", PendingOpen.receive(channel));
-    await body(await within("client", clientSession), open);
+    const channel = await within(
+      SecureChannel.handshake(conn, key, "responder"),
+      WAIT_MS,
+      "handshake",
+    );
+    open = await within(PendingOpen.receive(channel), WAIT_MS, "OPEN");
+    await body(await within(clientSession, WAIT_MS, "client"), open);
   } finally {
     open?.close();
     closeQuietly(conn); // the channel closed it already unless the handshake failed
@@ -62,7 +54,7 @@ Deno.test("pending open: accept answers OPEN_OK once; a second answer of either 
     assert.equal(open.answered, false);
     const session = await open.accept();
     assert.equal(open.answered, true);
-    await within("OPEN_OK at the client", client.opened);
+    await within(client.opened, WAIT_MS, "OPEN_OK at the client");
     assert.throws(() => open.acceptVpn(), OpenAnsweredError);
     await assert.rejects(open.accept(), OpenAnsweredError);
     await assert.rejects(open.reject(ErrorCode.refused, "too late"), OpenAnsweredError);
@@ -70,7 +62,7 @@ Deno.test("pending open: accept answers OPEN_OK once; a second answer of either 
     open.close();
     await client.write(new TextEncoder().encode("still up"));
     assert.deepEqual(
-      await within("DATA after close()", session.read()),
+      await within(session.read(), WAIT_MS, "DATA after close()"),
       new TextEncoder().encode("still up"),
     );
     session.abort(ErrorCode.internal, "test over");
@@ -81,7 +73,11 @@ Deno.test("pending open: reject sends the ERROR code and message the caller name
   await withOpen({ host: "192.0.2.7", port: 25 }, async (client, open) => {
     assert.deepEqual(open.target, { kind: "address", host: "192.0.2.7", port: 25 });
     await open.reject(ErrorCode.unreachable, "cannot reach 192.0.2.7:25 (test)");
-    const error = await within("the client's answer", client.opened.then(() => null, (e) => e));
+    const error = await within(
+      client.opened.then(() => null, (e) => e),
+      WAIT_MS,
+      "the client's answer",
+    );
     assert.ok(error instanceof RemoteError, `a RemoteError, got ${error}`);
     assert.equal(error.code, ErrorCode.unreachable);
     assert.equal(error.detail, "cannot reach 192.0.2.7:25 (test)");
@@ -94,7 +90,11 @@ Deno.test("pending open: closed unanswered, the connection ends with no answer a
   await withOpen(undefined, async (client, open) => {
     open.close();
     assert.equal(open.answered, true);
-    const error = await within("the client's end", client.opened.then(() => null, (e) => e));
+    const error = await within(
+      client.opened.then(() => null, (e) => e),
+      WAIT_MS,
+      "the client's end",
+    );
     assert.ok(error instanceof Error, "the client saw the connection end before an answer");
     assert.ok(!(error instanceof RemoteError), `no ERROR was sent, got ${error}`);
     await assert.rejects(open.accept(), OpenAnsweredError);
