@@ -95,17 +95,28 @@ export async function connectAddresses(
   port: number,
   timeoutMs = UPSTREAM_CONNECT_TIMEOUT_MS,
 ): Promise<Deno.TcpConn> {
-  const signal = AbortSignal.timeout(timeoutMs);
+  // Not AbortSignal.timeout: its timer (and the signal) would outlive a quick connect by
+  // the whole deadline, for every session; this one is cleared at once.
+  const deadline = new AbortController();
+  const { signal } = deadline;
+  const timer = setTimeout(
+    () => deadline.abort(new DOMException("the connect timed out", "TimeoutError")),
+    timeoutMs,
+  );
   let failure: unknown = new Deno.errors.NotFound("the target has no address");
-  for (const address of addresses) {
-    const host = canonicalHost(address);
-    if (host.kind === "name") throw new TypeError(`not an address literal: ${address}`);
-    try {
-      return await Deno.connect({ hostname: host.text, port, signal });
-    } catch (err) {
-      failure = err;
-      if (signal.aborted) break;
+  try {
+    for (const address of addresses) {
+      const host = canonicalHost(address);
+      if (host.kind === "name") throw new TypeError(`not an address literal: ${address}`);
+      try {
+        return await Deno.connect({ hostname: host.text, port, signal });
+      } catch (err) {
+        failure = err;
+        if (signal.aborted) break;
+      }
     }
+  } finally {
+    clearTimeout(timer);
   }
   throw failure;
 }

@@ -278,9 +278,28 @@ export class TunnelServer {
   }
 
   async #serve(id: number, entry: Connection): Promise<void> {
+    const peer = peerOf(entry.conn);
+    entry.conn.setNoDelay(true);
+    const started = performance.now();
+    const open = await this.#handshake(id, peer, entry);
+    if (!open) return;
+    const seconds = (performance.now() - started) / 1000;
+    this.stats.handshake("ok", seconds);
+    this.#log.debug("handshake ok", { session: id, peer, ms: Math.round(seconds * 1000) });
+    // An OPEN the dispatch leaves unanswered (a bug, a throw) closes the connection here.
+    using _ = open;
+    const summary = await this.#dispatch(id, peer, open, entry);
+    if (summary) logSessionEnd(this.#log, { session: id, peer }, summary);
+  }
+
+  /**
+   * The handshake under its deadlines, then the client's OPEN; null when the
+   * connection ended before (logged and counted). A method of its own so that
+   * its state (deadlines, the verified message 1) is not kept for the
+   * session's life by the caller's frame.
+   */
+  async #handshake(id: number, peer: string, entry: Connection): Promise<PendingOpen | null> {
     const { conn } = entry;
-    const peer = peerOf(conn);
-    conn.setNoDelay(true);
     let timedOut: "hello" | "handshake" | null = null;
     const helloDeadline = setTimeout(() => {
       timedOut = "hello";
@@ -290,8 +309,6 @@ export class TunnelServer {
       timedOut ??= "handshake";
       closeQuietly(conn);
     }, this.#options.handshakeTimeoutMs);
-    let open: PendingOpen;
-    const started = performance.now();
     try {
       const hello = await this.#keys.withKey((key) =>
         SecureChannel.verifyHello(conn, key, {
@@ -321,11 +338,11 @@ export class TunnelServer {
           ErrorCode.busy,
           `server busy: ${this.#options.maxConns} sessions open (max-conns)`,
         );
-        return;
+        return null;
       }
       entry.authenticated = true;
       this.#authenticated++;
-      open = await PendingOpen.receive(await hello.complete());
+      return await PendingOpen.receive(await hello.complete());
     } catch (err) {
       if (!timedOut) closeQuietly(conn);
       this.#logHandshakeFailure(
@@ -339,18 +356,11 @@ export class TunnelServer {
           ? "timeout"
           : err,
       );
-      return;
+      return null;
     } finally {
       clearTimeout(helloDeadline);
       clearTimeout(deadline);
     }
-    const seconds = (performance.now() - started) / 1000;
-    this.stats.handshake("ok", seconds);
-    this.#log.debug("handshake ok", { session: id, peer, ms: Math.round(seconds * 1000) });
-    // An OPEN the dispatch leaves unanswered (a bug, a throw) closes the connection here.
-    using _ = open;
-    const summary = await this.#dispatch(id, peer, open, entry);
-    if (summary) logSessionEnd(this.#log, { session: id, peer }, summary);
   }
 
   /** Decides on the OPEN: refuse it, or accept it and serve the session to its end. */
