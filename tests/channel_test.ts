@@ -28,25 +28,13 @@ import { receiveOpen, Session } from "../lib/tunnel/session.ts";
 import type { HostPort } from "../lib/protocol/hostport.ts";
 import { randomBytes, sha256Hex } from "./helpers.ts";
 import { startServer, Upstream } from "./server_fixture.ts";
+import { within } from "./process.ts";
 
 const LOCAL = "127.0.0.1";
 const MiB = 1024 * 1024;
 const encoder = new TextEncoder();
 /** data_size of a transport frame carrying `body`: type byte, body, tag. */
 const sealedSize = (body: number) => 1 + body + TAG_SIZE;
-
-/** Rejects with `what` if `promise` has not settled within `ms`: a bound, not a wait. */
-async function within<T>(ms: number, what: string, promise: Promise<T>): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const bound = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: not within ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([promise, bound]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 async function readAll(readable: ReadableStream<Uint8Array>): Promise<Uint8Array> {
   const chunks: Uint8Array[] = [];
@@ -532,10 +520,10 @@ Deno.test("truncation: in forward mode a cut session ends and its silent upstrea
     } finally {
       channel.close();
     }
-    const end = await within(5000, "session end", log.waitFor(/session end/));
+    const end = await within(log.waitFor(/session end/), 5000, "session end");
     assert.match(end, /stream truncated/);
     assert.equal(server.stats.sessionsOpen, 0);
-    await within(5000, "upstream closed", upstream.idle());
+    await within(upstream.idle(), 5000, "upstream closed");
     assert.deepEqual(concat(upstream.received[0]), encoder.encode("partial"));
   } finally {
     await server.shutdown();

@@ -8,7 +8,7 @@
 
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { type Daemon, startDaemon, tempKey, within } from "./process.ts";
+import { startTunnel, type Tunnel, within } from "./process.ts";
 import { randomBytes, sha256Hex } from "./helpers.ts";
 
 const MiB = 1024 * 1024;
@@ -67,46 +67,8 @@ function hashOf(chunks: Iterable<Uint8Array>): string {
 }
 
 /** A forward tunnel: server (with `serverArgs`) and a --listen client. */
-async function tunnel(
-  serverArgs: string[],
-  clientArgs: string[] = [],
-): Promise<{ server: Daemon; client: Daemon; port: number; stop(): Promise<void> }> {
-  const key = await tempKey();
-  const server = await startDaemon([
-    "server",
-    "--key",
-    key.path,
-    "--listen",
-    "127.0.0.1:0",
-    ...serverArgs,
-  ]);
-  let client: Daemon;
-  try {
-    client = await startDaemon([
-      "client",
-      "--key",
-      key.path,
-      "--server",
-      `127.0.0.1:${server.port}`,
-      "--listen",
-      "127.0.0.1:0",
-      ...clientArgs,
-    ]);
-  } catch (err) {
-    await server.stop();
-    await key.cleanup();
-    throw err;
-  }
-  return {
-    server,
-    client,
-    port: client.port,
-    async stop() {
-      await client.stop();
-      await server.stop();
-      await key.cleanup();
-    },
-  };
+function tunnel(serverArgs: string[], clientArgs: string[] = []): Promise<Tunnel> {
+  return startTunnel(["--listen", "127.0.0.1:0", ...clientArgs], { server: serverArgs });
 }
 
 const connectTo = (port: number) => Deno.connect({ hostname: "127.0.0.1", port });

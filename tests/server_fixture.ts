@@ -10,64 +10,24 @@ import { Logger } from "../lib/base/log.ts";
 import { type ServerOptions, TunnelServer } from "../lib/tunnel/server.ts";
 import type { HostPort } from "../lib/protocol/hostport.ts";
 import { randomBytes } from "./helpers.ts";
+import { LineLog } from "./process.ts";
 
 const LOCAL = "127.0.0.1";
 
-/** Collects a logger's lines (at the server's default level); tests await the lines they expect. */
-export class LogCapture {
-  readonly lines: string[] = [];
+/**
+ * Collects a logger's lines (at the server's default level); tests await the
+ * lines they expect, each within 5 s unless they name their own bound.
+ */
+export class LogCapture extends LineLog {
   readonly logger: Logger;
-  #waiters: { pattern: RegExp; resolve: (line: string) => void }[] = [];
 
   constructor() {
-    this.logger = new Logger("info", "text", (line) => {
-      this.lines.push(line);
-      for (const waiter of this.#waiters.filter((w) => w.pattern.test(line))) {
-        this.#waiters.splice(this.#waiters.indexOf(waiter), 1);
-        waiter.resolve(line);
-      }
-    });
-  }
-
-  /**
-   * Resolves the first line, logged already or later, matching `pattern`;
-   * rejects after `boundMs` so that a missing line fails instead of hanging.
-   */
-  waitFor(pattern: RegExp, boundMs = 5000): Promise<string> {
-    const seen = this.lines.find((line) => pattern.test(line));
-    return seen ? Promise.resolve(seen) : this.#next(pattern, boundMs);
-  }
-
-  /** Resolves once `count` lines match `pattern`, each awaited within `boundMs`. */
-  async waitForCount(pattern: RegExp, count: number, boundMs = 5000): Promise<void> {
-    while (this.lines.filter((line) => pattern.test(line)).length < count) {
-      await this.#next(pattern, boundMs);
-    }
-  }
-
-  /** The next line to be logged that matches `pattern`, within `boundMs`. */
-  #next(pattern: RegExp, boundMs: number): Promise<string> {
-    return new Promise((resolve, reject) => {
-      const waiter = {
-        pattern,
-        resolve: (line: string) => {
-          clearTimeout(timer);
-          resolve(line);
-        },
-      };
-      const timer = setTimeout(() => {
-        this.#waiters.splice(this.#waiters.indexOf(waiter), 1);
-        reject(
-          new Error(
-            `no log line matched ${pattern} within ${boundMs} ms:\n${this.lines.join("\n")}`,
-          ),
-        );
-      }, boundMs);
-      this.#waiters.push(waiter);
-    });
+    super(null, 5000);
+    this.logger = new Logger("info", "text", (line) => this.add(line));
   }
 }
 
+/** A started in-process server and what a test needs to reach it. */
 export interface Fixture {
   server: TunnelServer;
   log: LogCapture;

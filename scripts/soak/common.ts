@@ -7,6 +7,9 @@
 
 import { concat } from "../../lib/base/bytes.ts";
 
+/** The deadline on a wait (support/process.ts), for the soak's modules. */
+export { within } from "../../support/process.ts";
+
 /** One line of the soak table. */
 export interface Row {
   suite: string;
@@ -153,19 +156,6 @@ export function ms(value: number): string {
 
 export function mib(bytes: number): string {
   return `${(bytes / 1048576).toFixed(1)} MiB`;
-}
-
-/** Rejects with `what` if `promise` has not settled within `limitMs`; a bound, never a pacing. */
-export async function within<T>(promise: Promise<T>, limitMs: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: no result within ${limitMs} ms`)), limitMs);
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 /** Resolves after `delayMs`: for pacing an attack or a probe, never for waiting on a result. */
