@@ -23,7 +23,7 @@ import {
 } from "./common.ts";
 import { connectLoopback, CountingTarget, drain, echoTarget, LOOPBACK, writeAll } from "./net.ts";
 import { CLIENT_NS, createLink, type Link, SERVER_ADDR, SERVER_NS } from "./netns.ts";
-import { cipherlinkArgv, helperArgv, type Proc, spawn, tail, tempKey } from "./proc.ts";
+import { helperArgv, type Proc, spawn, spawnClient, spawnServer, tail, tempKey } from "./proc.ts";
 
 export interface FaultOptions {
   seed: number;
@@ -81,52 +81,67 @@ async function echoTransfer(conn: Deno.TcpConn, bytes: Uint8Array, firstChunk: n
   };
 }
 
-/** A tunnel on 127.0.0.1: a server with `serverArgs` and a --listen client. */
-async function loopbackTunnel(
+/** Where a tunnel's two ends run: the server's address and each end's namespace, if any. */
+interface Placement {
+  serverHost: string;
+  serverNs?: string;
+  clientNs?: string;
+}
+
+/** Both ends on 127.0.0.1. */
+const ON_LOOPBACK: Placement = { serverHost: LOOPBACK };
+/** The server and the client in the two namespaces of the link (see netns.ts). */
+const ACROSS_LINK: Placement = {
+  serverHost: SERVER_ADDR,
+  serverNs: SERVER_NS,
+  clientNs: CLIENT_NS,
+};
+
+/**
+ * A tunnel placed `at`: a server with `serverArgs` and a --listen client
+ * (listening on its own 127.0.0.1) with `clientArgs`, both logging at debug.
+ */
+async function debugTunnel(
   book: LogBook,
   name: string,
   key: string,
   serverArgs: string[],
-  clientArgs: string[] = [],
+  clientArgs: string[],
+  at: Placement,
 ): Promise<{ server: Proc; client: Proc }> {
-  const server = await spawn(
+  const server = await spawnServer(
     book,
     `${name} server`,
-    cipherlinkArgv([
-      "server",
-      "--listen",
-      `${LOOPBACK}:0`,
-      "--key",
-      key,
-      "--log-level",
-      "debug",
-      ...serverArgs,
-    ]),
-    { ready: true },
+    key,
+    ["--log-level", "debug", ...serverArgs],
+    { ready: true, netns: at.serverNs },
+    at.serverHost,
   );
   try {
-    const client = await spawn(
+    const client = await spawnClient(
       book,
       `${name} client`,
-      cipherlinkArgv([
-        "client",
-        "--server",
-        `${LOOPBACK}:${server.port}`,
-        "--key",
-        key,
-        "--listen",
-        `${LOOPBACK}:0`,
-        "--log-level",
-        "debug",
-        ...clientArgs,
-      ]),
-      { ready: true },
+      `${at.serverHost}:${server.port}`,
+      key,
+      ["--listen", `${LOOPBACK}:0`, "--log-level", "debug", ...clientArgs],
+      { ready: true, netns: at.clientNs },
     );
     return { server, client };
   } catch (err) {
     await server.stop("SIGKILL");
     throw err;
   }
+}
+
+/** {@link debugTunnel} on 127.0.0.1. */
+function loopbackTunnel(
+  book: LogBook,
+  name: string,
+  key: string,
+  serverArgs: string[],
+  clientArgs: string[] = [],
+): Promise<{ server: Proc; client: Proc }> {
+  return debugTunnel(book, name, key, serverArgs, clientArgs, ON_LOOPBACK);
 }
 
 /** The server dies (SIGKILL) while a pipe-mode client and a port forward are moving data. */
@@ -141,18 +156,10 @@ async function serverKilled(book: LogBook): Promise<Row> {
   try {
     tunnel = await loopbackTunnel(book, "kill", key.path, ["--log-format", "json"]);
     const { server, client } = tunnel;
-    pipe = await spawn(
-      book,
-      "kill pipe client",
-      cipherlinkArgv([
-        "client",
-        "--server",
-        `${LOOPBACK}:${server.port}`,
-        "--key",
-        key.path,
-      ]),
-      { stdin: "piped", dataStdout: true },
-    );
+    pipe = await spawnClient(book, "kill pipe client", `${LOOPBACK}:${server.port}`, key.path, [], {
+      stdin: "piped",
+      dataStdout: true,
+    });
     const piping = pipe;
     const writer = piping.process.stdin.getWriter();
     const feeding = (async () => {
@@ -253,42 +260,22 @@ async function upstreamFaults(book: LogBook, options: FaultOptions): Promise<Row
   });
   const procs: Proc[] = [];
   try {
-    const server = await spawn(
-      book,
-      "upstream server",
-      cipherlinkArgv([
-        "server",
-        "--listen",
-        `${LOOPBACK}:0`,
-        "--key",
-        key.path,
-        "--allow",
-        `${LOOPBACK}:*`,
-        "--log-level",
-        "debug",
-      ]),
-      { ready: true },
-    );
+    const server = await spawnServer(book, "upstream server", key.path, [
+      "--allow",
+      `${LOOPBACK}:*`,
+      "--log-level",
+      "debug",
+    ], { ready: true });
     procs.push(server);
     const clientTo = async (name: string, port: number) => {
-      const proc = await spawn(
-        book,
-        name,
-        cipherlinkArgv([
-          "client",
-          "--server",
-          `${LOOPBACK}:${server.port}`,
-          "--key",
-          key.path,
-          "--connect",
-          `${LOOPBACK}:${port}`,
-          "--listen",
-          `${LOOPBACK}:0`,
-          "--log-level",
-          "debug",
-        ]),
-        { ready: true },
-      );
+      const proc = await spawnClient(book, name, `${LOOPBACK}:${server.port}`, key.path, [
+        "--connect",
+        `${LOOPBACK}:${port}`,
+        "--listen",
+        `${LOOPBACK}:0`,
+        "--log-level",
+        "debug",
+      ], { ready: true });
       procs.push(proc);
       return proc;
     };
@@ -340,54 +327,6 @@ async function upstreamFaults(book: LogBook, options: FaultOptions): Promise<Row
   return row.done();
 }
 
-/** A tunnel across the namespaces: server in SERVER_NS, client (--listen) in CLIENT_NS. */
-async function namespaceTunnel(
-  book: LogBook,
-  name: string,
-  key: string,
-  serverArgs: string[],
-  clientArgs: string[],
-): Promise<{ server: Proc; client: Proc }> {
-  const server = await spawn(
-    book,
-    `${name} server`,
-    cipherlinkArgv([
-      "server",
-      "--listen",
-      `${SERVER_ADDR}:0`,
-      "--key",
-      key,
-      "--log-level",
-      "debug",
-      ...serverArgs,
-    ]),
-    { ready: true, netns: SERVER_NS },
-  );
-  try {
-    const client = await spawn(
-      book,
-      `${name} client`,
-      cipherlinkArgv([
-        "client",
-        "--server",
-        `${SERVER_ADDR}:${server.port}`,
-        "--key",
-        key,
-        "--listen",
-        `${LOOPBACK}:0`,
-        "--log-level",
-        "debug",
-        ...clientArgs,
-      ]),
-      { ready: true, netns: CLIENT_NS },
-    );
-    return { server, client };
-  } catch (err) {
-    await server.stop("SIGKILL");
-    throw err;
-  }
-}
-
 /** A large transfer across a network that loses 5% of packets and delays each by 50 ms, each way. */
 async function lossyTransfer(book: LogBook, link: Link, options: FaultOptions): Promise<Row> {
   const row = new RowBuilder(
@@ -410,10 +349,17 @@ async function lossyTransfer(book: LogBook, link: Link, options: FaultOptions): 
       },
     );
     procs.push(sink);
-    const tunnel = await namespaceTunnel(book, "lossy", key.path, [
-      "--forward",
-      `${LOOPBACK}:${sink.port}`,
-    ], []);
+    const tunnel = await debugTunnel(
+      book,
+      "lossy",
+      key.path,
+      [
+        "--forward",
+        `${LOOPBACK}:${sink.port}`,
+      ],
+      [],
+      ACROSS_LINK,
+    );
     procs.push(tunnel.server, tunnel.client);
     row.tried();
     const sender = await spawn(
@@ -465,10 +411,10 @@ async function blackHole(book: LogBook, link: Link, options: FaultOptions): Prom
   const key = await tempKey(book);
   const procs: Proc[] = [];
   try {
-    const tunnel = await namespaceTunnel(book, "blackhole", key.path, ["--keepalive", String(k)], [
+    const tunnel = await debugTunnel(book, "blackhole", key.path, ["--keepalive", String(k)], [
       "--keepalive",
       String(k),
-    ]);
+    ], ACROSS_LINK);
     procs.push(tunnel.server, tunnel.client);
     const app = await spawn(
       book,

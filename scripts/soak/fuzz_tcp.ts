@@ -32,7 +32,7 @@ import {
   sentinel,
   writeAll,
 } from "./net.ts";
-import { cipherlinkArgv, spawn, tempKey } from "./proc.ts";
+import { spawnServer, tempKey } from "./proc.ts";
 
 /** One hostile connection. */
 interface Input {
@@ -136,28 +136,18 @@ export async function fuzzOverTcp(book: LogBook, options: TcpFuzzOptions): Promi
   const nobody = sentinel();
   const echo = echoTarget();
   const timeoutMs = options.handshakeTimeout * 1000;
-  const server = await spawn(
-    book,
-    "fuzz-tcp server",
-    cipherlinkArgv([
-      "server",
-      "--listen",
-      `${LOOPBACK}:0`,
-      "--key",
-      key.path,
-      "--forward",
-      `${LOOPBACK}:${nobody.port}`,
-      "--allow",
-      `${LOOPBACK}:${echo.port}`,
-      "--handshake-timeout",
-      String(options.handshakeTimeout),
-      "--max-conns",
-      "2000",
-      "--log-level",
-      "debug",
-    ]),
-    { ready: true },
-  );
+  const server = await spawnServer(book, "fuzz-tcp server", key.path, [
+    "--forward",
+    `${LOOPBACK}:${nobody.port}`,
+    "--allow",
+    `${LOOPBACK}:${echo.port}`,
+    "--handshake-timeout",
+    String(options.handshakeTimeout),
+    "--max-conns",
+    "2000",
+    "--log-level",
+    "debug",
+  ], { ready: true });
   const serverAddress = { host: LOOPBACK, port: server.port };
   const legit = { ok: 0, failed: 0 };
   const legitRoundTrip = async (): Promise<void> => {

@@ -21,7 +21,7 @@ import {
   RowBuilder,
 } from "./common.ts";
 import { connectLoopback, drain, LOOPBACK, Proxy, recorder, sentinel, writeAll } from "./net.ts";
-import { cipherlinkArgv, helperArgv, type Proc, spawn, tempKey } from "./proc.ts";
+import { helperArgv, type Proc, spawn, spawnServer, tempKey } from "./proc.ts";
 
 export interface HostileOptions {
   slowloris: number;
@@ -131,32 +131,22 @@ export async function hostileClients(book: LogBook, options: HostileOptions): Pr
   let server: Proc | null = null;
   let probe: Proc | null = null;
   try {
-    server = await spawn(
-      book,
-      "hostile server",
-      cipherlinkArgv([
-        "server",
-        "--listen",
-        `${LOOPBACK}:0`,
-        "--key",
-        key.path,
-        "--allow",
-        `${LOOPBACK}:${nobody.port}`,
-        "--max-conns",
-        "2500",
-        "--handshake-timeout",
-        String(options.handshakeTimeout),
-        // The slow clients here are held for the whole handshake timeout, as
-        // they were before message 1 had a deadline of its own; the default
-        // 1 s deadline is what the pre-auth flood row (preauth.ts) measures.
-        // With it, clients that reconnect at once churn 5 times as fast.
-        "--hello-timeout",
-        String(options.handshakeTimeout),
-        "--log-level",
-        "info",
-      ]),
-      { ready: true },
-    );
+    server = await spawnServer(book, "hostile server", key.path, [
+      "--allow",
+      `${LOOPBACK}:${nobody.port}`,
+      "--max-conns",
+      "2500",
+      "--handshake-timeout",
+      String(options.handshakeTimeout),
+      // The slow clients here are held for the whole handshake timeout, as
+      // they were before message 1 had a deadline of its own; the default
+      // 1 s deadline is what the pre-auth flood row (preauth.ts) measures.
+      // With it, clients that reconnect at once churn 5 times as fast.
+      "--hello-timeout",
+      String(options.handshakeTimeout),
+      "--log-level",
+      "info",
+    ], { ready: true });
     const port = server.port;
 
     // A real session to the sentinel, recorded on the wire for the replays.

@@ -12,7 +12,7 @@ import { forward } from "../../lib/tunnel/client.ts";
 import { closeQuietly } from "../../lib/protocol/conn.ts";
 import { type LogBook, pause, type Row, RowBuilder } from "./common.ts";
 import { LOOPBACK } from "./net.ts";
-import { cipherlinkArgv, type Proc, spawn, tempKey } from "./proc.ts";
+import { cipherlinkArgv, type Proc, spawn, spawnServer, tempKey } from "./proc.ts";
 
 const LEVELS = ["debug", "info", "warn", "error"] as const;
 const FORMATS = ["text", "json"] as const;
@@ -58,16 +58,11 @@ async function warningsAndLevels(book: LogBook): Promise<Row> {
       const key = await tempKey(book, { mode, format });
       cleanups.push(key.cleanup);
       row.tried();
-      const server = await spawn(
+      const server = await spawnServer(
         book,
         `keys ${format} ${mode.toString(8)} server`,
-        cipherlinkArgv([
-          "server",
-          "--listen",
-          `${LOOPBACK}:0`,
-          "--key",
-          key.path,
-        ]),
+        key.path,
+        [],
         { ready: true },
       );
       const warned = server.lines.find((l) => /readable by group or others/.test(l));
@@ -94,20 +89,9 @@ async function warningsAndLevels(book: LogBook): Promise<Row> {
     const own = await tempKey(book, { mode: 0o600 });
     cleanups.push(own.cleanup);
     row.tried();
-    const quiet = await spawn(
-      book,
-      "keys 600 server",
-      cipherlinkArgv([
-        "server",
-        "--listen",
-        `${LOOPBACK}:0`,
-        "--key",
-        own.path,
-        "--log-level",
-        "debug",
-      ]),
-      { ready: true },
-    );
+    const quiet = await spawnServer(book, "keys 600 server", own.path, ["--log-level", "debug"], {
+      ready: true,
+    });
     row.check(
       !quiet.lines.some((l) => /readable by group or others/.test(l)),
       "a 0600 key file was warned about",

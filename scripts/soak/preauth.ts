@@ -17,7 +17,7 @@ import { connect } from "../../lib/tunnel/client.ts";
 import { RemoteError } from "../../lib/base/errors.ts";
 import { type LogBook, ms, pool, Rng, type Row, RowBuilder } from "./common.ts";
 import { LOOPBACK, sentinel } from "./net.ts";
-import { cipherlinkArgv, helperArgv, type Proc, spawn, tempKey } from "./proc.ts";
+import { helperArgv, type Proc, spawn, spawnServer, tempKey } from "./proc.ts";
 
 export interface SpellingOptions {
   /** Generated spellings, on top of the fixed list. */
@@ -97,24 +97,14 @@ export async function hostileSpellings(book: LogBook, options: SpellingOptions):
   const target = sentinel();
   let server: Proc | null = null;
   try {
-    server = await spawn(
-      book,
-      "spelling server",
-      cipherlinkArgv([
-        "server",
-        "--listen",
-        `${LOOPBACK}:0`,
-        "--key",
-        key.path,
-        "--allow",
-        `${LOOPBACK}/32:${target.port}`,
-        "--allow",
-        `[::/0]:${target.port}`,
-        "--log-level",
-        "info",
-      ]),
-      { ready: true },
-    );
+    server = await spawnServer(book, "spelling server", key.path, [
+      "--allow",
+      `${LOOPBACK}/32:${target.port}`,
+      "--allow",
+      `[::/0]:${target.port}`,
+      "--log-level",
+      "info",
+    ], { ready: true });
     const rng = new Rng(options.seed);
     const spellings = [
       ...FIXED,
@@ -211,22 +201,12 @@ export async function preAuthFlood(book: LogBook, options: PreAuthOptions): Prom
   let probe: Proc | null = null;
   let flood: Proc | null = null;
   try {
-    server = await spawn(
-      book,
-      "pre-auth server",
-      cipherlinkArgv([
-        "server",
-        "--listen",
-        `${LOOPBACK}:0`,
-        "--key",
-        key.path,
-        "--max-conns",
-        "50",
-        "--log-level",
-        "info",
-      ]),
-      { ready: true },
-    );
+    server = await spawnServer(book, "pre-auth server", key.path, [
+      "--max-conns",
+      "50",
+      "--log-level",
+      "info",
+    ], { ready: true });
     probe = await spawn(
       book,
       "pre-auth probe",

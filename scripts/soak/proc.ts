@@ -9,6 +9,7 @@
 import { cipherlinkArgvWith, tempKeyFile } from "../../support/process.ts";
 import type { KeyFormat } from "../../lib/protocol/keys.ts";
 import type { LogBook } from "./common.ts";
+import { LOOPBACK } from "./net.ts";
 
 /** The soak helper scripts' folder. */
 export const SOAK_DIR = new URL(".", import.meta.url).pathname;
@@ -55,6 +56,43 @@ export interface SpawnOptions {
 /** The argv of `cipherlink ARGS` from source, with what a server or client needs. */
 export function cipherlinkArgv(args: string[]): string[] {
   return cipherlinkArgvWith(["--allow-net", "--allow-read", "--allow-env"], args);
+}
+
+/**
+ * `cipherlink server --listen HOST:0 --key KEY ...args` (HOST 127.0.0.1
+ * unless told), started with {@link spawn}.
+ */
+export function spawnServer(
+  book: LogBook,
+  name: string,
+  key: string,
+  args: string[],
+  options: SpawnOptions,
+  host = LOOPBACK,
+): Promise<Proc> {
+  return spawn(
+    book,
+    name,
+    cipherlinkArgv(["server", "--listen", `${host}:0`, "--key", key, ...args]),
+    options,
+  );
+}
+
+/** `cipherlink client --server SERVER --key KEY ...args`, started with {@link spawn}. */
+export function spawnClient(
+  book: LogBook,
+  name: string,
+  server: string,
+  key: string,
+  args: string[],
+  options: SpawnOptions,
+): Promise<Proc> {
+  return spawn(
+    book,
+    name,
+    cipherlinkArgv(["client", "--server", server, "--key", key, ...args]),
+    options,
+  );
 }
 
 /** The argv of a soak helper script (scripts/soak/NAME.ts). */
