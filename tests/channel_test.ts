@@ -26,7 +26,7 @@ import { FrameReader } from "../lib/protocol/framer.ts";
 import { type CipherState, counterNonce, NNpsk0Handshake } from "../lib/protocol/noise.ts";
 import { receiveOpen, Session } from "../lib/tunnel/session.ts";
 import type { HostPort } from "../lib/protocol/hostport.ts";
-import { randomBytes, sha256Hex } from "./helpers.ts";
+import { randomBytes, rejectsWith, sha256Hex } from "./helpers.ts";
 import { startServer, Upstream } from "./server_fixture.ts";
 import { within } from "./process.ts";
 
@@ -323,11 +323,7 @@ Deno.test("counter: a frame that skips counter 1 is a ProtocolError at the recei
       type: MessageType.open,
       body: Uint8Array.of(0),
     });
-    await assert.rejects(responder.receive(), (err) => {
-      assert.ok(err instanceof ProtocolError);
-      assert.match(err.message, /counter out of order \(expected 1\)/);
-      return true;
-    });
+    await rejectsWith(responder.receive(), ProtocolError, /counter out of order \(expected 1\)/);
   } finally {
     client.close();
     responder.close();
@@ -384,25 +380,49 @@ Deno.test("counter: the server answers a gap or a replayed DATA with ERROR 1 and
   }
 });
 
-Deno.test("truncation: the server's TCP EOF before CLOSE errors the client's reader with TruncationError after the data", async () => {
-  const key = randomBytes(32);
+/**
+ * A one-connection server on 127.0.0.1 speaking the protocol by hand: it
+ * accepts, makes the responder's handshake, takes the OPEN, answers OPEN_OK,
+ * then runs `script`. `finished()` awaits the script and closes the listener.
+ */
+function fakeServer(
+  key: Uint8Array,
+  script: (channel: SecureChannel, conn: Deno.TcpConn) => Promise<void>,
+): { port: number; finished(): Promise<void> } {
   const listener = Deno.listen({ hostname: LOCAL, port: 0 });
-  const fakeServer = (async () => {
+  const serving = (async () => {
     const conn = await listener.accept();
     const channel = await SecureChannel.handshake(conn, key, "responder");
     try {
       await receiveOpen(channel);
       await channel.send(MessageType.openOk);
-      await channel.send(MessageType.data, encoder.encode("partial"));
-      await conn.closeWrite(); // TCP FIN without a CLOSE frame
-      await typesUntilEnd(channel);
+      await script(channel, conn);
     } finally {
       channel.close();
     }
   })();
+  return {
+    port: listener.addr.port,
+    async finished() {
+      try {
+        await serving;
+      } finally {
+        listener.close();
+      }
+    },
+  };
+}
+
+Deno.test("truncation: the server's TCP EOF before CLOSE errors the client's reader with TruncationError after the data", async () => {
+  const key = randomBytes(32);
+  const fake = fakeServer(key, async (channel, conn) => {
+    await channel.send(MessageType.data, encoder.encode("partial"));
+    await conn.closeWrite(); // TCP FIN without a CLOSE frame
+    await typesUntilEnd(channel);
+  });
   try {
     const session = await connect({
-      server: { host: LOCAL, port: listener.addr.port },
+      server: { host: LOCAL, port: fake.port },
       key,
       ...BOUND,
     });
@@ -411,33 +431,23 @@ Deno.test("truncation: the server's TCP EOF before CLOSE errors the client's rea
     await assert.rejects(reader.read(), TruncationError);
     assert.ok((await session.ended).error instanceof TruncationError);
   } finally {
-    await fakeServer;
-    listener.close();
+    await fake.finished();
   }
 });
 
 Deno.test("truncation: an EOF inside a frame fails the client's forward() with TruncationError", async () => {
   const key = randomBytes(32);
-  const listener = Deno.listen({ hostname: LOCAL, port: 0 });
-  const fakeServer = (async () => {
-    const conn = await listener.accept();
-    const channel = await SecureChannel.handshake(conn, key, "responder");
-    try {
-      await receiveOpen(channel);
-      await channel.send(MessageType.openOk);
-      const halfFrame = new Uint8Array(HEADER_SIZE + 5);
-      encodeHeader(halfFrame, TRANSPORT_NONCE_SIZE, sealedSize(100));
-      await writeAll(conn, halfFrame);
-      await conn.closeWrite();
-      await typesUntilEnd(channel);
-    } finally {
-      channel.close();
-    }
-  })();
+  const fake = fakeServer(key, async (channel, conn) => {
+    const halfFrame = new Uint8Array(HEADER_SIZE + 5);
+    encodeHeader(halfFrame, TRANSPORT_NONCE_SIZE, sealedSize(100));
+    await writeAll(conn, halfFrame);
+    await conn.closeWrite();
+    await typesUntilEnd(channel);
+  });
   try {
     await assert.rejects(
       forward(encoder.encode("hello"), {
-        server: { host: LOCAL, port: listener.addr.port },
+        server: { host: LOCAL, port: fake.port },
         key,
         ...BOUND,
       }),
@@ -448,8 +458,7 @@ Deno.test("truncation: an EOF inside a frame fails the client's forward() with T
       },
     );
   } finally {
-    await fakeServer;
-    listener.close();
+    await fake.finished();
   }
 });
 
@@ -566,11 +575,7 @@ Deno.test("rekey: a REKEY with a body is a ProtocolError at the channel and ERRO
     await client.send(await client.seal(1, MessageType.rekey, Uint8Array.of(0)));
     await client.conn.closeWrite();
     assert.equal((await responder.receive())?.type, MessageType.open);
-    await assert.rejects(responder.receive(), (err) => {
-      assert.ok(err instanceof ProtocolError);
-      assert.match(err.message, /REKEY with a body/);
-      return true;
-    });
+    await rejectsWith(responder.receive(), ProtocolError, /REKEY with a body/);
   } finally {
     client.close();
     responder.close();
@@ -626,25 +631,16 @@ Deno.test("ping: the server answers PING with PONG of the same body; a 9-byte PI
 
 Deno.test("ping: a client session answers the server's PING with PONG of the same body", async () => {
   const key = randomBytes(32);
-  const listener = Deno.listen({ hostname: LOCAL, port: 0 });
-  const fakeServer = (async () => {
-    const conn = await listener.accept();
-    const channel = await SecureChannel.handshake(conn, key, "responder");
-    try {
-      await receiveOpen(channel);
-      await channel.send(MessageType.openOk);
-      const body = Uint8Array.of(8, 7, 6, 5, 4, 3, 2, 1);
-      await channel.send(MessageType.ping, body);
-      assert.deepEqual(await channel.receive(), { type: MessageType.pong, body });
-      await channel.send(MessageType.close);
-      assert.equal((await channel.receive())?.type, MessageType.close);
-    } finally {
-      channel.close();
-    }
-  })();
+  const fake = fakeServer(key, async (channel) => {
+    const body = Uint8Array.of(8, 7, 6, 5, 4, 3, 2, 1);
+    await channel.send(MessageType.ping, body);
+    assert.deepEqual(await channel.receive(), { type: MessageType.pong, body });
+    await channel.send(MessageType.close);
+    assert.equal((await channel.receive())?.type, MessageType.close);
+  });
   try {
     const session = await connect({
-      server: { host: LOCAL, port: listener.addr.port },
+      server: { host: LOCAL, port: fake.port },
       key,
       ...BOUND,
     });
@@ -652,8 +648,7 @@ Deno.test("ping: a client session answers the server's PING with PONG of the sam
     await session.writable.close();
     assert.equal((await session.ended).error, null);
   } finally {
-    await fakeServer;
-    listener.close();
+    await fake.finished();
   }
 });
 

@@ -14,7 +14,7 @@ import { connect, forward } from "../lib/tunnel/client.ts";
 import { ErrorCode, ProtocolError } from "../lib/base/errors.ts";
 import { type Connection } from "../lib/protocol/conn.ts";
 import { closeQuietly } from "../lib/protocol/conn.ts";
-import { randomBytes } from "./helpers.ts";
+import { randomBytes, rejectsWith } from "./helpers.ts";
 import { startServer } from "./server_fixture.ts";
 
 const LOCAL = "127.0.0.1";
@@ -225,11 +225,7 @@ Deno.test("regression: an OPEN_OK with a body is a protocol violation at the cli
   })();
   try {
     const session = await connect({ server: { host: LOCAL, port: listener.addr.port }, key });
-    await assert.rejects(session.opened, (err: unknown) => {
-      assert.ok(err instanceof ProtocolError, String(err));
-      assert.match(err.message, /OPEN_OK with a body/);
-      return true;
-    });
+    await rejectsWith(session.opened, ProtocolError, /OPEN_OK with a body/);
     assert.equal(await serving, `error ${ErrorCode.protocolViolation}`);
   } finally {
     listener.close();

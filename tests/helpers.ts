@@ -1,7 +1,9 @@
 /**
- * Shared test helpers: hex, hashing, and real-TCP fixtures on 127.0.0.1.
+ * Shared test helpers: hex, hashing, random bytes and typed-rejection asserts.
  * @module
  */
+
+import assert from "node:assert/strict";
 
 /** Decodes lowercase or uppercase hex. */
 export function fromHex(hex: string): Uint8Array {
@@ -25,4 +27,20 @@ export function randomBytes(size: number): Uint8Array {
     crypto.getRandomValues(out.subarray(at, Math.min(size, at + 65536)));
   }
   return out;
+}
+
+/**
+ * Asserts that `promise` rejects with an instance of `type` (a typed error,
+ * never a timeout or an unrelated failure) whose message matches `message`.
+ */
+export async function rejectsWith(
+  promise: Promise<unknown>,
+  type: abstract new (...args: never[]) => Error,
+  message: RegExp,
+): Promise<void> {
+  await assert.rejects(promise, (err: unknown) => {
+    assert.ok(err instanceof type, String(err));
+    assert.match(err.message, message);
+    return true;
+  });
 }

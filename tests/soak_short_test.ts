@@ -23,7 +23,7 @@ import { TunnelServer } from "../lib/tunnel/server.ts";
 import { Session } from "../lib/tunnel/session.ts";
 import { SERVICE_TARGET } from "../lib/protocol/target.ts";
 import { memoryPair } from "../scripts/soak/memory.ts";
-import { randomBytes } from "./helpers.ts";
+import { randomBytes, rejectsWith } from "./helpers.ts";
 
 const SOAK = new URL("../scripts/soak.ts", import.meta.url).pathname;
 const LOCAL = "127.0.0.1";
@@ -365,11 +365,11 @@ Deno.test("regression: sending on a connection the peer reset fails as a truncat
     SecureChannel.handshake(serverEnd, KEY, "responder"),
   ]);
   server.close();
-  await assert.rejects(client.send(3, Uint8Array.of(1, 2, 3)), (err) => {
-    assert.ok(err instanceof TruncationError, String(err));
-    assert.match(err.message, /^stream truncated: the connection failed before the peer's CLOSE/);
-    return true;
-  });
+  await rejectsWith(
+    client.send(3, Uint8Array.of(1, 2, 3)),
+    TruncationError,
+    /^stream truncated: the connection failed before the peer's CLOSE/,
+  );
   client.close();
 });
 
