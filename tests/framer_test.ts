@@ -16,28 +16,13 @@ import { type Frame, FrameReader, INITIAL_READ_CAPACITY } from "../lib/protocol/
 import { HEADER_SIZE, MAX_DATA_SIZE, MAX_FRAME_SIZE } from "../lib/protocol/frame.ts";
 import { LegacyProtocolError, ProtocolError, TruncationError } from "../lib/base/errors.ts";
 import { type Readable, readableOf, writeAll } from "../lib/protocol/conn.ts";
+import { rawFrame } from "../support/wire.ts";
 
 /** The framer's buffer may grow to one largest frame plus this much. */
 const FULL_READ_CAPACITY = MAX_FRAME_SIZE + 4096;
 
 /** The random splits' fast-check seed: a failure reruns, and shrinks, the same way. */
 const SPLITS_SEED = 1;
-
-/** A whole frame on the wire; `version`, `nonceSize`, `dataSize` may lie. */
-function frameBytes(
-  nonce: Uint8Array,
-  data: Uint8Array,
-  fields: { version?: number; nonceSize?: number; dataSize?: number } = {},
-): Uint8Array {
-  const out = new Uint8Array(HEADER_SIZE + nonce.byteLength + data.byteLength);
-  const view = new DataView(out.buffer);
-  view.setUint8(0, fields.version ?? 2);
-  view.setUint32(1, fields.nonceSize ?? nonce.byteLength);
-  view.setUint32(5, fields.dataSize ?? data.byteLength);
-  out.set(nonce, HEADER_SIZE);
-  out.set(data, HEADER_SIZE + nonce.byteLength);
-  return out;
-}
 
 /**
  * `size` reproducible bytes, different for each `salt`: the content only has
@@ -133,7 +118,7 @@ const readSizes = fc.array(
 );
 
 function wireOf(frames: ExpectedFrame[]): Uint8Array {
-  return concat(frames.map((f) => frameBytes(f.nonce, f.data)));
+  return concat(frames.map((f) => rawFrame(f.nonce, f.data)));
 }
 
 function assertSameFrames(actual: ExpectedFrame[], expected: ExpectedFrame[], label: string) {
@@ -212,7 +197,7 @@ Deno.test("framer: many frames delivered in one read are all handed out without 
 Deno.test("framer: a frame's header, nonce and data are views of the exact wire bytes", async () => {
   const nonce = Uint8Array.from({ length: 12 }, (_, i) => i + 1);
   const data = Uint8Array.from({ length: 20 }, (_, i) => 0xa0 + i);
-  const wire = frameBytes(nonce, data);
+  const wire = rawFrame(nonce, data);
   const frames = new FrameReader(readableOf(new ScriptedSource(wire, () => 1000)));
   const frame = await frames.next(12, 16);
   assert.ok(frame);
@@ -239,8 +224,8 @@ Deno.test("framer: an empty stream is a clean EOF", async () => {
 });
 
 Deno.test("framer: EOF inside a frame's header, nonce or data is a TruncationError", async () => {
-  const whole = frameBytes(saltedBytes(1, 12), saltedBytes(2, 100));
-  const good = frameBytes(saltedBytes(3, 12), saltedBytes(4, 30));
+  const whole = rawFrame(saltedBytes(1, 12), saltedBytes(2, 100));
+  const good = rawFrame(saltedBytes(3, 12), saltedBytes(4, 30));
   for (const cut of [1, 5, HEADER_SIZE - 1, HEADER_SIZE, HEADER_SIZE + 6, whole.byteLength - 1]) {
     for (const chunk of [1, 4096]) {
       const wire = concat([good, whole.subarray(0, cut)]);
@@ -252,7 +237,7 @@ Deno.test("framer: EOF inside a frame's header, nonce or data is a TruncationErr
 });
 
 Deno.test("framer: a failing read is reported as a TruncationError, not a clean end", async () => {
-  const wire = frameBytes(new Uint8Array(12), new Uint8Array(40)).subarray(0, 30);
+  const wire = rawFrame(new Uint8Array(12), new Uint8Array(40)).subarray(0, 30);
   const source = new ScriptedSource(wire, () => 7, new Error("connection reset"));
   const frames = new FrameReader(readableOf(source));
   await rejectsWith(frames.next(12, 16), TruncationError, /connection reset/);
@@ -261,7 +246,7 @@ Deno.test("framer: a failing read is reported as a TruncationError, not a clean 
 /** Headers that must be refused, each with the error class it must raise. */
 const badHeaders: {
   name: string;
-  fields: Parameters<typeof frameBytes>[2];
+  fields: Parameters<typeof rawFrame>[2];
   error: typeof ProtocolError;
 }[] = [
   { name: "version 3", fields: { version: 3 }, error: ProtocolError },
@@ -278,7 +263,7 @@ Deno.test("framer: a bad header is rejected after exactly 9 bytes, nothing more 
   // What follows the header is plenty of bytes the framer must never touch.
   const body = saltedBytes(5, 70000);
   for (const { name, fields, error } of badHeaders) {
-    const wire = frameBytes(body.subarray(0, 12), body.subarray(12), fields);
+    const wire = rawFrame(body.subarray(0, 12), body.subarray(12), fields);
     for (const [split, chunkSize] of [["one byte", 1], ["header-sized", HEADER_SIZE]] as const) {
       const source = new ScriptedSource(wire, () => chunkSize);
       const frames = new FrameReader(readableOf(source));
@@ -294,8 +279,8 @@ Deno.test("framer: a bad header is rejected after exactly 9 bytes, nothing more 
 });
 
 Deno.test("framer: a bad header after a good frame is judged on its own 9 bytes", async () => {
-  const good = frameBytes(saltedBytes(9, 12), saltedBytes(10, 64));
-  const bad = frameBytes(new Uint8Array(12), new Uint8Array(5000), { dataSize: 0xffffffff });
+  const good = rawFrame(saltedBytes(9, 12), saltedBytes(10, 64));
+  const bad = rawFrame(new Uint8Array(12), new Uint8Array(5000), { dataSize: 0xffffffff });
   const source = new ScriptedSource(concat([good, bad]), () => 1);
   const frames = new FrameReader(readableOf(source));
   assert.ok(await frames.next(12, 16));
@@ -307,7 +292,7 @@ Deno.test("framer: a bad header after a good frame is judged on its own 9 bytes"
 Deno.test("framer: handshake frames are checked against nonce_size 0 and their own minimum", async () => {
   const message1 = new Uint8Array(48).fill(1);
   const frames = new FrameReader(
-    readableOf(new ScriptedSource(frameBytes(new Uint8Array(0), message1), () => 13)),
+    readableOf(new ScriptedSource(rawFrame(new Uint8Array(0), message1), () => 13)),
   );
   const frame = await frames.next(0, 48);
   assert.ok(frame);
@@ -315,7 +300,7 @@ Deno.test("framer: handshake frames are checked against nonce_size 0 and their o
   assert.deepEqual(frame.data, message1);
 
   const short = new FrameReader(
-    readableOf(new ScriptedSource(frameBytes(new Uint8Array(0), new Uint8Array(47)), () => 13)),
+    readableOf(new ScriptedSource(rawFrame(new Uint8Array(0), new Uint8Array(47)), () => 13)),
   );
   await assert.rejects(short.next(0, 48), ProtocolError);
   await short.cancel();
@@ -392,7 +377,7 @@ Deno.test("framer: frames over real TCP arrive whole, EOF is clean, and the sock
 Deno.test("framer: a TCP peer that closes inside a frame is a TruncationError", async () => {
   const { client, server } = await tcpPair();
   try {
-    const frame = frameBytes(new Uint8Array(12), new Uint8Array(500));
+    const frame = rawFrame(new Uint8Array(12), new Uint8Array(500));
     await writeAll(client, frame.subarray(0, 200));
     client.close();
     const frames = new FrameReader(readableOf(server));
