@@ -20,7 +20,7 @@ import {
   waitForLineWithin,
 } from "./process.ts";
 import { MAIN } from "../support/process.ts";
-import { randomBytes, sha256Hex } from "./helpers.ts";
+import { randomBytes, readExactly, readToEnd, sha256Hex } from "./helpers.ts";
 import { openssl, opensslMissing } from "./providers.ts";
 
 const LOCAL = "127.0.0.1";
@@ -52,34 +52,12 @@ async function roundTrip(port: number, payload: Uint8Array, socks?: number): Pro
       }
       await conn.closeWrite();
     })();
-    const chunks: Uint8Array[] = [];
-    const buffer = new Uint8Array(65536);
-    for (;;) {
-      const n = await conn.read(buffer);
-      if (n === null) break;
-      chunks.push(buffer.slice(0, n));
-    }
+    const back = await readToEnd(conn);
     await sending;
-    const out = new Uint8Array(chunks.reduce((n, c) => n + c.byteLength, 0));
-    let at = 0;
-    for (const c of chunks) {
-      out.set(c, at);
-      at += c.byteLength;
-    }
-    return out;
+    return back;
   } finally {
     conn.close();
   }
-}
-
-async function readExactly(conn: Deno.Conn, size: number): Promise<Uint8Array> {
-  const out = new Uint8Array(size);
-  for (let at = 0; at < size;) {
-    const n = await conn.read(out.subarray(at));
-    if (n === null) throw new Error(`EOF after ${at} of ${size} bytes`);
-    at += n;
-  }
-  return out;
 }
 
 /** SOCKS5 NO AUTH, CONNECT 127.0.0.1:port; throws unless the reply is success. */

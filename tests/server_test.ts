@@ -15,30 +15,19 @@ import { closeQuietly, writeAll } from "../lib/protocol/conn.ts";
 import { ErrorCode, RemoteError } from "../lib/base/errors.ts";
 import type { Session } from "../lib/tunnel/session.ts";
 import type { HostPort } from "../lib/protocol/hostport.ts";
-import { randomBytes } from "./helpers.ts";
+import { randomBytes, readToEnd } from "./helpers.ts";
 import { startServer, Upstream } from "./server_fixture.ts";
 import { rawHeader } from "../support/wire.ts";
 
 const LOCAL = "127.0.0.1";
 const encoder = new TextEncoder();
 
-/** Reads until EOF; a reset ends the stream too. */
-async function readUntilEnd(conn: Deno.TcpConn): Promise<Uint8Array> {
-  const chunks: Uint8Array[] = [];
-  const buffer = new Uint8Array(4096);
-  for (;;) {
-    const n = await conn.read(buffer).catch(() => null);
-    if (n === null) return concat(chunks);
-    chunks.push(buffer.slice(0, n));
-  }
-}
-
 /** Connects as a raw client, sends `bytes` (if any), and resolves what came back before the close. */
 async function rawExchange(port: number, bytes?: Uint8Array): Promise<Uint8Array> {
   const conn = await Deno.connect({ hostname: LOCAL, port });
   try {
     if (bytes) await writeAll(conn, bytes);
-    return await readUntilEnd(conn);
+    return await readToEnd(conn, { resetEnds: true });
   } finally {
     closeQuietly(conn);
   }

@@ -23,30 +23,18 @@ import { TunnelServer } from "../lib/tunnel/server.ts";
 import { Session } from "../lib/tunnel/session.ts";
 import { SERVICE_TARGET } from "../lib/protocol/target.ts";
 import { memoryPair } from "../scripts/soak/memory.ts";
-import { randomBytes, rejectsWith } from "./helpers.ts";
+import type { Row } from "../scripts/soak/common.ts";
+import { randomBytes, readToEnd, rejectsWith } from "./helpers.ts";
 
 const SOAK = new URL("../scripts/soak.ts", import.meta.url).pathname;
 const LOCAL = "127.0.0.1";
-
-type Figure = number | string | boolean | null;
-
-interface SoakRow {
-  suite: string;
-  tried: string;
-  count: number;
-  failed: number;
-  failures: string[];
-  figures: string;
-  skipped?: string;
-  data: Record<string, Figure>;
-}
 
 interface SoakResult {
   code: number;
   output: string;
   passed: boolean;
   seconds: number;
-  rows: SoakRow[];
+  rows: Row[];
 }
 
 let quickRun: Promise<SoakResult> | null = null;
@@ -80,19 +68,19 @@ function quickSoak(): Promise<SoakResult> {
   return quickRun;
 }
 
-function rowsOf(result: SoakResult, suite: string): SoakRow[] {
+function rowsOf(result: SoakResult, suite: string): Row[] {
   const rows = result.rows.filter((r) => r.suite === suite);
   assert.ok(rows.length > 0, `no ${suite} rows`);
   return rows;
 }
 
-function row(result: SoakResult, suite: string, tried: RegExp): SoakRow {
+function row(result: SoakResult, suite: string, tried: RegExp): Row {
   const found = rowsOf(result, suite).find((r) => tried.test(r.tried));
   assert.ok(found, `no ${suite} row matching ${tried}`);
   return found;
 }
 
-function assertPassed(rows: SoakRow[]): void {
+function assertPassed(rows: Row[]): void {
   for (const r of rows) {
     if (r.skipped) {
       // A part that could not run says so in the test output instead of passing silently.
@@ -241,17 +229,7 @@ function recording(conn: Deno.TcpConn, written: Uint8Array[]): Connection {
 /** Reads until the peer closes; resolves the byte count and how long it took. */
 async function untilClosed(conn: Deno.TcpConn): Promise<{ bytes: number; ms: number }> {
   const started = performance.now();
-  const buffer = new Uint8Array(4096);
-  let bytes = 0;
-  try {
-    for (;;) {
-      const n = await conn.read(buffer);
-      if (n === null) break;
-      bytes += n;
-    }
-  } catch {
-    // A reset also ends it.
-  }
+  const bytes = (await readToEnd(conn, { resetEnds: true })).byteLength;
   return { bytes, ms: performance.now() - started };
 }
 

@@ -7,7 +7,7 @@
  */
 
 import assert from "node:assert/strict";
-import { rejectsWith } from "./helpers.ts";
+import { readExactly, readToEnd, rejectsWith } from "./helpers.ts";
 import {
   acceptSocks,
   replySocks,
@@ -57,28 +57,6 @@ async function withPair(body: (pair: Pair) => Promise<void>): Promise<void> {
   } finally {
     clearTimeout(watchdog);
     closeBoth();
-  }
-}
-
-/** Reads exactly `count` bytes; fails the test at an early EOF. */
-async function readExactly(conn: Deno.Conn, count: number): Promise<Uint8Array> {
-  const out = new Uint8Array(count);
-  for (let at = 0; at < count;) {
-    const n = await conn.read(out.subarray(at));
-    assert.ok(n !== null, `EOF after ${at} of ${count} bytes`);
-    at += n;
-  }
-  return out;
-}
-
-/** Reads until EOF. */
-async function readToEnd(conn: Deno.Conn): Promise<Uint8Array> {
-  const parts: number[] = [];
-  const buffer = new Uint8Array(1024);
-  for (;;) {
-    const n = await conn.read(buffer);
-    if (n === null) return Uint8Array.from(parts);
-    parts.push(...buffer.subarray(0, n));
   }
 }
 

@@ -29,7 +29,7 @@ import { FrameReader } from "../lib/protocol/framer.ts";
 import { NNpsk0Handshake } from "../lib/protocol/noise.ts";
 import { PROLOGUE } from "../lib/protocol/channel.ts";
 import type { HostPort } from "../lib/protocol/hostport.ts";
-import { randomBytes } from "./helpers.ts";
+import { randomBytes, readToEnd } from "./helpers.ts";
 import { startServer, Upstream } from "./server_fixture.ts";
 
 const LOCAL = "127.0.0.1";
@@ -181,17 +181,6 @@ class TamperingRelay {
   }
 }
 
-/** Reads until EOF; a reset ends the stream too. */
-async function readUntilEnd(conn: Deno.TcpConn): Promise<Uint8Array> {
-  const chunks: Uint8Array[] = [];
-  const buffer = new Uint8Array(4096);
-  for (;;) {
-    const n = await conn.read(buffer).catch(() => null);
-    if (n === null) return concat(chunks);
-    chunks.push(buffer.slice(0, n));
-  }
-}
-
 /** Sends `bytes` as a raw client, half-closes, and resolves all the server sent before it closed. */
 async function replay(port: number, bytes: Uint8Array): Promise<Uint8Array> {
   const conn = await Deno.connect({ hostname: LOCAL, port });
@@ -202,7 +191,7 @@ async function replay(port: number, bytes: Uint8Array): Promise<Uint8Array> {
     } catch {
       // Dropped while we were still writing: what we read tells the rest.
     }
-    return await readUntilEnd(conn);
+    return await readToEnd(conn, { resetEnds: true });
   } finally {
     closeQuietly(conn);
   }
@@ -401,7 +390,7 @@ Deno.test("replay: a fake server replaying a recorded server stream, intact or f
       }
       await writeAll(conn, reply);
       await conn.closeWrite();
-      await readUntilEnd(conn);
+      await readToEnd(conn, { resetEnds: true });
     } finally {
       closeQuietly(conn);
     }
