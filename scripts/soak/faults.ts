@@ -24,6 +24,7 @@ import {
 import { connectLoopback, CountingTarget, drain, echoTarget, LOOPBACK, writeAll } from "./net.ts";
 import { CLIENT_NS, createLink, type Link, SERVER_ADDR, SERVER_NS } from "./netns.ts";
 import { helperArgv, type Proc, spawn, spawnClient, spawnServer, tail, tempKey } from "./proc.ts";
+import type { TempKeyFile } from "../../support/process.ts";
 
 export interface FaultOptions {
   seed: number;
@@ -79,6 +80,33 @@ async function echoTransfer(conn: Deno.TcpConn, bytes: Uint8Array, firstChunk: n
       };
     },
   };
+}
+
+/**
+ * Runs one fault scenario for `row` with a fresh key: `run` starts its
+ * processes into `procs`, which are stopped last-first at the end (after
+ * `beforeStop`, before `afterStop`); an exception is the row's failure
+ * ("stopped: …"), never the suite's.
+ */
+async function scenario(
+  book: LogBook,
+  row: RowBuilder,
+  run: (key: TempKeyFile, procs: Proc[]) => Promise<void>,
+  hooks: { beforeStop?: () => Promise<void>; afterStop?: () => Promise<void> } = {},
+): Promise<Row> {
+  const key = await tempKey(book);
+  const procs: Proc[] = [];
+  try {
+    await run(key, procs);
+  } catch (err) {
+    row.fail(`stopped: ${(err as Error).message}`);
+  } finally {
+    await hooks.beforeStop?.();
+    for (const proc of procs.reverse()) await proc.stop();
+    await hooks.afterStop?.();
+    await key.cleanup();
+  }
+  return row.done();
 }
 
 /** Where a tunnel's two ends run: the server's address and each end's namespace, if any. */
@@ -249,7 +277,6 @@ async function upstreamFaults(book: LogBook, options: FaultOptions): Promise<Row
     "faults",
     `upstream refusing (${options.upstreamConnections} connections) and resetting mid-stream (${options.upstreamConnections})`,
   );
-  const key = await tempKey(book);
   const closed = Deno.listen({ hostname: LOOPBACK, port: 0 });
   const deadPort = closed.addr.port;
   closed.close();
@@ -258,8 +285,7 @@ async function upstreamFaults(book: LogBook, options: FaultOptions): Promise<Row
     await conn.read(new Uint8Array(1024));
     conn.close();
   });
-  const procs: Proc[] = [];
-  try {
+  return await scenario(book, row, async (key, procs) => {
     const server = await spawnServer(book, "upstream server", key.path, [
       "--allow",
       `${LOOPBACK}:*`,
@@ -317,14 +343,7 @@ async function upstreamFaults(book: LogBook, options: FaultOptions): Promise<Row
       }; ${refusedLogged} refusals reported as ERROR 3; ` +
         `${resetter.connections} resets`,
     );
-  } catch (err) {
-    row.fail(`stopped: ${(err as Error).message}`);
-  } finally {
-    for (const proc of procs.reverse()) await proc.stop();
-    await resetter.close();
-    await key.cleanup();
-  }
-  return row.done();
+  }, { afterStop: () => resetter.close() });
 }
 
 /** A large transfer across a network that loses 5% of packets and delays each by 50 ms, each way. */
@@ -335,9 +354,7 @@ async function lossyTransfer(book: LogBook, link: Link, options: FaultOptions): 
       mib(options.lossyBytes)
     } through the tunnel over 5% loss + 50 ms delay each way (${link.kind})`,
   );
-  const key = await tempKey(book);
-  const procs: Proc[] = [];
-  try {
+  return await scenario(book, row, async (key, procs) => {
     await link.set({ lossPercent: 5, delayMs: 50 });
     const sink = await spawn(
       book,
@@ -391,14 +408,7 @@ async function lossyTransfer(book: LogBook, link: Link, options: FaultOptions): 
         rate.toFixed(2)
       } MiB/s`,
     );
-  } catch (err) {
-    row.fail(`stopped: ${(err as Error).message}`);
-  } finally {
-    await link.set({ lossPercent: 0, delayMs: 0 });
-    for (const proc of procs.reverse()) await proc.stop();
-    await key.cleanup();
-  }
-  return row.done();
+  }, { beforeStop: () => link.set({ lossPercent: 0, delayMs: 0 }) });
 }
 
 /** The network goes black (100% loss): keepalive on both ends must notice within its three PINGs. */
@@ -408,9 +418,7 @@ async function blackHole(book: LogBook, link: Link, options: FaultOptions): Prom
     "faults",
     `black-holed peer (100% loss) with --keepalive ${k} on both ends`,
   );
-  const key = await tempKey(book);
-  const procs: Proc[] = [];
-  try {
+  return await scenario(book, row, async (key, procs) => {
     const tunnel = await debugTunnel(book, "blackhole", key.path, ["--keepalive", String(k)], [
       "--keepalive",
       String(k),
@@ -452,14 +460,7 @@ async function blackHole(book: LogBook, link: Link, options: FaultOptions): Prom
           intervals(client.ms)
         }): 1 silent interval + 3 unanswered PINGs; app connection closed`,
     );
-  } catch (err) {
-    row.fail(`stopped: ${(err as Error).message}`);
-  } finally {
-    await link.set({ lossPercent: 0, delayMs: 0 });
-    for (const proc of procs.reverse()) await proc.stop();
-    await key.cleanup();
-  }
-  return row.done();
+  }, { beforeStop: () => link.set({ lossPercent: 0, delayMs: 0 }) });
 }
 
 /** Without namespaces: the client process stopped (SIGSTOP) is the black hole. */
@@ -469,13 +470,12 @@ async function stoppedPeer(book: LogBook, options: FaultOptions): Promise<Row> {
     "faults",
     `peer frozen with SIGSTOP (no namespaces), --keepalive ${k}`,
   );
-  const key = await tempKey(book);
-  let tunnel: { server: Proc; client: Proc } | null = null;
-  try {
-    tunnel = await loopbackTunnel(book, "sigstop", key.path, ["--keepalive", String(k)], [
+  return await scenario(book, row, async (key, procs) => {
+    const tunnel = await loopbackTunnel(book, "sigstop", key.path, ["--keepalive", String(k)], [
       "--keepalive",
       String(k),
     ]);
+    procs.push(tunnel.server, tunnel.client);
     const app = await connectLoopback(tunnel.client.port);
     await writeAll(app, Uint8Array.of(1));
     await app.read(new Uint8Array(1));
@@ -490,14 +490,7 @@ async function stoppedPeer(book: LogBook, options: FaultOptions): Promise<Row> {
     row.check(line !== null, "the server did not notice");
     row.set("server_detect_ms", Math.round(took));
     row.figures(`server noticed after ${ms(took)} (${(took / 1000 / k).toFixed(1)} intervals)`);
-  } catch (err) {
-    row.fail(`stopped: ${(err as Error).message}`);
-  } finally {
-    await tunnel?.client.stop();
-    await tunnel?.server.stop();
-    await key.cleanup();
-  }
-  return row.done();
+  });
 }
 
 /** SIGTERM while transfers run: every one that finishes within the drain time is intact. */

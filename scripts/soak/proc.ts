@@ -6,7 +6,7 @@
  * @module
  */
 
-import { cipherlinkArgvWith, tempKeyFile } from "../../support/process.ts";
+import { cipherlinkArgvWith, type TempKeyFile, tempKeyFile } from "../../support/process.ts";
 import type { KeyFormat } from "../../lib/protocol/keys.ts";
 import type { LogBook } from "./common.ts";
 import { LOOPBACK } from "./net.ts";
@@ -251,7 +251,7 @@ export function tail(lines: string[], count = 8): string {
 export async function tempKey(
   book: LogBook,
   options: { mode?: number; format?: KeyFormat } = {},
-): Promise<{ dir: string; path: string; key: Uint8Array; cleanup(): Promise<void> }> {
+): Promise<TempKeyFile> {
   const file = await tempKeyFile("cipherlink-soak-", options);
   book.keys.push(file.key);
   return file;
