@@ -123,39 +123,38 @@ async function warningsAndLevels(book: LogBook): Promise<Row> {
             ]),
           );
           await acceptsOn(port);
+          /** A client of this server with `keyPath` at this level and format. */
+          const client = (keyPath: string, message: string) => [
+            "client",
+            "--server",
+            `${LOOPBACK}:${port}`,
+            "--key",
+            keyPath,
+            "--log-level",
+            level,
+            "--log-format",
+            format,
+            message,
+          ];
           const payload = new TextEncoder().encode(`level ${level} ${format}`);
           const reply = await forward(payload, { server: { host: LOOPBACK, port }, key: key.key });
           row.check(
             new TextDecoder().decode(reply) === `level ${level} ${format}`,
             "the echo differs",
           );
-          const ok = await runOnce(book, `keys client ${level} ${format}`, [
-            "client",
-            "--server",
-            `${LOOPBACK}:${port}`,
-            "--key",
-            key.path,
-            "--log-level",
-            level,
-            "--log-format",
-            format,
-            "round trip",
-          ]);
+          const ok = await runOnce(
+            book,
+            `keys client ${level} ${format}`,
+            client(key.path, "round trip"),
+          );
           row.check(ok.code === 0, `client at ${level}/${format} exited ${ok.code}`);
           const other = await tempKey(book);
           cleanups.push(other.cleanup);
-          const wrong = await runOnce(book, `keys wrong-key client ${level} ${format}`, [
-            "client",
-            "--server",
-            `${LOOPBACK}:${port}`,
-            "--key",
-            other.path,
-            "--log-level",
-            level,
-            "--log-format",
-            format,
-            "wrong",
-          ]);
+          const wrong = await runOnce(
+            book,
+            `keys wrong-key client ${level} ${format}`,
+            client(other.path, "wrong"),
+          );
           row.check(wrong.code === 1, `a wrong-key client exited ${wrong.code}`);
         } finally {
           await server?.stop();
