@@ -61,6 +61,16 @@ async function peer(args: string[]): Promise<string[]> {
   return [await python(), PEER, ...args];
 }
 
+/** `python3 cipherlink_peer.py client --server SERVER --key KEY ARGS` as an argv. */
+function peerClient(server: Daemon, key: string, ...args: string[]): Promise<string[]> {
+  return peer(["client", "--server", server.address, "--key", key, ...args]);
+}
+
+/** `cipherlink client --server SERVER --key KEY ARGS`, run from source, as an argv. */
+function ourClient(server: Daemon, key: string, ...args: string[]): string[] {
+  return ours(["client", "--server", server.address, "--key", key, ...args]);
+}
+
 interface Result {
   code: number;
   stdout: Uint8Array;
@@ -144,7 +154,7 @@ Deno.test("interop: Python client -> our server echoes 0, 1, 65518, 65519 bytes 
     for (const size of [0, 1, 65518, 65519, 3 * 1024 * 1024 + 3]) {
       const payload = randomBytes(size);
       const result = await run(
-        await peer(["client", "--server", server.address, "--key", keys.base64]),
+        await peerClient(server, keys.base64),
         payload,
       );
       assert.equal(result.code, 0, `${size} bytes: ${result.stderr}`);
@@ -154,7 +164,7 @@ Deno.test("interop: Python client -> our server echoes 0, 1, 65518, 65519 bytes 
     }
     const payload = randomBytes(100_000);
     const pinged = await run(
-      await peer(["client", "--server", server.address, "--key", keys.hex, "--ping"]),
+      await peerClient(server, keys.hex, "--ping"),
       payload,
     );
     assert.equal(pinged.code, 0, pinged.stderr);
@@ -167,15 +177,7 @@ Deno.test("interop: Python client -> our server with --rekey-bytes 4096 on both 
   await withServer("ours", ["--rekey-bytes", "4096"], async (server, keys) => {
     const payload = randomBytes(2 * 1024 * 1024 + 11);
     const result = await run(
-      await peer([
-        "client",
-        "--server",
-        server.address,
-        "--key",
-        keys.raw,
-        "--rekey-bytes",
-        "4096",
-      ]),
+      await peerClient(server, keys.raw, "--rekey-bytes", "4096"),
       payload,
     );
     assert.equal(result.code, 0, result.stderr);
@@ -189,7 +191,7 @@ Deno.test("interop: Python client -> our server with --rekey-bytes 4096 on both 
 Deno.test("interop: Python client with a wrong key fails; our server logs the handshake failure", async () => {
   await withServer("ours", [], async (server, keys) => {
     const result = await run(
-      await peer(["client", "--server", server.address, "--key", keys.wrong]),
+      await peerClient(server, keys.wrong),
       new TextEncoder().encode("secret"),
     );
     assert.equal(result.code, 1);
@@ -226,7 +228,7 @@ Deno.test("interop: Python client -> our server --forward reaches the target and
       async (server, keys) => {
         const payload = randomBytes(300_000);
         const result = await run(
-          await peer(["client", "--server", server.address, "--key", keys.hex]),
+          await peerClient(server, keys.hex),
           payload,
         );
         assert.equal(result.code, 0, result.stderr);
@@ -252,15 +254,7 @@ Deno.test("interop: Python client -> our server --forward reaches the target and
 Deno.test("interop: Python client OPEN 0x01 to a target our server does not allow gets ERROR 2", async () => {
   await withServer("ours", [], async (server, keys) => {
     const result = await run(
-      await peer([
-        "client",
-        "--server",
-        server.address,
-        "--key",
-        keys.raw,
-        "--connect",
-        "127.0.0.1:9",
-      ]),
+      await peerClient(server, keys.raw, "--connect", "127.0.0.1:9"),
       new TextEncoder().encode("hi"),
     );
     assert.equal(result.code, 1);
@@ -272,21 +266,21 @@ Deno.test("interop: Python client OPEN 0x01 to a target our server does not allo
 Deno.test("interop: our client -> Python server: one-shot message and 3 MiB pipe mode", async () => {
   await withServer("peer", [], async (server, keys) => {
     const oneShot = await run(
-      ours(["client", "--server", server.address, "--key", keys.raw, "hello", "world"]),
+      ourClient(server, keys.raw, "hello", "world"),
     );
     assert.equal(oneShot.code, 0, oneShot.stderr);
     assert.equal(decoder.decode(oneShot.stdout), "hello world");
 
     const payload = randomBytes(3 * 1024 * 1024 + 5);
     const piped = await run(
-      ours(["client", "--server", server.address, "--key", keys.base64]),
+      ourClient(server, keys.base64),
       payload,
     );
     assert.equal(piped.code, 0, piped.stderr);
     assert.equal(await sha256Hex(piped.stdout), await sha256Hex(payload));
 
     const empty = await run(
-      ours(["client", "--server", server.address, "--key", keys.raw]),
+      ourClient(server, keys.raw),
       new Uint8Array(0),
     );
     assert.equal(empty.code, 0, empty.stderr);
@@ -299,7 +293,7 @@ Deno.test("interop: our client -> Python server with --rekey-bytes 4096 on both 
   await withServer("peer", ["--rekey-bytes", "4096"], async (server, keys) => {
     const payload = randomBytes(2 * 1024 * 1024 + 13);
     const result = await run(
-      ours(["client", "--server", server.address, "--key", keys.raw, "--rekey-bytes", "4096"]),
+      ourClient(server, keys.raw, "--rekey-bytes", "4096"),
       payload,
     );
     assert.equal(result.code, 0, result.stderr);
@@ -314,7 +308,7 @@ Deno.test("interop: our client -> Python server with --rekey-bytes 4096 on both 
 Deno.test("interop: our client with a wrong key against the Python server: authentication failed", async () => {
   await withServer("peer", [], async (server, keys) => {
     const result = await run(
-      ours(["client", "--server", server.address, "--key", keys.wrong, "secret"]),
+      ourClient(server, keys.wrong, "secret"),
     );
     assert.equal(result.code, 1);
     assert.match(result.stderr, /^cipherlink: error: authentication failed: /m);
@@ -336,15 +330,7 @@ Deno.test({
         for (const size of [0, 1, 65518, 65519, 3 * 1024 * 1024 + 3]) {
           const payload = randomBytes(size);
           const result = await run(
-            await peer([
-              "client",
-              "--server",
-              server.address,
-              "--key",
-              keys.base64,
-              "--rekey-bytes",
-              "4096",
-            ]),
+            await peerClient(server, keys.base64, "--rekey-bytes", "4096"),
             payload,
           );
           assert.equal(result.code, 0, `${size} bytes: ${result.stderr}`);
@@ -365,13 +351,14 @@ Deno.test({
   ignore: openssl === null,
   async fn() {
     await withServer("peer", ["--rekey-bytes", "4096"], async (server, keys) => {
-      const client = ["client", "--server", server.address, "--crypto", "openssl"];
-      const oneShot = await run(ours([...client, "--key", keys.raw, "hello", "openssl"]));
+      const oneShot = await run(
+        ourClient(server, keys.raw, "--crypto", "openssl", "hello", "openssl"),
+      );
       assert.equal(oneShot.code, 0, oneShot.stderr);
       assert.equal(decoder.decode(oneShot.stdout), "hello openssl");
       const payload = randomBytes(3 * 1024 * 1024 + 5);
       const piped = await run(
-        ours([...client, "--key", keys.hex, "--rekey-bytes", "4096"]),
+        ourClient(server, keys.hex, "--crypto", "openssl", "--rekey-bytes", "4096"),
         payload,
       );
       assert.equal(piped.code, 0, piped.stderr);
