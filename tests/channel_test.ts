@@ -202,18 +202,30 @@ class HandDrivenClient {
   }
 }
 
-/** A SecureChannel responder on a test-owned listener with a hand-driven client connected. */
-async function handDrivenPair(): Promise<{ responder: SecureChannel; client: HandDrivenClient }> {
+/**
+ * Runs `fn` with a lib responder channel and a hand-driven client connected
+ * to it over 127.0.0.1 (handshake done); closes both after.
+ */
+async function withHandDrivenPair(
+  fn: (pair: { responder: SecureChannel; client: HandDrivenClient }) => Promise<void>,
+): Promise<void> {
   const key = randomBytes(32);
   const listener = Deno.listen({ hostname: LOCAL, port: 0 });
+  let pair: { responder: SecureChannel; client: HandDrivenClient };
   try {
     const accepted = listener.accept().then((conn) =>
       SecureChannel.handshake(conn, key, "responder")
     );
     const client = await HandDrivenClient.connect(listener.addr.port, key);
-    return { responder: await accepted, client };
+    pair = { responder: await accepted, client };
   } finally {
     listener.close();
+  }
+  try {
+    await fn(pair);
+  } finally {
+    pair.client.close();
+    pair.responder.close();
   }
 }
 
@@ -314,8 +326,7 @@ Deno.test("echo: 60 concurrent sessions each get their own random payload back",
 });
 
 Deno.test("counter: a frame that skips counter 1 is a ProtocolError at the receiving channel", async () => {
-  const { responder, client } = await handDrivenPair();
-  try {
+  await withHandDrivenPair(async ({ responder, client }) => {
     await client.send(await client.seal(0, MessageType.open, Uint8Array.of(0)));
     await client.send(await client.seal(2, MessageType.data, encoder.encode("n=1 skipped")));
     await client.conn.closeWrite(); // were the frame accepted, nothing would be left to wait for
@@ -324,25 +335,18 @@ Deno.test("counter: a frame that skips counter 1 is a ProtocolError at the recei
       body: Uint8Array.of(0),
     });
     await rejectsWith(responder.receive(), ProtocolError, /counter out of order \(expected 1\)/);
-  } finally {
-    client.close();
-    responder.close();
-  }
+  });
 });
 
 Deno.test("counter: a frame repeated with n=0 is a ProtocolError at the receiving channel", async () => {
-  const { responder, client } = await handDrivenPair();
-  try {
+  await withHandDrivenPair(async ({ responder, client }) => {
     const open = await client.seal(0, MessageType.open, Uint8Array.of(0));
     await client.send(open);
     await client.send(open);
     await client.conn.closeWrite();
     assert.equal((await responder.receive())?.type, MessageType.open);
     await assert.rejects(responder.receive(), /counter out of order \(expected 1\)/);
-  } finally {
-    client.close();
-    responder.close();
-  }
+  });
 });
 
 Deno.test("counter: the server answers a gap or a replayed DATA with ERROR 1 and echoes none of it", async () => {
@@ -569,17 +573,13 @@ Deno.test("rekey: with rekeyBytes 4096 a 3 MiB echo stays intact and both sides 
 });
 
 Deno.test("rekey: a REKEY with a body is a ProtocolError at the channel and ERROR 1 from the server", async () => {
-  const { responder, client } = await handDrivenPair();
-  try {
+  await withHandDrivenPair(async ({ responder, client }) => {
     await client.send(await client.seal(0, MessageType.open, Uint8Array.of(0)));
     await client.send(await client.seal(1, MessageType.rekey, Uint8Array.of(0)));
     await client.conn.closeWrite();
     assert.equal((await responder.receive())?.type, MessageType.open);
     await rejectsWith(responder.receive(), ProtocolError, /REKEY with a body/);
-  } finally {
-    client.close();
-    responder.close();
-  }
+  });
 
   const { server, key, address } = await startServer();
   try {
