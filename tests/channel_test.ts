@@ -27,7 +27,7 @@ import { type CipherState, counterNonce, NNpsk0Handshake } from "../lib/protocol
 import { receiveOpen, Session } from "../lib/tunnel/session.ts";
 import type { HostPort } from "../lib/protocol/hostport.ts";
 import { randomBytes, rejectsWith, sha256Hex } from "./helpers.ts";
-import { startServer, Upstream } from "./server_fixture.ts";
+import { Relay, startServer, Upstream } from "./server_fixture.ts";
 import { within } from "./process.ts";
 
 const LOCAL = "127.0.0.1";
@@ -56,76 +56,6 @@ function frameSizes(stream: Uint8Array): { nonceSize: number; dataSize: number }
   }
   assert.equal(at, stream.byteLength, "the recording ends on a frame boundary");
   return sizes;
-}
-
-/** Copies `from` to `to` and records it, then passes the EOF on as a half-close. */
-async function relayOneWay(from: Deno.TcpConn, to: Deno.TcpConn, record: Uint8Array[]) {
-  const buffer = new Uint8Array(64 * 1024);
-  try {
-    for (;;) {
-      const n = await from.read(buffer);
-      if (n === null) break;
-      record.push(buffer.slice(0, n));
-      await writeAll(to, buffer.subarray(0, n));
-    }
-    await to.closeWrite();
-  } catch {
-    closeQuietly(from);
-    closeQuietly(to);
-  }
-}
-
-/** A TCP relay on 127.0.0.1 that records both directions of every connection it carries. */
-class RecordingRelay {
-  readonly recordings: { up: Uint8Array[]; down: Uint8Array[] }[] = [];
-  readonly #listener = Deno.listen({ hostname: LOCAL, port: 0 });
-  readonly #targetPort: number;
-  readonly #relays: Promise<void>[] = [];
-  readonly #accepting: Promise<void>;
-
-  constructor(targetPort: number) {
-    this.#targetPort = targetPort;
-    this.#accepting = this.#accept();
-  }
-
-  get address(): HostPort {
-    return { host: LOCAL, port: this.#listener.addr.port };
-  }
-
-  /** Resolves once every connection so far has ended in both directions. */
-  async idle(): Promise<void> {
-    await Promise.all(this.#relays);
-  }
-
-  async close(): Promise<void> {
-    this.#listener.close();
-    await this.#accepting;
-    await this.idle();
-  }
-
-  async #accept(): Promise<void> {
-    for (;;) {
-      let client: Deno.TcpConn;
-      try {
-        client = await this.#listener.accept();
-      } catch {
-        return; // closed
-      }
-      const recording = { up: [], down: [] };
-      this.recordings.push(recording);
-      this.#relays.push(this.#relay(client, recording));
-    }
-  }
-
-  async #relay(client: Deno.TcpConn, recording: { up: Uint8Array[]; down: Uint8Array[] }) {
-    const server = await Deno.connect({ hostname: LOCAL, port: this.#targetPort });
-    await Promise.all([
-      relayOneWay(client, server, recording.up),
-      relayOneWay(server, client, recording.down),
-    ]);
-    closeQuietly(client);
-    closeQuietly(server);
-  }
 }
 
 /**
@@ -258,7 +188,7 @@ async function typesUntilEnd(channel: SecureChannel): Promise<number[]> {
 
 Deno.test("echo: 0, 1 and 65518 bytes take at most one DATA frame, 65519 takes two, all echoed whole", async () => {
   const { server, key } = await startServer();
-  const relay = new RecordingRelay(server.addr.port);
+  const relay = new Relay(server.addr.port);
   try {
     const cases: [number, number[]][] = [
       [0, []],
@@ -679,7 +609,7 @@ Deno.test("regression: REKEY, REKEY, OPEN is refused: the first transport frame 
 
 Deno.test("regression: with --rekey-bytes N a key carries at most N - 1 plaintext bytes, its REKEY included", async () => {
   const { server, key, address } = await startServer();
-  const relay = new RecordingRelay(address.port);
+  const relay = new Relay(address.port);
   const rekeyBytes = 1000;
   try {
     const session = await connect({ server: relay.address, key, rekeyBytes });

@@ -1,6 +1,7 @@
 /**
  * An in-process TunnelServer on 127.0.0.1 with a fresh key and a captured
- * log, and a recording forward target, for tests that drive the protocol by hand. Tests await log lines
+ * log, a recording forward target, and a recording (optionally tampering)
+ * relay, for tests that drive the protocol by hand. Tests await log lines
  * (bounded, so a missing line fails instead of hanging), never sleep.
  * @module
  */
@@ -115,5 +116,100 @@ export class Upstream {
       this.#open.delete(conn);
       closeQuietly(conn);
     }
+  }
+}
+
+/** One byte a {@link Relay} changes in flight: its direction ("up" is client to server), offset and XOR mask. */
+export interface Flip {
+  direction: "up" | "down";
+  offset: number;
+  mask: number;
+}
+
+/** Copies `from` to `to`, XORing the byte at `flip` (if any), records what it passed on, then half-closes. */
+async function relayOneWay(
+  from: Deno.TcpConn,
+  to: Deno.TcpConn,
+  record: Uint8Array[],
+  flip: { offset: number; mask: number } | null,
+): Promise<void> {
+  const buffer = new Uint8Array(64 * 1024);
+  let passed = 0;
+  try {
+    for (;;) {
+      const n = await from.read(buffer);
+      if (n === null) break;
+      const chunk = buffer.slice(0, n);
+      if (flip !== null && flip.offset >= passed && flip.offset < passed + n) {
+        chunk[flip.offset - passed] ^= flip.mask;
+      }
+      passed += n;
+      record.push(chunk);
+      await writeAll(to, chunk);
+    }
+    await to.closeWrite();
+  } catch {
+    closeQuietly(from);
+    closeQuietly(to);
+  }
+}
+
+/**
+ * A TCP relay on 127.0.0.1 in front of `targetPort`: records both directions
+ * of every connection it carries, and may change one byte in flight.
+ */
+export class Relay {
+  readonly recordings: { up: Uint8Array[]; down: Uint8Array[] }[] = [];
+  readonly #listener = Deno.listen({ hostname: LOCAL, port: 0 });
+  readonly #targetPort: number;
+  readonly #flip: Flip | null;
+  readonly #relays: Promise<void>[] = [];
+  readonly #accepting: Promise<void>;
+
+  constructor(targetPort: number, flip: Flip | null = null) {
+    this.#targetPort = targetPort;
+    this.#flip = flip;
+    this.#accepting = this.#accept();
+  }
+
+  get address(): HostPort {
+    return { host: LOCAL, port: this.#listener.addr.port };
+  }
+
+  /** Resolves once every connection so far has ended in both directions. */
+  async idle(): Promise<void> {
+    await Promise.all(this.#relays);
+  }
+
+  async close(): Promise<void> {
+    this.#listener.close();
+    await this.#accepting;
+    await this.idle();
+  }
+
+  async #accept(): Promise<void> {
+    for (;;) {
+      let client: Deno.TcpConn;
+      try {
+        client = await this.#listener.accept();
+      } catch {
+        return; // closed
+      }
+      const recording = { up: [], down: [] };
+      this.recordings.push(recording);
+      this.#relays.push(this.#relay(client, recording));
+    }
+  }
+
+  async #relay(client: Deno.TcpConn, recording: { up: Uint8Array[]; down: Uint8Array[] }) {
+    const server = await Deno.connect({ hostname: LOCAL, port: this.#targetPort });
+    const flipIn = (direction: Flip["direction"]) =>
+      this.#flip?.direction === direction ? this.#flip : null;
+    await Promise.all([
+      relayOneWay(client, server, recording.up, flipIn("up")),
+      relayOneWay(server, client, recording.down, flipIn("down")),
+    ]);
+    closeQuietly(client);
+    closeQuietly(server);
   }
 }
