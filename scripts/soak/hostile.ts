@@ -21,7 +21,14 @@ import {
   RowBuilder,
 } from "./common.ts";
 import { connectLoopback, drain, LOOPBACK, Proxy, recorder, sentinel, writeAll } from "./net.ts";
-import { helperArgv, type Proc, spawn, spawnServer, tempKey } from "./proc.ts";
+import {
+  type ProbeSample,
+  probeSamples,
+  type Proc,
+  spawnServer,
+  startProbe,
+  tempKey,
+} from "./proc.ts";
 
 export interface HostileOptions {
   slowloris: number;
@@ -42,13 +49,6 @@ export interface HostileOptions {
   floodConcurrency: number;
 }
 
-interface ProbeSample {
-  at: number;
-  handshakeMs?: number;
-  roundTripMs?: number;
-  error?: string;
-}
-
 interface Phase {
   name: string;
   start: number;
@@ -57,10 +57,7 @@ interface Phase {
 
 /** Samples of the probe taken while `phase` ran. */
 function samplesIn(probe: Proc, phase: Phase): ProbeSample[] {
-  return probe.out
-    .filter((line) => line.startsWith('{"at"'))
-    .map((line) => JSON.parse(line) as ProbeSample)
-    .filter((s) => s.at >= phase.start && s.at <= phase.end);
+  return probeSamples(probe, phase.start, phase.end);
 }
 
 /** Connections held open for `seconds`, each reopened when the server closes it. */
@@ -162,19 +159,7 @@ export async function hostileClients(book: LogBook, options: HostileOptions): Pr
     const recorded = concat(chunks);
     const upstreamBaseline = nobody.connections;
 
-    probe = await spawn(
-      book,
-      "hostile probe",
-      helperArgv("probe", [
-        "--server",
-        `${LOOPBACK}:${port}`,
-        "--key",
-        key.path,
-        "--interval-ms",
-        "50",
-      ]),
-    );
-    await probe.waitForLine(/"ready"/);
+    probe = await startProbe(book, "hostile probe", port, key.path);
     const running = probe;
 
     const rest: Phase = { name: "rest", start: Date.now(), end: 0 };

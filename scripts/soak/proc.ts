@@ -109,6 +109,50 @@ export function helperArgv(name: string, args: string[]): string[] {
   ];
 }
 
+/** One attempt of the probe process (scripts/soak/probe.ts), from its JSON line. */
+export interface ProbeSample {
+  /** When the attempt started (epoch ms). */
+  at: number;
+  handshakeMs?: number;
+  roundTripMs?: number;
+  error?: string;
+}
+
+/**
+ * Starts the probe, the legitimate client measuring a server under attack
+ * (one session every 50 ms to 127.0.0.1:`port` with the key at `keyPath`),
+ * and resolves once it is ready.
+ */
+export async function startProbe(
+  book: LogBook,
+  name: string,
+  port: number,
+  keyPath: string,
+): Promise<Proc> {
+  const probe = await spawn(
+    book,
+    name,
+    helperArgv("probe", [
+      "--server",
+      `${LOOPBACK}:${port}`,
+      "--key",
+      keyPath,
+      "--interval-ms",
+      "50",
+    ]),
+  );
+  await probe.waitForLine(/"ready"/);
+  return probe;
+}
+
+/** The probe's attempts that started between `start` and `end` (epoch ms). */
+export function probeSamples(probe: Proc, start: number, end: number): ProbeSample[] {
+  return probe.out
+    .filter((line) => line.startsWith('{"at"'))
+    .map((line) => JSON.parse(line) as ProbeSample)
+    .filter((s) => s.at >= start && s.at <= end);
+}
+
 /**
  * Starts `argv` under bash with `ulimit -n` raised (to the hard limit when
  * NOFILE is not allowed), optionally in a namespace; every byte it writes is
