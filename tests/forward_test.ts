@@ -10,6 +10,7 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { startTunnel, type Tunnel, within } from "./process.ts";
 import { randomBytes, sha256Hex } from "./helpers.ts";
+import { concat } from "../lib/base/bytes.ts";
 
 const MiB = 1024 * 1024;
 /** No single read in these tests may wait longer: a regression fails instead of hanging. */
@@ -54,10 +55,7 @@ async function readAll(conn: Deno.Conn): Promise<Uint8Array> {
     if (n === null) break;
     parts.push(buffer.slice(0, n));
   }
-  const out = new Uint8Array(parts.reduce((s, p) => s + p.byteLength, 0));
-  let at = 0;
-  for (const p of parts) out.set(p, at), at += p.byteLength;
-  return out;
+  return concat(parts);
 }
 
 function hashOf(chunks: Iterable<Uint8Array>): string {
