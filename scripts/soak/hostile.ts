@@ -6,7 +6,7 @@
  * @module
  */
 
-import { concat } from "../../lib/base/bytes.ts";
+import { concat, equalBytes } from "../../lib/base/bytes.ts";
 import { SecureChannel } from "../../lib/protocol/channel.ts";
 import { forward } from "../../lib/tunnel/client.ts";
 import type { Connection } from "../../lib/protocol/conn.ts";
@@ -327,7 +327,7 @@ export async function hostileClients(book: LogBook, options: HostileOptions): Pr
     const reply = await forward(payload, { server: { host: LOOPBACK, port }, key: key.key })
       .catch((err) => new TextEncoder().encode(`${(err as Error).message}`));
     after.check(
-      reply.byteLength === payload.byteLength && reply.every((b, i) => b === payload[i]),
+      equalBytes(reply, payload),
       "the round trip after the attacks failed",
     );
     const crash = server.lines.find((l) => /uncaught|panicked/i.test(l));

@@ -21,6 +21,7 @@ import {
 } from "./common.ts";
 import { connectLoopback, CountingTarget, LOOPBACK, writeAll } from "./net.ts";
 import { type Proc, spawnClient, spawnServer, tempKey } from "./proc.ts";
+import { equalBytes } from "../../lib/base/bytes.ts";
 
 export interface LoadOptions {
   sessions: number;
@@ -75,7 +76,7 @@ function checkingTarget(verdicts: { ok: number; bad: number }): CountingTarget {
     await conn.closeWrite();
     const expected = new Uint8Array(hash.digest());
     const whole = received === 4 + length + 32;
-    if (whole && expected.every((b, i) => b === tail[i])) verdicts.ok++;
+    if (whole && equalBytes(expected, tail)) verdicts.ok++;
     else verdicts.bad++;
   });
 }
