@@ -204,15 +204,9 @@ async function requireOpenSsh(): Promise<void> {
 
 /** Runs a helper program to completion; asserts it succeeded; resolves its stdout. */
 async function run(command: string, args: string[]): Promise<string> {
-  const { code, stdout, stderr } = await new Deno.Command(command, {
-    args,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const decoder = new TextDecoder();
-  assert.equal(code, 0, `${command} ${args.join(" ")}: ${decoder.decode(stderr)}`);
-  return decoder.decode(stdout);
+  const { code, stdout, stderr } = await runArgv([command, ...args], { ms: 20_000 });
+  assert.equal(code, 0, `${command} ${args.join(" ")}: ${stderr}`);
+  return stdout;
 }
 
 /** Single-quotes `word` for the POSIX shell ssh runs ProxyCommand with. */

@@ -8,7 +8,14 @@
  */
 
 import assert from "node:assert/strict";
-import { type Daemon, freePort, startTunnel, type Tunnel, waitForLineWithin } from "./process.ts";
+import {
+  type Daemon,
+  freePort,
+  runArgv,
+  startTunnel,
+  type Tunnel,
+  waitForLineWithin,
+} from "./process.ts";
 import { randomBytes, sha256Hex } from "./helpers.ts";
 
 const CURL = "/usr/bin/curl";
@@ -38,15 +45,16 @@ async function curl(args: string[]): Promise<CurlResult> {
   } catch {
     throw new Error(`${CURL} is missing; install it with: apt-get install -y curl`);
   }
-  const { code, stdout, stderr } = await new Deno.Command(CURL, {
-    // --max-time only bounds a broken run; a healthy one takes milliseconds.
-    args: ["--silent", "--show-error", "--max-time", "20", ...args],
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const decoder = new TextDecoder();
-  return { code, body: stdout, stdout: decoder.decode(stdout), stderr: decoder.decode(stderr) };
+  // --max-time only bounds a broken run; a healthy one takes milliseconds.
+  const { code, stdoutBytes, stdout, stderr } = await runArgv([
+    CURL,
+    "--silent",
+    "--show-error",
+    "--max-time",
+    "20",
+    ...args,
+  ]);
+  return { code, body: stdoutBytes, stdout, stderr };
 }
 
 /**
