@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import {
   cipherlinkArgv,
   LINE_DEADLINE_MS,
-  runArgv,
+  promtoolCheck,
   runCipherlink,
   startDaemon,
   startServerProcess,
@@ -33,13 +33,6 @@ function sample(body: string, series: string): number {
   const line = body.split("\n").find((l) => l.startsWith(series + " "));
   assert.ok(line, `no sample ${series} in:\n${body}`);
   return Number(line.slice(series.length + 1));
-}
-
-async function promtoolCheck(text: string): Promise<{ code: number; output: string }> {
-  const { code, stdout, stderr } = await runArgv(["promtool", "check", "metrics"], {
-    stdin: new TextEncoder().encode(text),
-  });
-  return { code, output: stdout + stderr };
 }
 
 const metricsPort = (line: string) =>

@@ -103,6 +103,14 @@ export function runCipherlink(args: string[], options: RunOptions = {}): Promise
   return runArgv(cipherlinkArgv(args), options);
 }
 
+/** `promtool check metrics` on `text` (needs prometheus installed): its exit code and output. */
+export async function promtoolCheck(text: string): Promise<{ code: number; output: string }> {
+  const { code, stdout, stderr } = await runArgv(["promtool", "check", "metrics"], {
+    stdin: new TextEncoder().encode(text),
+  });
+  return { code, output: stdout + stderr };
+}
+
 /**
  * Lines of a log (a process's stderr, or a logger's output fed with
  * {@link LineLog.add}), and waits for them: every wait has a deadline and

@@ -7,31 +7,17 @@
  * @module
  */
 
+import { runArgv, type RunResult } from "./process.ts";
+
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
-const decoder = new TextDecoder();
 
 /** Output of a finished command. */
-export interface Output {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
+export type Output = Pick<RunResult, "code" | "stdout" | "stderr">;
 
-/** Runs a command to completion. */
+/** Runs a command to completion, within the one-off run deadline (tests/process.ts). */
 export async function run(cmd: string, args: string[], stdin?: Uint8Array): Promise<Output> {
-  const child = new Deno.Command(cmd, {
-    args,
-    stdin: stdin ? "piped" : "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  if (stdin) {
-    const writer = child.stdin.getWriter();
-    await writer.write(stdin);
-    await writer.close();
-  }
-  const out = await child.output();
-  return { code: out.code, stdout: decoder.decode(out.stdout), stderr: decoder.decode(out.stderr) };
+  const { code, stdout, stderr } = await runArgv([cmd, ...args], { stdin });
+  return { code, stdout, stderr };
 }
 
 async function must(args: string[]): Promise<void> {

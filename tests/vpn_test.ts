@@ -90,19 +90,19 @@ function received(out: { stdout: string }, count: number): boolean {
 }
 
 /**
- * Runs `run` with a namespace topology of `clients` clients, a fresh key, and
+ * Runs `body` with a namespace topology of `clients` clients, a fresh key, and
  * a list for the processes it starts; afterwards every process is killed,
  * the namespaces removed and the key deleted, whatever happened.
  */
 async function inTopology(
   clients: number,
-  run: (env: { topology: Topology; key: TempKey; processes: NsProcess[] }) => Promise<void>,
+  body: (env: { topology: Topology; key: TempKey; processes: NsProcess[] }) => Promise<void>,
 ): Promise<void> {
   const topology = await createTopology(clients);
   const key = await tempKey();
   const processes: NsProcess[] = [];
   try {
-    await run({ topology, key, processes });
+    await body({ topology, key, processes });
   } finally {
     for (const p of processes) await p.stop("SIGKILL").catch(() => {});
     await topology.remove();
