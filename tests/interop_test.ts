@@ -33,14 +33,12 @@ function python(): Promise<string> {
     for (const candidate of PYTHON_CANDIDATES) {
       try {
         // The interpreter's own path: it skips launcher shims (pyenv) on every later run.
-        const { success, stdout } = await new Deno.Command(candidate, {
-          args: ["-c", "import sys, cryptography; print(sys.executable)"],
-          stdin: "null",
-          stdout: "piped",
-          stderr: "null",
-        }).output();
-        const executable = decoder.decode(stdout).trim();
-        if (success) return executable || candidate;
+        const { code, stdout } = await runArgv(
+          [candidate, "-c", "import sys, cryptography; print(sys.executable)"],
+          { ms: RUN_TIMEOUT_MS },
+        );
+        const executable = stdout.trim();
+        if (code === 0) return executable || candidate;
       } catch {
         // Not installed under this name.
       }

@@ -9,11 +9,10 @@
 
 import assert from "node:assert/strict";
 import { basename, dirname } from "node:path";
-import { copyCheckout, LineLog } from "./process.ts";
+import { copyCheckout, LineLog, runArgv } from "./process.ts";
 
 /** npm may fetch Deno (tens of MB) on the first run: a generous bound. */
 const FIRST_RUN_MS = 240_000;
-const decoder = new TextDecoder();
 
 /** A PATH with everything of ours except `deno` (dirs holding it are mirrored without it). */
 async function pathWithoutDeno(scratch: string): Promise<string> {
@@ -41,12 +40,10 @@ async function pathWithoutDeno(scratch: string): Promise<string> {
     dirs.push(mirror);
   }
   const path = dirs.join(":");
-  const probe = await new Deno.Command("bash", {
-    args: ["-c", "command -v deno; command -v npm"],
+  const probe = await runArgv(["bash", "-c", "command -v deno; command -v npm"], {
     env: { PATH: path },
-    stdout: "piped",
-  }).output();
-  const found = decoder.decode(probe.stdout);
+  });
+  const found = probe.stdout;
   assert.doesNotMatch(found, /deno/, "the test PATH must not hold deno");
   assert.match(found, /npm/, "the launcher's fallback needs npm on PATH");
   return path;

@@ -25,6 +25,7 @@ import { SERVICE_TARGET } from "../lib/protocol/target.ts";
 import { memoryPair } from "../scripts/soak/memory.ts";
 import type { Row } from "../scripts/soak/common.ts";
 import { randomBytes, readToEnd, rejectsWith } from "./helpers.ts";
+import { runArgv } from "./process.ts";
 
 const SOAK = new URL("../scripts/soak.ts", import.meta.url).pathname;
 const LOCAL = "127.0.0.1";
@@ -44,21 +45,19 @@ function quickSoak(): Promise<SoakResult> {
   quickRun ??= (async () => {
     const dir = await Deno.makeTempDir({ prefix: "cipherlink-soak-test-" });
     try {
-      const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
-        args: [
-          "run",
-          "--allow-all",
-          SOAK,
-          "--quick",
-          "--json",
-          `${dir}/soak.json`,
-          "--logs",
-          `${dir}/logs`,
-        ],
-        stdout: "piped",
-        stderr: "piped",
-      }).output();
-      const output = new TextDecoder().decode(stdout) + new TextDecoder().decode(stderr);
+      // A bound against a hang only: the quick soak takes about a minute.
+      const { code, stdout, stderr } = await runArgv([
+        Deno.execPath(),
+        "run",
+        "--allow-all",
+        SOAK,
+        "--quick",
+        "--json",
+        `${dir}/soak.json`,
+        "--logs",
+        `${dir}/logs`,
+      ], { ms: 600_000 });
+      const output = stdout + stderr;
       const json = JSON.parse(await Deno.readTextFile(`${dir}/soak.json`));
       return { code, output, passed: json.passed, seconds: json.seconds, rows: json.rows };
     } finally {
