@@ -151,12 +151,20 @@ export class LineLog {
   }
 
   /**
-   * Resolves the first line matching `pattern`, past or future. Rejects when
-   * the log ends without one or after `ms`.
+   * Resolves the `count`-th line (the first unless told) matching `pattern`,
+   * past or future. Rejects when the log ends without it or after `ms`.
    */
-  waitFor(pattern: RegExp, ms = this.#defaultMs): Promise<string> {
-    const seen = this.lines.find((line) => pattern.test(line));
-    return seen !== undefined ? Promise.resolve(seen) : this.#next(pattern, ms);
+  async waitFor(pattern: RegExp, ms = this.#defaultMs, count = 1): Promise<string> {
+    const deadline = Date.now() + ms;
+    for (;;) {
+      const seen = this.lines.filter((line) => pattern.test(line));
+      if (seen.length >= count) return seen[count - 1];
+      const left = deadline - Date.now();
+      if (left <= 0) {
+        throw new Error(`no line matching ${pattern} within ${ms} ms:\n${this.lines.join("\n")}`);
+      }
+      await this.#next(pattern, left);
+    }
   }
 
   /** Resolves once `count` lines match `pattern`, each awaited within `ms`. */
