@@ -53,21 +53,15 @@ export async function startServer(
 }
 
 /**
- * A forward target on 127.0.0.1 that records what each connection sent and
- * echoes it back, or stays silent (answers nothing, waits for EOF).
+ * A listener on 127.0.0.1 that hands every connection to `serve`; `idle()`
+ * awaits the connections so far, `close()` stops accepting and awaits them.
  */
-export class Upstream {
-  readonly received: Uint8Array[][] = [];
-  readonly #echo: boolean;
+abstract class LoopbackService {
   readonly #listener = Deno.listen({ hostname: LOCAL, port: 0 });
-  readonly #open = new Set<Deno.TcpConn>();
   readonly #served: Promise<void>[] = [];
-  readonly #accepting: Promise<void>;
-
-  constructor(mode: "echo" | "silent" = "echo") {
-    this.#echo = mode === "echo";
-    this.#accepting = this.#accept();
-  }
+  // Accepting starts at once; the first serve() call waits for a connection,
+  // so it always runs after the subclass's constructor.
+  readonly #accepting: Promise<void> = this.#accept();
 
   get address(): HostPort {
     return { host: LOCAL, port: this.#listener.addr.port };
@@ -81,9 +75,15 @@ export class Upstream {
   async close(): Promise<void> {
     this.#listener.close();
     await this.#accepting;
-    for (const conn of this.#open) closeQuietly(conn);
-    await Promise.all(this.#served);
+    this.closing();
+    await this.idle();
   }
+
+  /** Serves one accepted connection to its end. */
+  protected abstract serve(conn: Deno.TcpConn): Promise<void>;
+
+  /** Called once the listener is closed, before the connections are awaited. */
+  protected closing(): void {}
 
   async #accept(): Promise<void> {
     for (;;) {
@@ -93,11 +93,35 @@ export class Upstream {
       } catch {
         return; // closed
       }
-      const chunks: Uint8Array[] = [];
-      this.received.push(chunks);
-      this.#open.add(conn);
-      this.#served.push(this.#serve(conn, chunks));
+      this.#served.push(this.serve(conn));
     }
+  }
+}
+
+/**
+ * A forward target on 127.0.0.1 that records what each connection sent and
+ * echoes it back, or stays silent (answers nothing, waits for EOF).
+ */
+export class Upstream extends LoopbackService {
+  readonly received: Uint8Array[][] = [];
+  readonly #echo: boolean;
+  readonly #open = new Set<Deno.TcpConn>();
+
+  constructor(mode: "echo" | "silent" = "echo") {
+    super();
+    this.#echo = mode === "echo";
+  }
+
+  /** Connections still open are cut: a silent target would otherwise wait forever. */
+  protected override closing(): void {
+    for (const conn of this.#open) closeQuietly(conn);
+  }
+
+  protected serve(conn: Deno.TcpConn): Promise<void> {
+    const chunks: Uint8Array[] = [];
+    this.received.push(chunks);
+    this.#open.add(conn);
+    return this.#serve(conn, chunks);
   }
 
   async #serve(conn: Deno.TcpConn, chunks: Uint8Array[]): Promise<void> {
@@ -158,47 +182,21 @@ async function relayOneWay(
  * A TCP relay on 127.0.0.1 in front of `targetPort`: records both directions
  * of every connection it carries, and may change one byte in flight.
  */
-export class Relay {
+export class Relay extends LoopbackService {
   readonly recordings: { up: Uint8Array[]; down: Uint8Array[] }[] = [];
-  readonly #listener = Deno.listen({ hostname: LOCAL, port: 0 });
   readonly #targetPort: number;
   readonly #flip: Flip | null;
-  readonly #relays: Promise<void>[] = [];
-  readonly #accepting: Promise<void>;
 
   constructor(targetPort: number, flip: Flip | null = null) {
+    super();
     this.#targetPort = targetPort;
     this.#flip = flip;
-    this.#accepting = this.#accept();
   }
 
-  get address(): HostPort {
-    return { host: LOCAL, port: this.#listener.addr.port };
-  }
-
-  /** Resolves once every connection so far has ended in both directions. */
-  async idle(): Promise<void> {
-    await Promise.all(this.#relays);
-  }
-
-  async close(): Promise<void> {
-    this.#listener.close();
-    await this.#accepting;
-    await this.idle();
-  }
-
-  async #accept(): Promise<void> {
-    for (;;) {
-      let client: Deno.TcpConn;
-      try {
-        client = await this.#listener.accept();
-      } catch {
-        return; // closed
-      }
-      const recording = { up: [], down: [] };
-      this.recordings.push(recording);
-      this.#relays.push(this.#relay(client, recording));
-    }
+  protected serve(client: Deno.TcpConn): Promise<void> {
+    const recording = { up: [], down: [] };
+    this.recordings.push(recording);
+    return this.#relay(client, recording);
   }
 
   async #relay(client: Deno.TcpConn, recording: { up: Uint8Array[]; down: Uint8Array[] }) {
