@@ -1,11 +1,21 @@
 /**
- * Test fixtures that run Cipherlink as real processes: one-off commands with
- * their output, and long-running server/client daemons whose readiness is the
- * `listening on HOST:PORT` log line (never a fixed sleep).
+ * Test fixtures that run Cipherlink (or any program) as real processes:
+ * one-off commands with their output under a deadline (`runArgv`,
+ * `runCipherlink`); long-running daemons whose readiness is the `listening on
+ * HOST:PORT` log line, never a fixed sleep (`spawnDaemon`, `startDaemon`); a
+ * server, or a server and a client, with a temporary key (`startServerProcess`,
+ * `startTunnel`); and `LineLog`, the bounded wait for a log line that every
+ * process fixture of the tests uses.
  * @module
  */
 
-import { cipherlinkArgvWith, freePort, tempKeyFile, within } from "../support/process.ts";
+import {
+  cipherlinkArgvWith,
+  freePort,
+  type TempKeyFile,
+  tempKeyFile,
+  within,
+} from "../support/process.ts";
 
 /** A free loopback port, and the deadline for any wait (support/process.ts). */
 export { freePort, within };
@@ -305,8 +315,8 @@ export function startDaemon(args: string[], env?: Record<string, string>): Promi
   return spawnDaemon(cipherlinkArgv(args), { env });
 }
 
-/** A temporary key file and how to remove it. */
-export type TempKey = Awaited<ReturnType<typeof tempKey>>;
+/** A temporary key file: its folder, path, the key, and how to remove them. */
+export type TempKey = TempKeyFile;
 
 /** A cipherlink server process on 127.0.0.1 with its key. */
 export interface ServerProcess {
@@ -401,7 +411,7 @@ export async function startTunnel(
 }
 
 /** A temporary folder with a fresh raw key in it. */
-export function tempKey(): Promise<{ dir: string; path: string; cleanup(): Promise<void> }> {
+export function tempKey(): Promise<TempKey> {
   return tempKeyFile("cipherlink-test-");
 }
 
