@@ -19,7 +19,9 @@ import {
   tunnelFields,
 } from "../lib/ops/settings.ts";
 import { count, oneOf, seconds } from "../lib/ops/values.ts";
+import { VPN_DEFAULT_KEEPALIVE_MS } from "../lib/tunnel/vpn_server.ts";
 import { MAX_SECONDS } from "../lib/base/defaults.ts";
+import { startDaemon, tempKey, within } from "./process.ts";
 import { GENERATED_FILES, generatedTables, markedTables, tableCells } from "../scripts/docs.ts";
 
 const COMMANDS: Command[] = ["server", "client"];
@@ -261,4 +263,48 @@ Deno.test("settings: the committed docs' option tables are what deno task docs m
   for (const setting of ALL_SETTINGS.filter((s) => s.config)) {
     assert.ok(documented.includes(`| \`${setting.config!.key}\` |`), setting.config!.key);
   }
+});
+
+Deno.test("settings: a server started with no options runs with the table's defaults", async () => {
+  const key = await tempKey();
+  // Only the address comes from the environment (never a fixed port); everything else is default.
+  const server = await startDaemon(["server"], {
+    CIPHERLINK_KEY_FILE: key.path,
+    CIPHERLINK_SERVER_HOST: "127.0.0.1",
+    CIPHERLINK_SERVER_PORT: "0",
+  });
+  try {
+    const listening = server.lines.find((line) => line.includes("listening on"))!;
+    // log format text, level info; echo service (no --forward); the default crypto provider
+    assert.match(listening, /^\S+Z INFO +listening on 127\.0\.0\.1:\d+ /);
+    assert.match(listening, / service=echo /);
+    assert.ok(listening.includes(`crypto=${SETTINGS.crypto.default}`), listening);
+    // A connection that never sends message 1 is closed after the default hello timeout,
+    // well before the handshake timeout would end it.
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port: server.port });
+    const started = performance.now();
+    const read = await within(conn.read(new Uint8Array(1)), 10_000, "the server closing");
+    const elapsed = performance.now() - started;
+    conn.close();
+    assert.equal(read, null);
+    assert.ok(elapsed >= SETTINGS.helloTimeout.default - 50, `closed after ${elapsed} ms`);
+    assert.ok(elapsed < SETTINGS.handshakeTimeout.default, `closed after ${elapsed} ms`);
+  } finally {
+    await server.stop();
+    await key.cleanup();
+  }
+});
+
+Deno.test("settings: the README's VPN options table names the table's VPN options, bounds and defaults", async () => {
+  const readme = await Deno.readTextFile(new URL("../README.md", import.meta.url));
+  const section = readme.slice(readme.indexOf("## VPN mode"), readme.indexOf("### Walkthrough"));
+  for (const setting of [SETTINGS.tun, SETTINGS.tunAddresses, SETTINGS.routes, SETTINGS.tunMtu]) {
+    assert.ok(section.includes(`| \`--${setting.name} ${setting.cli!.metavar}\``), setting.name);
+  }
+  const mtu = SETTINGS.tunMtu.kind as ReturnType<typeof count>;
+  assert.ok(
+    section.includes(`${mtu.min} to ${mtu.max} (default ${SETTINGS.tunMtu.default})`),
+    "the --tun-mtu row",
+  );
+  assert.ok(section.includes(`defaults to ${VPN_DEFAULT_KEEPALIVE_MS / 1000}`), "--keepalive row");
 });
