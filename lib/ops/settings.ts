@@ -10,8 +10,9 @@
  *
  * @example
  * ```ts
- * import { SETTINGS, settingDefault } from "./settings.ts";
- * console.log(SETTINGS.maxConns.cli?.commands, settingDefault(SETTINGS.maxConns)); // [server, client] 100
+ * import { argValue, SETTINGS } from "./settings.ts";
+ * console.log(SETTINGS.maxConns.cli?.commands, SETTINGS.maxConns.default); // [server, client] 100
+ * argValue({ "max-conns": "20" }, SETTINGS.maxConns); // 20; without the option: 100
  * ```
  * @module
  */
@@ -109,7 +110,11 @@ export interface Setting<T, D extends T | undefined = T | undefined> {
   name: string;
   /** Its kind of value, with the bounds and the parser. */
   kind: ValueKind<T>;
-  /** The value without the option or field; undefined: none, or a rule stated in `defaultRule`. */
+  /**
+   * The value without the option or field, in the kind's unit (milliseconds
+   * for seconds); undefined: none, or a rule that `helpDefault` states and
+   * the CLI applies (drain-delay), or one the environment supplies (`env`).
+   */
   default: D;
   /** How help shows the default when not as the value (`2^30`, a rule). */
   helpDefault?: string;
@@ -128,6 +133,7 @@ function setting<T, D extends T | undefined>(entry: Setting<T, D>): Setting<T, D
   return entry;
 }
 
+/** A default in seconds as the value the seconds kind makes (milliseconds). */
 const secondsDefault = (value: number) => value * 1000;
 
 /**
@@ -753,11 +759,6 @@ export const ENVIRONMENT: readonly EnvironmentVariable[] = [
 export function helpDefault(setting: AnySetting): string | undefined {
   if (setting.helpDefault !== undefined) return setting.helpDefault;
   return setting.default === undefined ? undefined : setting.kind.show(setting.default);
-}
-
-/** The settings' value when neither option nor field gives one. */
-export function settingDefault<T, D extends T | undefined>(setting: Setting<T, D>): D {
-  return setting.default;
 }
 
 /** The settings of `command`'s command line, in table order. */
