@@ -40,7 +40,7 @@ import { TunnelServer } from "../tunnel/server.ts";
 import { runConfig } from "./config_mode.ts";
 import type { Cidr } from "../protocol/packet.ts";
 import { VpnClient, type VpnClientOptions } from "../tunnel/vpn_client.ts";
-import { VpnService } from "../tunnel/vpn_server.ts";
+import { VPN_DEFAULT_KEEPALIVE_MS, VpnService } from "../tunnel/vpn_server.ts";
 import { formatHostPort, type HostPort, parseHostPort } from "../protocol/hostport.ts";
 import {
   argGiven,
@@ -102,7 +102,7 @@ Without --listen/--socks: with MESSAGE, sends it, prints the reply, exits after 
 server's CLOSE; without MESSAGE, pipes stdin/stdout through one session (usable as an
 ssh ProxyCommand with --connect %h:%p).
 With --tun (root or CAP_NET_ADMIN): a VPN client that reconnects with backoff until
-SIGINT/SIGTERM; --keepalive defaults to 25 there.
+SIGINT/SIGTERM; --keepalive defaults to ${VPN_DEFAULT_KEEPALIVE_MS / 1000} there.
 `,
   "check-config": `usage: cipherlink check-config FILE
 
