@@ -426,21 +426,30 @@ Deno.test("truncation: the client's TCP EOF before CLOSE errors the server sessi
   }
 });
 
+/**
+ * Opens a session to `address` (OPEN 0x00), sends one DATA, then cuts it with
+ * a TCP FIN instead of CLOSE; resolves the message types the server sent
+ * until its end.
+ */
+async function cutSession(address: HostPort, key: Uint8Array): Promise<number[]> {
+  const conn = await Deno.connect({ hostname: LOCAL, port: address.port });
+  const channel = await SecureChannel.handshake(conn, key, "initiator");
+  try {
+    await channel.send(MessageType.open, Uint8Array.of(0));
+    await channel.send(MessageType.data, encoder.encode("partial"));
+    await conn.closeWrite();
+    return await typesUntilEnd(channel);
+  } finally {
+    channel.close();
+  }
+}
+
 Deno.test("truncation: the echo server ends a session cut by TCP EOF as an error and sends no CLOSE", async () => {
   const { server, key, address, log } = await startServer(BOUND);
   try {
-    const conn = await Deno.connect({ hostname: LOCAL, port: address.port });
-    const channel = await SecureChannel.handshake(conn, key, "initiator");
-    try {
-      await channel.send(MessageType.open, Uint8Array.of(0));
-      await channel.send(MessageType.data, encoder.encode("partial"));
-      await conn.closeWrite();
-      const types = await typesUntilEnd(channel);
-      assert.equal(types[0], MessageType.openOk);
-      assert.ok(!types.includes(MessageType.close), `no CLOSE among ${types}`);
-    } finally {
-      channel.close();
-    }
+    const types = await cutSession(address, key);
+    assert.equal(types[0], MessageType.openOk);
+    assert.ok(!types.includes(MessageType.close), `no CLOSE among ${types}`);
     const end = await log.waitFor(/session end/);
     assert.match(end, /outcome=error/);
     assert.match(end, /stream truncated/);
@@ -453,16 +462,7 @@ Deno.test("truncation: in forward mode a cut session ends and its silent upstrea
   const upstream = new Upstream("silent");
   const { server, key, address, log } = await startServer({ forward: upstream.address });
   try {
-    const conn = await Deno.connect({ hostname: LOCAL, port: address.port });
-    const channel = await SecureChannel.handshake(conn, key, "initiator");
-    try {
-      await channel.send(MessageType.open, Uint8Array.of(0));
-      await channel.send(MessageType.data, encoder.encode("partial"));
-      await conn.closeWrite();
-      assert.ok(!(await typesUntilEnd(channel)).includes(MessageType.close));
-    } finally {
-      channel.close();
-    }
+    assert.ok(!(await cutSession(address, key)).includes(MessageType.close));
     const end = await within(log.waitFor(/session end/), 5000, "session end");
     assert.match(end, /stream truncated/);
     assert.equal(server.stats.sessionsOpen, 0);
