@@ -8,6 +8,7 @@
  */
 
 import assert from "node:assert/strict";
+import { runArgv } from "./process.ts";
 
 /** lib/'s layers, bottom first; `mod.ts` at lib/'s top level is above them all. */
 const LAYERS = ["base", "protocol", "tunnel", "ops", "cli", "(lib/ top level)"] as const;
@@ -112,13 +113,9 @@ async function libGraph(): Promise<ImportGraph> {
       entry,
       modules.map((m) => `import ${JSON.stringify(new URL(m, LIB).href)};\n`).join(""),
     );
-    const info = await new Deno.Command(Deno.execPath(), {
-      args: ["info", "--json", entry],
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    assert.equal(info.code, 0, new TextDecoder().decode(info.stderr));
-    const parsed = JSON.parse(new TextDecoder().decode(info.stdout)) as {
+    const info = await runArgv([Deno.execPath(), "info", "--json", entry]);
+    assert.equal(info.code, 0, info.stderr);
+    const parsed = JSON.parse(info.stdout) as {
       modules: {
         specifier: string;
         dependencies?: {
