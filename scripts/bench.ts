@@ -31,8 +31,8 @@ import {
   measureThroughput,
   openIdleSessions,
   TargetServer,
-  within,
 } from "./bench/load.ts";
+import { within } from "../support/process.ts";
 import {
   machineTicks,
   openFileLimits,

@@ -6,6 +6,7 @@
  */
 
 import { forward } from "../lib/tunnel/client.ts";
+import { concat } from "../lib/base/bytes.ts";
 import { closeQuietly, readableOf, writableOf } from "../lib/protocol/conn.ts";
 import { HEADER_SIZE } from "../lib/protocol/frame.ts";
 import { fingerprint } from "../lib/protocol/keys.ts";
@@ -40,16 +41,6 @@ function startTap(targetPort: number) {
     closeQuietly(outbound);
   })();
   return { port: (listener.addr as Deno.NetAddr).port, recorded, done };
-}
-
-function joined(chunks: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(chunks.reduce((n, c) => n + c.byteLength, 0));
-  let at = 0;
-  for (const c of chunks) {
-    out.set(c, at);
-    at += c.byteLength;
-  }
-  return out;
 }
 
 function describeFrames(label: string, bytes: Uint8Array): string[] {
@@ -102,8 +93,8 @@ const reply = new TextDecoder().decode(
 await tap.done;
 await server.shutdown();
 
-const up = joined(tap.recorded.toServer);
-const down = joined(tap.recorded.toClient);
+const up = concat(tap.recorded.toServer);
+const down = concat(tap.recorded.toClient);
 console.log("What crossed the wire (every frame: 9-byte header, nonce, ciphertext):");
 for (const line of describeFrames("client -> server", up)) console.log(line);
 for (const line of describeFrames("server -> client", down)) console.log(line);

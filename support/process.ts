@@ -1,8 +1,9 @@
 /**
  * What the tests, the soak and the benchmark share when they run Cipherlink
  * as real processes: the argv that runs it from source, a free loopback port,
- * and a temporary key file. Each keeps its own process wrapper (their
- * readiness, logging and shutdown rules differ); only these facts live here.
+ * a temporary key file, and the deadline every wait on them gets. Each keeps
+ * its own process wrapper (their readiness, logging and shutdown rules
+ * differ); only these facts live here.
  * @module
  */
 
@@ -61,4 +62,26 @@ export async function tempKeyFile(
   await Deno.writeFile(path, encodeKey(key, options.format ?? "raw"), { mode });
   await Deno.chmod(path, mode);
   return { dir, path, key, cleanup: () => Deno.remove(dir, { recursive: true }) };
+}
+
+/**
+ * `promise`, or a rejection naming `what` after `ms`: the deadline every
+ * wait in the tests, the soak and the benchmark gets, so that a regression
+ * fails instead of hanging. A bound, never a pacing.
+ *
+ * @example
+ * ```ts
+ * const n = await within(conn.read(buffer), 5000, "the echoed byte");
+ * ```
+ */
+export async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: nothing within ${ms} ms`)), ms);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
 }

@@ -7,7 +7,7 @@
 
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { startDaemon, tempKey } from "./process.ts";
+import { startTunnel } from "./process.ts";
 import { randomBytes } from "./helpers.ts";
 
 const MiB = 1024 * 1024;
@@ -84,26 +84,11 @@ async function readAllHashed(conn: Deno.Conn): Promise<{ total: number; sha: str
 }
 
 Deno.test("backpressure: a target that does not read stalls the writer with bounded memory, and nothing is lost", async () => {
-  const key = await tempKey();
   const target = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const server = await startDaemon([
-    "server",
-    "--key",
-    key.path,
-    "--listen",
-    "127.0.0.1:0",
-    "--forward",
-    `127.0.0.1:${target.addr.port}`,
-  ]);
-  const client = await startDaemon([
-    "client",
-    "--key",
-    key.path,
-    "--server",
-    `127.0.0.1:${server.port}`,
-    "--listen",
-    "127.0.0.1:0",
-  ]);
+  const tunnel = await startTunnel(["--listen", "127.0.0.1:0"], {
+    server: ["--forward", `127.0.0.1:${target.addr.port}`],
+  });
+  const { server, client } = tunnel;
   const pids = { server: server.process.pid, client: client.process.pid };
   try {
     const rssBefore = {
@@ -135,8 +120,6 @@ Deno.test("backpressure: a target that does not read stalls the writer with boun
     upstream.close();
   } finally {
     target.close();
-    await client.stop();
-    await server.stop();
-    await key.cleanup();
+    await tunnel.stop();
   }
 });

@@ -26,27 +26,15 @@ import { FrameReader } from "../lib/protocol/framer.ts";
 import { type CipherState, counterNonce, NNpsk0Handshake } from "../lib/protocol/noise.ts";
 import { receiveOpen, Session } from "../lib/tunnel/session.ts";
 import type { HostPort } from "../lib/protocol/hostport.ts";
-import { randomBytes, sha256Hex } from "./helpers.ts";
-import { startServer, Upstream } from "./server_fixture.ts";
+import { randomBytes, rejectsWith, sha256Hex } from "./helpers.ts";
+import { Relay, startServer, Upstream } from "./server_fixture.ts";
+import { within } from "./process.ts";
 
 const LOCAL = "127.0.0.1";
 const MiB = 1024 * 1024;
 const encoder = new TextEncoder();
 /** data_size of a transport frame carrying `body`: type byte, body, tag. */
 const sealedSize = (body: number) => 1 + body + TAG_SIZE;
-
-/** Rejects with `what` if `promise` has not settled within `ms`: a bound, not a wait. */
-async function within<T>(ms: number, what: string, promise: Promise<T>): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const bound = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: not within ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([promise, bound]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 async function readAll(readable: ReadableStream<Uint8Array>): Promise<Uint8Array> {
   const chunks: Uint8Array[] = [];
@@ -68,76 +56,6 @@ function frameSizes(stream: Uint8Array): { nonceSize: number; dataSize: number }
   }
   assert.equal(at, stream.byteLength, "the recording ends on a frame boundary");
   return sizes;
-}
-
-/** Copies `from` to `to` and records it, then passes the EOF on as a half-close. */
-async function relayOneWay(from: Deno.TcpConn, to: Deno.TcpConn, record: Uint8Array[]) {
-  const buffer = new Uint8Array(64 * 1024);
-  try {
-    for (;;) {
-      const n = await from.read(buffer);
-      if (n === null) break;
-      record.push(buffer.slice(0, n));
-      await writeAll(to, buffer.subarray(0, n));
-    }
-    await to.closeWrite();
-  } catch {
-    closeQuietly(from);
-    closeQuietly(to);
-  }
-}
-
-/** A TCP relay on 127.0.0.1 that records both directions of every connection it carries. */
-class RecordingRelay {
-  readonly recordings: { up: Uint8Array[]; down: Uint8Array[] }[] = [];
-  readonly #listener = Deno.listen({ hostname: LOCAL, port: 0 });
-  readonly #targetPort: number;
-  readonly #relays: Promise<void>[] = [];
-  readonly #accepting: Promise<void>;
-
-  constructor(targetPort: number) {
-    this.#targetPort = targetPort;
-    this.#accepting = this.#accept();
-  }
-
-  get address(): HostPort {
-    return { host: LOCAL, port: this.#listener.addr.port };
-  }
-
-  /** Resolves once every connection so far has ended in both directions. */
-  async idle(): Promise<void> {
-    await Promise.all(this.#relays);
-  }
-
-  async close(): Promise<void> {
-    this.#listener.close();
-    await this.#accepting;
-    await this.idle();
-  }
-
-  async #accept(): Promise<void> {
-    for (;;) {
-      let client: Deno.TcpConn;
-      try {
-        client = await this.#listener.accept();
-      } catch {
-        return; // closed
-      }
-      const recording = { up: [], down: [] };
-      this.recordings.push(recording);
-      this.#relays.push(this.#relay(client, recording));
-    }
-  }
-
-  async #relay(client: Deno.TcpConn, recording: { up: Uint8Array[]; down: Uint8Array[] }) {
-    const server = await Deno.connect({ hostname: LOCAL, port: this.#targetPort });
-    await Promise.all([
-      relayOneWay(client, server, recording.up),
-      relayOneWay(server, client, recording.down),
-    ]);
-    closeQuietly(client);
-    closeQuietly(server);
-  }
 }
 
 /**
@@ -214,18 +132,30 @@ class HandDrivenClient {
   }
 }
 
-/** A SecureChannel responder on a test-owned listener with a hand-driven client connected. */
-async function handDrivenPair(): Promise<{ responder: SecureChannel; client: HandDrivenClient }> {
+/**
+ * Runs `fn` with a lib responder channel and a hand-driven client connected
+ * to it over 127.0.0.1 (handshake done); closes both after.
+ */
+async function withHandDrivenPair(
+  fn: (pair: { responder: SecureChannel; client: HandDrivenClient }) => Promise<void>,
+): Promise<void> {
   const key = randomBytes(32);
   const listener = Deno.listen({ hostname: LOCAL, port: 0 });
+  let pair: { responder: SecureChannel; client: HandDrivenClient };
   try {
     const accepted = listener.accept().then((conn) =>
       SecureChannel.handshake(conn, key, "responder")
     );
     const client = await HandDrivenClient.connect(listener.addr.port, key);
-    return { responder: await accepted, client };
+    pair = { responder: await accepted, client };
   } finally {
     listener.close();
+  }
+  try {
+    await fn(pair);
+  } finally {
+    pair.client.close();
+    pair.responder.close();
   }
 }
 
@@ -258,7 +188,7 @@ async function typesUntilEnd(channel: SecureChannel): Promise<number[]> {
 
 Deno.test("echo: 0, 1 and 65518 bytes take at most one DATA frame, 65519 takes two, all echoed whole", async () => {
   const { server, key } = await startServer();
-  const relay = new RecordingRelay(server.addr.port);
+  const relay = new Relay(server.addr.port);
   try {
     const cases: [number, number[]][] = [
       [0, []],
@@ -326,8 +256,7 @@ Deno.test("echo: 60 concurrent sessions each get their own random payload back",
 });
 
 Deno.test("counter: a frame that skips counter 1 is a ProtocolError at the receiving channel", async () => {
-  const { responder, client } = await handDrivenPair();
-  try {
+  await withHandDrivenPair(async ({ responder, client }) => {
     await client.send(await client.seal(0, MessageType.open, Uint8Array.of(0)));
     await client.send(await client.seal(2, MessageType.data, encoder.encode("n=1 skipped")));
     await client.conn.closeWrite(); // were the frame accepted, nothing would be left to wait for
@@ -335,30 +264,19 @@ Deno.test("counter: a frame that skips counter 1 is a ProtocolError at the recei
       type: MessageType.open,
       body: Uint8Array.of(0),
     });
-    await assert.rejects(responder.receive(), (err) => {
-      assert.ok(err instanceof ProtocolError);
-      assert.match(err.message, /counter out of order \(expected 1\)/);
-      return true;
-    });
-  } finally {
-    client.close();
-    responder.close();
-  }
+    await rejectsWith(responder.receive(), ProtocolError, /counter out of order \(expected 1\)/);
+  });
 });
 
 Deno.test("counter: a frame repeated with n=0 is a ProtocolError at the receiving channel", async () => {
-  const { responder, client } = await handDrivenPair();
-  try {
+  await withHandDrivenPair(async ({ responder, client }) => {
     const open = await client.seal(0, MessageType.open, Uint8Array.of(0));
     await client.send(open);
     await client.send(open);
     await client.conn.closeWrite();
     assert.equal((await responder.receive())?.type, MessageType.open);
     await assert.rejects(responder.receive(), /counter out of order \(expected 1\)/);
-  } finally {
-    client.close();
-    responder.close();
-  }
+  });
 });
 
 Deno.test("counter: the server answers a gap or a replayed DATA with ERROR 1 and echoes none of it", async () => {
@@ -396,25 +314,49 @@ Deno.test("counter: the server answers a gap or a replayed DATA with ERROR 1 and
   }
 });
 
-Deno.test("truncation: the server's TCP EOF before CLOSE errors the client's reader with TruncationError after the data", async () => {
-  const key = randomBytes(32);
+/**
+ * A one-connection server on 127.0.0.1 speaking the protocol by hand: it
+ * accepts, makes the responder's handshake, takes the OPEN, answers OPEN_OK,
+ * then runs `script`. `finished()` awaits the script and closes the listener.
+ */
+function fakeServer(
+  key: Uint8Array,
+  script: (channel: SecureChannel, conn: Deno.TcpConn) => Promise<void>,
+): { port: number; finished(): Promise<void> } {
   const listener = Deno.listen({ hostname: LOCAL, port: 0 });
-  const fakeServer = (async () => {
+  const serving = (async () => {
     const conn = await listener.accept();
     const channel = await SecureChannel.handshake(conn, key, "responder");
     try {
       await receiveOpen(channel);
       await channel.send(MessageType.openOk);
-      await channel.send(MessageType.data, encoder.encode("partial"));
-      await conn.closeWrite(); // TCP FIN without a CLOSE frame
-      await typesUntilEnd(channel);
+      await script(channel, conn);
     } finally {
       channel.close();
     }
   })();
+  return {
+    port: listener.addr.port,
+    async finished() {
+      try {
+        await serving;
+      } finally {
+        listener.close();
+      }
+    },
+  };
+}
+
+Deno.test("truncation: the server's TCP EOF before CLOSE errors the client's reader with TruncationError after the data", async () => {
+  const key = randomBytes(32);
+  const fake = fakeServer(key, async (channel, conn) => {
+    await channel.send(MessageType.data, encoder.encode("partial"));
+    await conn.closeWrite(); // TCP FIN without a CLOSE frame
+    await typesUntilEnd(channel);
+  });
   try {
     const session = await connect({
-      server: { host: LOCAL, port: listener.addr.port },
+      server: { host: LOCAL, port: fake.port },
       key,
       ...BOUND,
     });
@@ -423,33 +365,23 @@ Deno.test("truncation: the server's TCP EOF before CLOSE errors the client's rea
     await assert.rejects(reader.read(), TruncationError);
     assert.ok((await session.ended).error instanceof TruncationError);
   } finally {
-    await fakeServer;
-    listener.close();
+    await fake.finished();
   }
 });
 
 Deno.test("truncation: an EOF inside a frame fails the client's forward() with TruncationError", async () => {
   const key = randomBytes(32);
-  const listener = Deno.listen({ hostname: LOCAL, port: 0 });
-  const fakeServer = (async () => {
-    const conn = await listener.accept();
-    const channel = await SecureChannel.handshake(conn, key, "responder");
-    try {
-      await receiveOpen(channel);
-      await channel.send(MessageType.openOk);
-      const halfFrame = new Uint8Array(HEADER_SIZE + 5);
-      encodeHeader(halfFrame, TRANSPORT_NONCE_SIZE, sealedSize(100));
-      await writeAll(conn, halfFrame);
-      await conn.closeWrite();
-      await typesUntilEnd(channel);
-    } finally {
-      channel.close();
-    }
-  })();
+  const fake = fakeServer(key, async (channel, conn) => {
+    const halfFrame = new Uint8Array(HEADER_SIZE + 5);
+    encodeHeader(halfFrame, TRANSPORT_NONCE_SIZE, sealedSize(100));
+    await writeAll(conn, halfFrame);
+    await conn.closeWrite();
+    await typesUntilEnd(channel);
+  });
   try {
     await assert.rejects(
       forward(encoder.encode("hello"), {
-        server: { host: LOCAL, port: listener.addr.port },
+        server: { host: LOCAL, port: fake.port },
         key,
         ...BOUND,
       }),
@@ -460,8 +392,7 @@ Deno.test("truncation: an EOF inside a frame fails the client's forward() with T
       },
     );
   } finally {
-    await fakeServer;
-    listener.close();
+    await fake.finished();
   }
 });
 
@@ -495,21 +426,30 @@ Deno.test("truncation: the client's TCP EOF before CLOSE errors the server sessi
   }
 });
 
+/**
+ * Opens a session to `address` (OPEN 0x00), sends one DATA, then cuts it with
+ * a TCP FIN instead of CLOSE; resolves the message types the server sent
+ * until its end.
+ */
+async function cutSession(address: HostPort, key: Uint8Array): Promise<number[]> {
+  const conn = await Deno.connect({ hostname: LOCAL, port: address.port });
+  const channel = await SecureChannel.handshake(conn, key, "initiator");
+  try {
+    await channel.send(MessageType.open, Uint8Array.of(0));
+    await channel.send(MessageType.data, encoder.encode("partial"));
+    await conn.closeWrite();
+    return await typesUntilEnd(channel);
+  } finally {
+    channel.close();
+  }
+}
+
 Deno.test("truncation: the echo server ends a session cut by TCP EOF as an error and sends no CLOSE", async () => {
   const { server, key, address, log } = await startServer(BOUND);
   try {
-    const conn = await Deno.connect({ hostname: LOCAL, port: address.port });
-    const channel = await SecureChannel.handshake(conn, key, "initiator");
-    try {
-      await channel.send(MessageType.open, Uint8Array.of(0));
-      await channel.send(MessageType.data, encoder.encode("partial"));
-      await conn.closeWrite();
-      const types = await typesUntilEnd(channel);
-      assert.equal(types[0], MessageType.openOk);
-      assert.ok(!types.includes(MessageType.close), `no CLOSE among ${types}`);
-    } finally {
-      channel.close();
-    }
+    const types = await cutSession(address, key);
+    assert.equal(types[0], MessageType.openOk);
+    assert.ok(!types.includes(MessageType.close), `no CLOSE among ${types}`);
     const end = await log.waitFor(/session end/);
     assert.match(end, /outcome=error/);
     assert.match(end, /stream truncated/);
@@ -522,20 +462,11 @@ Deno.test("truncation: in forward mode a cut session ends and its silent upstrea
   const upstream = new Upstream("silent");
   const { server, key, address, log } = await startServer({ forward: upstream.address });
   try {
-    const conn = await Deno.connect({ hostname: LOCAL, port: address.port });
-    const channel = await SecureChannel.handshake(conn, key, "initiator");
-    try {
-      await channel.send(MessageType.open, Uint8Array.of(0));
-      await channel.send(MessageType.data, encoder.encode("partial"));
-      await conn.closeWrite();
-      assert.ok(!(await typesUntilEnd(channel)).includes(MessageType.close));
-    } finally {
-      channel.close();
-    }
-    const end = await within(5000, "session end", log.waitFor(/session end/));
+    assert.ok(!(await cutSession(address, key)).includes(MessageType.close));
+    const end = await within(log.waitFor(/session end/), 5000, "session end");
     assert.match(end, /stream truncated/);
     assert.equal(server.stats.sessionsOpen, 0);
-    await within(5000, "upstream closed", upstream.idle());
+    await within(upstream.idle(), 5000, "upstream closed");
     assert.deepEqual(concat(upstream.received[0]), encoder.encode("partial"));
   } finally {
     await server.shutdown();
@@ -572,21 +503,13 @@ Deno.test("rekey: with rekeyBytes 4096 a 3 MiB echo stays intact and both sides 
 });
 
 Deno.test("rekey: a REKEY with a body is a ProtocolError at the channel and ERROR 1 from the server", async () => {
-  const { responder, client } = await handDrivenPair();
-  try {
+  await withHandDrivenPair(async ({ responder, client }) => {
     await client.send(await client.seal(0, MessageType.open, Uint8Array.of(0)));
     await client.send(await client.seal(1, MessageType.rekey, Uint8Array.of(0)));
     await client.conn.closeWrite();
     assert.equal((await responder.receive())?.type, MessageType.open);
-    await assert.rejects(responder.receive(), (err) => {
-      assert.ok(err instanceof ProtocolError);
-      assert.match(err.message, /REKEY with a body/);
-      return true;
-    });
-  } finally {
-    client.close();
-    responder.close();
-  }
+    await rejectsWith(responder.receive(), ProtocolError, /REKEY with a body/);
+  });
 
   const { server, key, address } = await startServer();
   try {
@@ -638,25 +561,16 @@ Deno.test("ping: the server answers PING with PONG of the same body; a 9-byte PI
 
 Deno.test("ping: a client session answers the server's PING with PONG of the same body", async () => {
   const key = randomBytes(32);
-  const listener = Deno.listen({ hostname: LOCAL, port: 0 });
-  const fakeServer = (async () => {
-    const conn = await listener.accept();
-    const channel = await SecureChannel.handshake(conn, key, "responder");
-    try {
-      await receiveOpen(channel);
-      await channel.send(MessageType.openOk);
-      const body = Uint8Array.of(8, 7, 6, 5, 4, 3, 2, 1);
-      await channel.send(MessageType.ping, body);
-      assert.deepEqual(await channel.receive(), { type: MessageType.pong, body });
-      await channel.send(MessageType.close);
-      assert.equal((await channel.receive())?.type, MessageType.close);
-    } finally {
-      channel.close();
-    }
-  })();
+  const fake = fakeServer(key, async (channel) => {
+    const body = Uint8Array.of(8, 7, 6, 5, 4, 3, 2, 1);
+    await channel.send(MessageType.ping, body);
+    assert.deepEqual(await channel.receive(), { type: MessageType.pong, body });
+    await channel.send(MessageType.close);
+    assert.equal((await channel.receive())?.type, MessageType.close);
+  });
   try {
     const session = await connect({
-      server: { host: LOCAL, port: listener.addr.port },
+      server: { host: LOCAL, port: fake.port },
       key,
       ...BOUND,
     });
@@ -664,8 +578,7 @@ Deno.test("ping: a client session answers the server's PING with PONG of the sam
     await session.writable.close();
     assert.equal((await session.ended).error, null);
   } finally {
-    await fakeServer;
-    listener.close();
+    await fake.finished();
   }
 });
 
@@ -696,7 +609,7 @@ Deno.test("regression: REKEY, REKEY, OPEN is refused: the first transport frame 
 
 Deno.test("regression: with --rekey-bytes N a key carries at most N - 1 plaintext bytes, its REKEY included", async () => {
   const { server, key, address } = await startServer();
-  const relay = new RecordingRelay(address.port);
+  const relay = new Relay(address.port);
   const rekeyBytes = 1000;
   try {
     const session = await connect({ server: relay.address, key, rekeyBytes });

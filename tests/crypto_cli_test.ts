@@ -10,28 +10,34 @@ import assert from "node:assert/strict";
 import {
   type Daemon,
   freePort,
+  runArgv,
   runCipherlink,
+  type ServerProcess,
   startDaemon,
+  startServerProcess,
+  type TempKey,
   tempKey,
   waitForLineWithin,
 } from "./process.ts";
-import { randomBytes, sha256Hex } from "./helpers.ts";
+import { MAIN } from "../support/process.ts";
+import { randomBytes, readExactly, readToEnd, sha256Hex } from "./helpers.ts";
 import { openssl, opensslMissing } from "./providers.ts";
 
 const LOCAL = "127.0.0.1";
 const LAUNCHER = new URL("../cipherlink", import.meta.url).pathname;
 const ignore = openssl === null;
-const decoder = new TextDecoder();
 
+/** Runs `run` with a server on `key` started with `args`; the server must exit 0. */
 async function withServer(
+  key: TempKey,
   args: string[],
-  run: (address: string, server: Daemon) => Promise<void>,
+  run: (served: ServerProcess) => Promise<void>,
 ): Promise<void> {
-  const server = await startDaemon(["server", "--listen", `${LOCAL}:0`, ...args]);
+  const served = await startServerProcess({ key, server: args });
   try {
-    await run(`${LOCAL}:${server.port}`, server);
+    await run(served);
   } finally {
-    assert.equal(await server.stop(), 0);
+    assert.equal(await served.stop(), 0);
   }
 }
 
@@ -46,34 +52,12 @@ async function roundTrip(port: number, payload: Uint8Array, socks?: number): Pro
       }
       await conn.closeWrite();
     })();
-    const chunks: Uint8Array[] = [];
-    const buffer = new Uint8Array(65536);
-    for (;;) {
-      const n = await conn.read(buffer);
-      if (n === null) break;
-      chunks.push(buffer.slice(0, n));
-    }
+    const back = await readToEnd(conn);
     await sending;
-    const out = new Uint8Array(chunks.reduce((n, c) => n + c.byteLength, 0));
-    let at = 0;
-    for (const c of chunks) {
-      out.set(c, at);
-      at += c.byteLength;
-    }
-    return out;
+    return back;
   } finally {
     conn.close();
   }
-}
-
-async function readExactly(conn: Deno.Conn, size: number): Promise<Uint8Array> {
-  const out = new Uint8Array(size);
-  for (let at = 0; at < size;) {
-    const n = await conn.read(out.subarray(at));
-    if (n === null) throw new Error(`EOF after ${at} of ${size} bytes`);
-    at += n;
-  }
-  return out;
 }
 
 /** SOCKS5 NO AUTH, CONNECT 127.0.0.1:port; throws unless the reply is success. */
@@ -109,27 +93,19 @@ Deno.test({
     const key = await tempKey();
     try {
       for (const serverCrypto of ["openssl", "webcrypto"]) {
-        await withServer(["--key", key.path, "--crypto", serverCrypto], async (address, server) => {
+        await withServer(key, ["--crypto", serverCrypto], async ({ server, clientArgs }) => {
           await waitForLineWithin(server, new RegExp(`listening on .*crypto=${serverCrypto}`));
           for (const clientCrypto of ["openssl", "webcrypto"]) {
-            const oneShot = await runCipherlink([
-              "client",
-              "--key",
-              key.path,
-              "--server",
-              address,
-              "--crypto",
-              clientCrypto,
-              "hello",
-              clientCrypto,
-            ]);
+            const oneShot = await runCipherlink(
+              clientArgs("--crypto", clientCrypto, "hello", clientCrypto),
+            );
             assert.equal(oneShot.code, 0, oneShot.stderr);
             assert.equal(oneShot.stdout, `hello ${clientCrypto}`);
             const payload = randomBytes(3 * 1024 * 1024 + 7);
-            const piped = await runCipherlink(
-              ["client", "--key", key.path, "--server", address, "--rekey-bytes", "65536"],
-              { stdin: payload, env: { CIPHERLINK_CRYPTO: clientCrypto } },
-            );
+            const piped = await runCipherlink(clientArgs("--rekey-bytes", "65536"), {
+              stdin: payload,
+              env: { CIPHERLINK_CRYPTO: clientCrypto },
+            });
             assert.equal(piped.code, 0, piped.stderr);
             assert.equal(
               await sha256Hex(piped.stdoutBytes),
@@ -153,20 +129,11 @@ Deno.test({
     const target = echoService();
     try {
       await withServer(
-        ["--key", key.path, "--allow", `${LOCAL}:${target.port}`, "--crypto", "webcrypto"],
-        async (address) => {
+        key,
+        ["--allow", `${LOCAL}:${target.port}`, "--crypto", "webcrypto"],
+        async ({ clientArgs }) => {
           for (const mode of ["--listen", "--socks"]) {
-            const client = await startDaemon([
-              "client",
-              "--key",
-              key.path,
-              "--server",
-              address,
-              mode,
-              `${LOCAL}:0`,
-              "--crypto",
-              "openssl",
-            ]);
+            const client = await startDaemon(clientArgs(mode, `${LOCAL}:0`, "--crypto", "openssl"));
             try {
               await waitForLineWithin(client, /listening on .*crypto=openssl/);
               const payload = randomBytes(2 * 1024 * 1024 + 1);
@@ -242,62 +209,38 @@ Deno.test({
   async fn() {
     const key = await tempKey();
     try {
-      await withServer(["--key", key.path, "--crypto", "openssl"], async (address) => {
-        const launched = await new Deno.Command(LAUNCHER, {
-          args: ["client", "--key", key.path, "--server", address, "--crypto", "openssl", "hi"],
-          stdin: "null",
-          stdout: "piped",
-          stderr: "piped",
-        }).output();
-        assert.equal(launched.code, 0, decoder.decode(launched.stderr));
-        assert.equal(decoder.decode(launched.stdout), "hi");
-        const bad = await new Deno.Command(LAUNCHER, {
-          args: [
-            "client",
-            "--key",
-            key.path,
-            "--server",
-            address,
+      await withServer(key, ["--crypto", "openssl"], async ({ clientArgs }) => {
+        const launched = await runArgv([LAUNCHER, ...clientArgs("--crypto", "openssl", "hi")]);
+        assert.equal(launched.code, 0, launched.stderr);
+        assert.equal(launched.stdout, "hi");
+        const bad = await runArgv([
+          LAUNCHER,
+          ...clientArgs(
             "--crypto",
             "openssl",
             "--libcrypto",
             "/nonexistent/libcrypto.so.3",
             "hi",
-          ],
-          stdin: "null",
-          stdout: "piped",
-          stderr: "piped",
-        }).output();
+          ),
+        ]);
         assert.equal(bad.code, 1);
         assert.match(
-          decoder.decode(bad.stderr),
+          bad.stderr,
           /^cipherlink: error: --crypto openssl cannot load \/nonexistent\/libcrypto\.so\.3: .+\n$/,
         );
         // Without openssl the launcher grants no FFI at all: the provider cannot load.
-        const program = new URL("../main.ts", import.meta.url).pathname;
-        const noFfi = await new Deno.Command(Deno.execPath(), {
-          args: [
-            "run",
-            "--no-prompt",
-            "--allow-net",
-            "--allow-read",
-            "--allow-env",
-            program,
-            "client",
-            "--key",
-            key.path,
-            "--server",
-            address,
-            "--crypto",
-            "openssl",
-            "hi",
-          ],
-          stdin: "null",
-          stdout: "piped",
-          stderr: "piped",
-        }).output();
+        const noFfi = await runArgv([
+          Deno.execPath(),
+          "run",
+          "--no-prompt",
+          "--allow-net",
+          "--allow-read",
+          "--allow-env",
+          MAIN,
+          ...clientArgs("--crypto", "openssl", "hi"),
+        ]);
         assert.equal(noFfi.code, 1);
-        assert.match(decoder.decode(noFfi.stderr), /cipherlink: error: .*ffi/i);
+        assert.match(noFfi.stderr, /cipherlink: error: .*ffi/i);
       });
     } finally {
       await key.cleanup();

@@ -9,7 +9,7 @@
  */
 
 import assert from "node:assert/strict";
-import { runCipherlink } from "./process.ts";
+import { runArgv, runCipherlink } from "./process.ts";
 
 const DEPLOY = new URL("../deploy/", import.meta.url).pathname;
 const ROOT = new URL("../", import.meta.url).pathname.replace(/\/$/, "");
@@ -21,14 +21,8 @@ const CHECKOUT = "/opt/cipherlink";
 
 /** `systemd-analyze verify` of one unit file: its output and exit code. */
 async function verify(path: string): Promise<{ code: number; output: string }> {
-  const result = await new Deno.Command("systemd-analyze", {
-    args: ["verify", "--man=no", path],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const output = new TextDecoder().decode(result.stdout) +
-    new TextDecoder().decode(result.stderr);
-  return { code: result.code, output };
+  const result = await runArgv(["systemd-analyze", "verify", "--man=no", path]);
+  return { code: result.code, output: result.stdout + result.stderr };
 }
 
 function directives(unit: string): Map<string, string[]> {

@@ -22,7 +22,14 @@ import type { TunnelStats } from "../lib/tunnel/stats.ts";
 import { Supervisor } from "../lib/ops/supervisor.ts";
 import { SERVICE_TARGET } from "../lib/protocol/target.ts";
 import { randomBytes } from "./helpers.ts";
-import { runCipherlink, startDaemon, tempKey, waitForLineWithin } from "./process.ts";
+import {
+  promtoolCheck,
+  runCipherlink,
+  startDaemon,
+  tempKey,
+  waitForLineWithin,
+  within,
+} from "./process.ts";
 import { LogCapture, startServer } from "./server_fixture.ts";
 
 const LOCAL = "127.0.0.1";
@@ -35,33 +42,6 @@ async function until(condition: () => boolean, what: string, ms = 5000): Promise
     if (performance.now() > deadline) throw new Error(`${what}: not within ${ms} ms`);
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
-}
-
-/** Rejects with `what` if `promise` takes longer than `ms`. */
-async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: not within ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([promise, late]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-async function promtoolCheck(text: string): Promise<{ code: number; output: string }> {
-  const child = new Deno.Command("promtool", {
-    args: ["check", "metrics"],
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const writer = child.stdin.getWriter();
-  await writer.write(encoder.encode(text));
-  await writer.close();
-  const { code, stdout, stderr } = await child.output();
-  return { code, output: new TextDecoder().decode(stdout) + new TextDecoder().decode(stderr) };
 }
 
 function sample(stats: TunnelStats, series: string): number {

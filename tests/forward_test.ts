@@ -8,8 +8,9 @@
 
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { type Daemon, startDaemon, tempKey, within } from "./process.ts";
+import { startTunnel, type Tunnel, within } from "./process.ts";
 import { randomBytes, sha256Hex } from "./helpers.ts";
+import { concat } from "../lib/base/bytes.ts";
 
 const MiB = 1024 * 1024;
 /** No single read in these tests may wait longer: a regression fails instead of hanging. */
@@ -54,10 +55,7 @@ async function readAll(conn: Deno.Conn): Promise<Uint8Array> {
     if (n === null) break;
     parts.push(buffer.slice(0, n));
   }
-  const out = new Uint8Array(parts.reduce((s, p) => s + p.byteLength, 0));
-  let at = 0;
-  for (const p of parts) out.set(p, at), at += p.byteLength;
-  return out;
+  return concat(parts);
 }
 
 function hashOf(chunks: Iterable<Uint8Array>): string {
@@ -67,46 +65,8 @@ function hashOf(chunks: Iterable<Uint8Array>): string {
 }
 
 /** A forward tunnel: server (with `serverArgs`) and a --listen client. */
-async function tunnel(
-  serverArgs: string[],
-  clientArgs: string[] = [],
-): Promise<{ server: Daemon; client: Daemon; port: number; stop(): Promise<void> }> {
-  const key = await tempKey();
-  const server = await startDaemon([
-    "server",
-    "--key",
-    key.path,
-    "--listen",
-    "127.0.0.1:0",
-    ...serverArgs,
-  ]);
-  let client: Daemon;
-  try {
-    client = await startDaemon([
-      "client",
-      "--key",
-      key.path,
-      "--server",
-      `127.0.0.1:${server.port}`,
-      "--listen",
-      "127.0.0.1:0",
-      ...clientArgs,
-    ]);
-  } catch (err) {
-    await server.stop();
-    await key.cleanup();
-    throw err;
-  }
-  return {
-    server,
-    client,
-    port: client.port,
-    async stop() {
-      await client.stop();
-      await server.stop();
-      await key.cleanup();
-    },
-  };
+function tunnel(serverArgs: string[], clientArgs: string[] = []): Promise<Tunnel> {
+  return startTunnel(["--listen", "127.0.0.1:0", ...clientArgs], { server: serverArgs });
 }
 
 const connectTo = (port: number) => Deno.connect({ hostname: "127.0.0.1", port });

@@ -18,16 +18,7 @@ import {
   TRANSPORT_NONCE_SIZE,
 } from "../lib/protocol/frame.ts";
 import { LegacyProtocolError, ProtocolError } from "../lib/base/errors.ts";
-
-/** A raw header with any field values, valid or not. */
-function rawHeader(version: number, nonceSize: number, dataSize: number): Uint8Array {
-  const header = new Uint8Array(HEADER_SIZE);
-  const view = new DataView(header.buffer);
-  view.setUint8(0, version);
-  view.setUint32(1, nonceSize);
-  view.setUint32(5, dataSize);
-  return header;
-}
+import { rawHeader } from "../support/wire.ts";
 
 Deno.test("frame: the limits follow from the 65535-byte Noise message and the 16-byte tag", () => {
   assert.equal(HEADER_SIZE, 9);

@@ -10,45 +10,27 @@
 
 import { concat } from "../lib/base/bytes.ts";
 import assert from "node:assert/strict";
+import { rejectsWith } from "./helpers.ts";
+import fc from "npm:fast-check@3";
 import { type Frame, FrameReader, INITIAL_READ_CAPACITY } from "../lib/protocol/framer.ts";
 import { HEADER_SIZE, MAX_DATA_SIZE, MAX_FRAME_SIZE } from "../lib/protocol/frame.ts";
 import { LegacyProtocolError, ProtocolError, TruncationError } from "../lib/base/errors.ts";
 import { type Readable, readableOf, writeAll } from "../lib/protocol/conn.ts";
+import { rawFrame } from "../support/wire.ts";
 
 /** The framer's buffer may grow to one largest frame plus this much. */
 const FULL_READ_CAPACITY = MAX_FRAME_SIZE + 4096;
 
-/** mulberry32: a small seeded PRNG so that random splits are reproducible. */
-function seededRandom(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** The random splits' fast-check seed: a failure reruns, and shrinks, the same way. */
+const SPLITS_SEED = 1;
 
-/** A whole frame on the wire; `version`, `nonceSize`, `dataSize` may lie. */
-function frameBytes(
-  nonce: Uint8Array,
-  data: Uint8Array,
-  fields: { version?: number; nonceSize?: number; dataSize?: number } = {},
-): Uint8Array {
-  const out = new Uint8Array(HEADER_SIZE + nonce.byteLength + data.byteLength);
-  const view = new DataView(out.buffer);
-  view.setUint8(0, fields.version ?? 2);
-  view.setUint32(1, fields.nonceSize ?? nonce.byteLength);
-  view.setUint32(5, fields.dataSize ?? data.byteLength);
-  out.set(nonce, HEADER_SIZE);
-  out.set(data, HEADER_SIZE + nonce.byteLength);
-  return out;
-}
-
-/** Bytes from a seeded generator (not crypto: the content must be reproducible). */
-function seededBytes(random: () => number, size: number): Uint8Array {
-  return Uint8Array.from({ length: size }, () => Math.floor(random() * 256));
+/**
+ * `size` reproducible bytes, different for each `salt`: the content only has
+ * to tell frames and offsets apart, so a hash of the position does.
+ */
+function saltedBytes(salt: number, size: number): Uint8Array {
+  const mixed = Math.imul(salt + 1, 0x85ebca6b);
+  return Uint8Array.from({ length: size }, (_, i) => (Math.imul(i + 1, 0x9e3779b1) ^ mixed) >>> 24);
 }
 
 interface ExpectedFrame {
@@ -102,23 +84,41 @@ async function readAllFrames(frames: FrameReader, nonceSize: number): Promise<Ex
   }
 }
 
-/** Random transport frames, mostly small, some crossing the initial buffer, a few at the limit. */
-function randomFrames(random: () => number, count: number): ExpectedFrame[] {
-  return Array.from({ length: count }, () => {
-    const roll = random();
-    const size = roll < 0.6
-      ? 16 + Math.floor(random() * 200)
-      : roll < 0.9
-      ? 16 + Math.floor(random() * 9000)
-      : roll < 0.95
-      ? MAX_DATA_SIZE
-      : 0;
-    return { nonce: seededBytes(random, 12), data: seededBytes(random, size) };
-  });
+/**
+ * A transport frame's size and content salt: mostly small, some crossing the
+ * initial buffer, a few at the limit or empty. Kept as numbers so that a
+ * failure prints (and shrinks) short; {@link framesOf} makes the frames.
+ */
+const frameSpec = fc.record({
+  salt: fc.nat(),
+  size: fc.oneof(
+    { weight: 12, arbitrary: fc.integer({ min: 16, max: 215 }) },
+    { weight: 6, arbitrary: fc.integer({ min: 16, max: 9015 }) },
+    { weight: 1, arbitrary: fc.constant(MAX_DATA_SIZE) },
+    { weight: 1, arbitrary: fc.constant(0) },
+  ),
+});
+
+/** The frames `specs` describe. */
+function framesOf(specs: { salt: number; size: number }[]): ExpectedFrame[] {
+  return specs.map(({ salt, size }) => ({
+    nonce: saltedBytes(salt, 12),
+    data: saltedBytes(salt + 1, size),
+  }));
 }
 
+/** Read sizes mixing tiny splits, header-sized splits and reads larger than a frame. */
+const readSizes = fc.array(
+  fc.oneof(
+    { weight: 3, arbitrary: fc.integer({ min: 1, max: 9 }) },
+    { weight: 4, arbitrary: fc.integer({ min: 1, max: 1000 }) },
+    { weight: 3, arbitrary: fc.integer({ min: 1, max: 3 * MAX_FRAME_SIZE }) },
+  ),
+  { minLength: 1, maxLength: 100 },
+);
+
 function wireOf(frames: ExpectedFrame[]): Uint8Array {
-  return concat(frames.map((f) => frameBytes(f.nonce, f.data)));
+  return concat(frames.map((f) => rawFrame(f.nonce, f.data)));
 }
 
 function assertSameFrames(actual: ExpectedFrame[], expected: ExpectedFrame[], label: string) {
@@ -130,16 +130,15 @@ function assertSameFrames(actual: ExpectedFrame[], expected: ExpectedFrame[], la
 }
 
 Deno.test("framer: frames fed one byte at a time come out whole and in order", async () => {
-  const random = seededRandom(7);
   const expected = [
     ...Array.from({ length: 10 }, (_, i) => ({
-      nonce: seededBytes(random, 12),
-      data: seededBytes(random, 16 + i * 37),
+      nonce: saltedBytes(2 * i, 12),
+      data: saltedBytes(2 * i + 1, 16 + i * 37),
     })),
     // Larger than the initial buffer: the framer must grow while bytes trickle in.
-    { nonce: seededBytes(random, 12), data: seededBytes(random, INITIAL_READ_CAPACITY + 500) },
-    { nonce: seededBytes(random, 12), data: new Uint8Array(0) },
-    { nonce: seededBytes(random, 12), data: seededBytes(random, 16) },
+    { nonce: saltedBytes(20, 12), data: saltedBytes(21, INITIAL_READ_CAPACITY + 500) },
+    { nonce: saltedBytes(22, 12), data: new Uint8Array(0) },
+    { nonce: saltedBytes(24, 12), data: saltedBytes(25, 16) },
   ];
   const wire = wireOf(expected);
   const source = new ScriptedSource(wire, () => 1);
@@ -149,33 +148,30 @@ Deno.test("framer: frames fed one byte at a time come out whole and in order", a
 });
 
 Deno.test("framer: seeded random splits of random frames reproduce every frame", async () => {
-  for (let seed = 1; seed <= 25; seed++) {
-    const random = seededRandom(seed);
-    const expected = randomFrames(random, 20);
-    const wire = wireOf(expected);
-    // Mix tiny splits, header-sized splits and reads larger than a frame.
-    const chunkSize = () => {
-      const roll = random();
-      if (roll < 0.3) return 1 + Math.floor(random() * 9);
-      if (roll < 0.7) return 1 + Math.floor(random() * 1000);
-      return 1 + Math.floor(random() * 3 * MAX_FRAME_SIZE);
-    };
-    const source = new ScriptedSource(wire, chunkSize);
-    const frames = new FrameReader(readableOf(source));
-    assertSameFrames(await readAllFrames(frames, 12), expected, `seed ${seed}`);
-    assert.ok(
-      source.largestOffer <= FULL_READ_CAPACITY,
-      `seed ${seed}: the buffer grew to ${source.largestOffer}, past its fixed limit`,
-    );
-  }
+  // A failure prints the seed and the shrunk frames and read sizes.
+  const splits = fc.asyncProperty(
+    fc.array(frameSpec, { minLength: 1, maxLength: 20 }),
+    readSizes,
+    async (specs, sizes) => {
+      const expected = framesOf(specs);
+      let read = 0;
+      const source = new ScriptedSource(wireOf(expected), () => sizes[read++ % sizes.length]);
+      const frames = new FrameReader(readableOf(source));
+      assertSameFrames(await readAllFrames(frames, 12), expected, "random splits");
+      assert.ok(
+        source.largestOffer <= FULL_READ_CAPACITY,
+        `the buffer grew to ${source.largestOffer}, past its fixed limit`,
+      );
+    },
+  );
+  await fc.assert(splits, { seed: SPLITS_SEED, numRuns: 25 });
 });
 
 Deno.test("framer: many frames delivered in one read are all handed out without reading again", async () => {
-  const random = seededRandom(42);
   // As many frames (at most 56 bytes each) as fit the reader's first buffer.
   const expected = Array.from({ length: Math.floor(INITIAL_READ_CAPACITY / 56) }, (_, i) => ({
-    nonce: seededBytes(random, 12),
-    data: seededBytes(random, 16 + (i % 20)),
+    nonce: saltedBytes(2 * i, 12),
+    data: saltedBytes(2 * i + 1, 16 + (i % 20)),
   }));
   const wire = wireOf(expected);
   assert.ok(wire.byteLength < INITIAL_READ_CAPACITY, "the test needs all frames to fit one read");
@@ -201,7 +197,7 @@ Deno.test("framer: many frames delivered in one read are all handed out without 
 Deno.test("framer: a frame's header, nonce and data are views of the exact wire bytes", async () => {
   const nonce = Uint8Array.from({ length: 12 }, (_, i) => i + 1);
   const data = Uint8Array.from({ length: 20 }, (_, i) => 0xa0 + i);
-  const wire = frameBytes(nonce, data);
+  const wire = rawFrame(nonce, data);
   const frames = new FrameReader(readableOf(new ScriptedSource(wire, () => 1000)));
   const frame = await frames.next(12, 16);
   assert.ok(frame);
@@ -211,8 +207,11 @@ Deno.test("framer: a frame's header, nonce and data are views of the exact wire 
 });
 
 Deno.test("framer: a stream that ends between frames is a clean EOF (null), and stays so", async () => {
-  const random = seededRandom(3);
-  const expected = randomFrames(random, 3).map((f) => ({ ...f, data: f.data.subarray(0, 100) }));
+  const [specs] = fc.sample(fc.array(frameSpec, { minLength: 3, maxLength: 3 }), {
+    seed: 3,
+    numRuns: 1,
+  });
+  const expected = framesOf(specs).map((f) => ({ ...f, data: f.data.subarray(0, 100) }));
   const frames = new FrameReader(readableOf(new ScriptedSource(wireOf(expected), () => 50)));
   for (let i = 0; i < expected.length; i++) assert.ok(await frames.next(12, 0), `frame ${i}`);
   assert.equal(await frames.next(12, 0), null);
@@ -225,9 +224,8 @@ Deno.test("framer: an empty stream is a clean EOF", async () => {
 });
 
 Deno.test("framer: EOF inside a frame's header, nonce or data is a TruncationError", async () => {
-  const random = seededRandom(11);
-  const whole = frameBytes(seededBytes(random, 12), seededBytes(random, 100));
-  const good = frameBytes(seededBytes(random, 12), seededBytes(random, 30));
+  const whole = rawFrame(saltedBytes(1, 12), saltedBytes(2, 100));
+  const good = rawFrame(saltedBytes(3, 12), saltedBytes(4, 30));
   for (const cut of [1, 5, HEADER_SIZE - 1, HEADER_SIZE, HEADER_SIZE + 6, whole.byteLength - 1]) {
     for (const chunk of [1, 4096]) {
       const wire = concat([good, whole.subarray(0, cut)]);
@@ -239,20 +237,16 @@ Deno.test("framer: EOF inside a frame's header, nonce or data is a TruncationErr
 });
 
 Deno.test("framer: a failing read is reported as a TruncationError, not a clean end", async () => {
-  const wire = frameBytes(new Uint8Array(12), new Uint8Array(40)).subarray(0, 30);
+  const wire = rawFrame(new Uint8Array(12), new Uint8Array(40)).subarray(0, 30);
   const source = new ScriptedSource(wire, () => 7, new Error("connection reset"));
   const frames = new FrameReader(readableOf(source));
-  await assert.rejects(frames.next(12, 16), (err: unknown) => {
-    assert.ok(err instanceof TruncationError);
-    assert.match(err.message, /connection reset/);
-    return true;
-  });
+  await rejectsWith(frames.next(12, 16), TruncationError, /connection reset/);
 });
 
 /** Headers that must be refused, each with the error class it must raise. */
 const badHeaders: {
   name: string;
-  fields: Parameters<typeof frameBytes>[2];
+  fields: Parameters<typeof rawFrame>[2];
   error: typeof ProtocolError;
 }[] = [
   { name: "version 3", fields: { version: 3 }, error: ProtocolError },
@@ -266,11 +260,10 @@ const badHeaders: {
 ];
 
 Deno.test("framer: a bad header is rejected after exactly 9 bytes, nothing more read or allocated", async () => {
-  const random = seededRandom(5);
   // What follows the header is plenty of bytes the framer must never touch.
-  const body = seededBytes(random, 70000);
+  const body = saltedBytes(5, 70000);
   for (const { name, fields, error } of badHeaders) {
-    const wire = frameBytes(body.subarray(0, 12), body.subarray(12), fields);
+    const wire = rawFrame(body.subarray(0, 12), body.subarray(12), fields);
     for (const [split, chunkSize] of [["one byte", 1], ["header-sized", HEADER_SIZE]] as const) {
       const source = new ScriptedSource(wire, () => chunkSize);
       const frames = new FrameReader(readableOf(source));
@@ -286,9 +279,8 @@ Deno.test("framer: a bad header is rejected after exactly 9 bytes, nothing more 
 });
 
 Deno.test("framer: a bad header after a good frame is judged on its own 9 bytes", async () => {
-  const random = seededRandom(9);
-  const good = frameBytes(seededBytes(random, 12), seededBytes(random, 64));
-  const bad = frameBytes(new Uint8Array(12), new Uint8Array(5000), { dataSize: 0xffffffff });
+  const good = rawFrame(saltedBytes(9, 12), saltedBytes(10, 64));
+  const bad = rawFrame(new Uint8Array(12), new Uint8Array(5000), { dataSize: 0xffffffff });
   const source = new ScriptedSource(concat([good, bad]), () => 1);
   const frames = new FrameReader(readableOf(source));
   assert.ok(await frames.next(12, 16));
@@ -300,7 +292,7 @@ Deno.test("framer: a bad header after a good frame is judged on its own 9 bytes"
 Deno.test("framer: handshake frames are checked against nonce_size 0 and their own minimum", async () => {
   const message1 = new Uint8Array(48).fill(1);
   const frames = new FrameReader(
-    readableOf(new ScriptedSource(frameBytes(new Uint8Array(0), message1), () => 13)),
+    readableOf(new ScriptedSource(rawFrame(new Uint8Array(0), message1), () => 13)),
   );
   const frame = await frames.next(0, 48);
   assert.ok(frame);
@@ -308,17 +300,16 @@ Deno.test("framer: handshake frames are checked against nonce_size 0 and their o
   assert.deepEqual(frame.data, message1);
 
   const short = new FrameReader(
-    readableOf(new ScriptedSource(frameBytes(new Uint8Array(0), new Uint8Array(47)), () => 13)),
+    readableOf(new ScriptedSource(rawFrame(new Uint8Array(0), new Uint8Array(47)), () => 13)),
   );
   await assert.rejects(short.next(0, 48), ProtocolError);
   await short.cancel();
 });
 
 Deno.test("framer: a largest frame grows the buffer only to its fixed limit", async () => {
-  const random = seededRandom(13);
   const expected = [
-    { nonce: seededBytes(random, 12), data: seededBytes(random, MAX_DATA_SIZE) },
-    { nonce: seededBytes(random, 12), data: seededBytes(random, MAX_DATA_SIZE) },
+    { nonce: saltedBytes(1, 12), data: saltedBytes(2, MAX_DATA_SIZE) },
+    { nonce: saltedBytes(3, 12), data: saltedBytes(4, MAX_DATA_SIZE) },
   ];
   const source = new ScriptedSource(wireOf(expected), () => Number.MAX_SAFE_INTEGER);
   assertSameFrames(await readAllFrames(new FrameReader(readableOf(source)), 12), expected, "max");
@@ -343,8 +334,11 @@ async function tcpPair(): Promise<{ client: Deno.TcpConn; server: Deno.TcpConn }
 Deno.test("framer: frames over real TCP arrive whole, EOF is clean, and the socket stays writable", async () => {
   const { client, server } = await tcpPair();
   try {
-    const random = seededRandom(21);
-    const expected = randomFrames(random, 12);
+    const [specs] = fc.sample(fc.array(frameSpec, { minLength: 12, maxLength: 12 }), {
+      seed: 21,
+      numRuns: 1,
+    });
+    const expected = framesOf(specs);
     const wire = wireOf(expected);
     const writer = (async () => {
       // Odd-sized writes so that frames straddle TCP segments.
@@ -383,7 +377,7 @@ Deno.test("framer: frames over real TCP arrive whole, EOF is clean, and the sock
 Deno.test("framer: a TCP peer that closes inside a frame is a TruncationError", async () => {
   const { client, server } = await tcpPair();
   try {
-    const frame = frameBytes(new Uint8Array(12), new Uint8Array(500));
+    const frame = rawFrame(new Uint8Array(12), new Uint8Array(500));
     await writeAll(client, frame.subarray(0, 200));
     client.close();
     const frames = new FrameReader(readableOf(server));

@@ -17,7 +17,7 @@
 import assert from "node:assert/strict";
 import { closeQuietly, writeAll } from "../lib/protocol/conn.ts";
 import { randomBytes, sha256Hex } from "./helpers.ts";
-import { type Daemon, freePort, startDaemon, tempKey } from "./process.ts";
+import { type Daemon, freePort, runArgv, startDaemon, tempKey } from "./process.ts";
 
 const DEPLOY_CONFIG = new URL("../deploy/haproxy.cfg", import.meta.url).pathname;
 const SESSION_BYTES = 256 * 1024;
@@ -382,9 +382,8 @@ Deno.test({
     ) {
       assert.ok(directives.includes(wanted), `deploy/haproxy.cfg lacks "${wanted}"`);
     }
-    const check = await new Deno.Command(HAPROXY!, { args: ["-c", "-f", DEPLOY_CONFIG] }).output();
-    const output = new TextDecoder().decode(check.stdout) + new TextDecoder().decode(check.stderr);
-    assert.equal(check.code, 0, output);
+    const check = await runArgv([HAPROXY!, "-c", "-f", DEPLOY_CONFIG]);
+    assert.equal(check.code, 0, check.stdout + check.stderr);
   },
 });
 

@@ -9,11 +9,10 @@
 
 import assert from "node:assert/strict";
 import { basename, dirname } from "node:path";
-import { copyCheckout } from "./process.ts";
+import { copyCheckout, LineLog, runArgv } from "./process.ts";
 
 /** npm may fetch Deno (tens of MB) on the first run: a generous bound. */
 const FIRST_RUN_MS = 240_000;
-const decoder = new TextDecoder();
 
 /** A PATH with everything of ours except `deno` (dirs holding it are mirrored without it). */
 async function pathWithoutDeno(scratch: string): Promise<string> {
@@ -41,12 +40,10 @@ async function pathWithoutDeno(scratch: string): Promise<string> {
     dirs.push(mirror);
   }
   const path = dirs.join(":");
-  const probe = await new Deno.Command("bash", {
-    args: ["-c", "command -v deno; command -v npm"],
+  const probe = await runArgv(["bash", "-c", "command -v deno; command -v npm"], {
     env: { PATH: path },
-    stdout: "piped",
-  }).output();
-  const found = decoder.decode(probe.stdout);
+  });
+  const found = probe.stdout;
   assert.doesNotMatch(found, /deno/, "the test PATH must not hold deno");
   assert.match(found, /npm/, "the launcher's fallback needs npm on PATH");
   return path;
@@ -77,51 +74,13 @@ function launch(dir: string, path: string, args: string[]): Launched {
     stdout: "null",
     stderr: "piped",
   }).spawn();
-  const lines: string[] = [];
-  const listeners = new Set<() => void>();
-  const drained = (async () => {
-    let pending = "";
-    for await (const chunk of process.stderr.pipeThrough(new TextDecoderStream())) {
-      pending += chunk;
-      const parts = pending.split("\n");
-      pending = parts.pop()!;
-      lines.push(...parts);
-      listeners.forEach((l) => l());
-    }
-    if (pending) lines.push(pending);
-    listeners.forEach((l) => l());
-  })();
+  const log = new LineLog(process.stderr);
   const exited = process.status.then(async (s) => {
-    await drained;
+    await log.drained;
     return s.code;
   });
-  const waitFor = (pattern: RegExp, ms: number) =>
-    new Promise<string>((resolve, reject) => {
-      const check = () => {
-        const line = lines.find((l) => pattern.test(l));
-        if (line) {
-          cleanup();
-          resolve(line);
-        }
-      };
-      const timer = setTimeout(() => {
-        cleanup();
-        reject(new Error(`no line matching ${pattern} within ${ms} ms:\n${lines.join("\n")}`));
-      }, ms);
-      const cleanup = () => {
-        clearTimeout(timer);
-        listeners.delete(check);
-      };
-      listeners.add(check);
-      exited.then(() => {
-        if (listeners.has(check)) {
-          cleanup();
-          reject(new Error(`exited without a line matching ${pattern}:\n${lines.join("\n")}`));
-        }
-      });
-      check();
-    });
-  return { process, lines, waitFor, exited };
+  const waitFor = (pattern: RegExp, ms: number) => log.waitFor(pattern, ms);
+  return { process, lines: log.lines, waitFor, exited };
 }
 
 /** The program the process runs, and its command line. */

@@ -8,6 +8,7 @@
  */
 
 import assert from "node:assert/strict";
+import { runArgv } from "./process.ts";
 
 /** lib/'s layers, bottom first; `mod.ts` at lib/'s top level is above them all. */
 const LAYERS = ["base", "protocol", "tunnel", "ops", "cli", "(lib/ top level)"] as const;
@@ -112,13 +113,9 @@ async function libGraph(): Promise<ImportGraph> {
       entry,
       modules.map((m) => `import ${JSON.stringify(new URL(m, LIB).href)};\n`).join(""),
     );
-    const info = await new Deno.Command(Deno.execPath(), {
-      args: ["info", "--json", entry],
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    assert.equal(info.code, 0, new TextDecoder().decode(info.stderr));
-    const parsed = JSON.parse(new TextDecoder().decode(info.stdout)) as {
+    const info = await runArgv([Deno.execPath(), "info", "--json", entry]);
+    assert.equal(info.code, 0, info.stderr);
+    const parsed = JSON.parse(info.stdout) as {
       modules: {
         specifier: string;
         dependencies?: {
@@ -180,4 +177,35 @@ Deno.test("layers: no lib/ module imports from a layer above its own, and folder
   const graph = await libGraph();
   assert.ok(graph.size > 30, `only ${graph.size} modules found in lib/`);
   assert.deepEqual(layerViolations(graph), []);
+});
+
+/** The lib/ modules README's module table names (rows whose first cell is a `path.ts`). */
+function readmeModules(readme: string): string[] {
+  const start = readme.indexOf("Modules in `lib/`");
+  assert.ok(start >= 0, 'README has no module table ("Modules in `lib/`")');
+  const rows = readme.slice(start).split("\n\n")
+    .find((block) => block.startsWith("| module"));
+  assert.ok(rows, 'README\'s module table follows "Modules in `lib/`"');
+  return rows.split("\n")
+    .map((line) => /^\|\s*`([a-z_/]+\.ts)`\s*\|/.exec(line)?.[1])
+    .filter((path): path is string => path !== undefined)
+    .sort();
+}
+
+Deno.test("layers: README's module table names every lib/ module, once, and no other", async () => {
+  const readme = await Deno.readTextFile(new URL("../README.md", import.meta.url));
+  const named = readmeModules(readme);
+  const modules = await libModules();
+  const twice = named.filter((path, i) => named.indexOf(path) !== i);
+  assert.deepEqual(twice, [], "named twice in README's module table");
+  assert.deepEqual(
+    modules.filter((path) => !named.includes(path)),
+    [],
+    "lib/ modules missing from README's module table",
+  );
+  assert.deepEqual(
+    named.filter((path) => !modules.includes(path)),
+    [],
+    "README's module table names modules lib/ does not have",
+  );
 });

@@ -5,7 +5,16 @@
  */
 
 import assert from "node:assert/strict";
-import { runCipherlink, startDaemon, tempKey } from "./process.ts";
+import {
+  cipherlinkArgv,
+  LINE_DEADLINE_MS,
+  promtoolCheck,
+  runCipherlink,
+  startDaemon,
+  startServerProcess,
+  tempKey,
+  within,
+} from "./process.ts";
 
 async function scrape(
   port: number,
@@ -26,35 +35,13 @@ function sample(body: string, series: string): number {
   return Number(line.slice(series.length + 1));
 }
 
-async function promtoolCheck(text: string): Promise<{ code: number; output: string }> {
-  const child = new Deno.Command("promtool", {
-    args: ["check", "metrics"],
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const writer = child.stdin.getWriter();
-  await writer.write(new TextEncoder().encode(text));
-  await writer.close();
-  const { code, stdout, stderr } = await child.output();
-  return { code, output: new TextDecoder().decode(stdout) + new TextDecoder().decode(stderr) };
-}
-
 const metricsPort = (line: string) =>
   Number(/metrics on http:\/\/\S*:(\d+)\/metrics/.exec(line)![1]);
 
 Deno.test("metrics: counters move as sessions happen and the output passes promtool", async () => {
-  const key = await tempKey();
   const wrong = await tempKey();
-  const server = await startDaemon([
-    "server",
-    "--key",
-    key.path,
-    "--listen",
-    "127.0.0.1:0",
-    "--metrics",
-    "127.0.0.1:0",
-  ]);
+  const served = await startServerProcess({ server: ["--metrics", "127.0.0.1:0"] });
+  const server = served.server;
   try {
     const port = metricsPort(await server.waitForLine(/metrics on /));
     const before = await scrape(port);
@@ -62,28 +49,18 @@ Deno.test("metrics: counters move as sessions happen and the output passes promt
     assert.match(before.type, /^text\/plain; version=0\.0\.4/);
     assert.equal(sample(before.body, 'cipherlink_sessions_total{role="server"}'), 0);
 
-    const address = `127.0.0.1:${server.port}`;
-    const ok = await runCipherlink([
-      "client",
-      "--key",
-      key.path,
-      "--server",
-      address,
-      "twelve bytes",
-    ]);
+    const ok = await runCipherlink(served.clientArgs("twelve bytes"));
     assert.equal(ok.code, 0, ok.stderr);
-    const bad = await runCipherlink(["client", "--key", wrong.path, "--server", address, "x"]);
-    assert.equal(bad.code, 1);
-    const refused = await runCipherlink([
+    const bad = await runCipherlink([
       "client",
       "--key",
-      key.path,
+      wrong.path,
       "--server",
-      address,
-      "--connect",
-      "127.0.0.1:9",
+      served.address,
       "x",
     ]);
+    assert.equal(bad.code, 1);
+    const refused = await runCipherlink(served.clientArgs("--connect", "127.0.0.1:9", "x"));
     assert.equal(refused.code, 1);
     await server.waitForLine(/open refused by policy/);
 
@@ -106,40 +83,23 @@ Deno.test("metrics: counters move as sessions happen and the output passes promt
     assert.equal(check.code, 0, check.output);
     assert.equal((await scrape(port, "/nope")).status, 404);
   } finally {
-    await server.stop();
-    await key.cleanup();
+    await served.stop();
     await wrong.cleanup();
   }
 });
 
 Deno.test("metrics: /healthz is 200 while accepting and 503 while draining", async () => {
-  const key = await tempKey();
-  const server = await startDaemon([
-    "server",
-    "--key",
-    key.path,
-    "--listen",
-    "127.0.0.1:0",
-    "--metrics",
-    "127.0.0.1:0",
-    "--drain-timeout",
-    "30",
-  ]);
+  const served = await startServerProcess({
+    server: ["--metrics", "127.0.0.1:0", "--drain-timeout", "30"],
+  });
+  const server = served.server;
   try {
     const port = metricsPort(await server.waitForLine(/metrics on /));
     assert.deepEqual(await scrape(port, "/healthz").then((r) => [r.status, r.body]), [200, "ok\n"]);
     // Hold a session open (pipe mode waits on stdin) so the drain has something to wait for.
-    const holder = new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "-A",
-        new URL("../main.ts", import.meta.url).pathname,
-        "client",
-        "--key",
-        key.path,
-        "--server",
-        `127.0.0.1:${server.port}`,
-      ],
+    const [command, ...args] = cipherlinkArgv(served.clientArgs());
+    const holder = new Deno.Command(command, {
+      args,
       stdin: "piped",
       stdout: "piped",
       stderr: "piped",
@@ -151,34 +111,18 @@ Deno.test("metrics: /healthz is 200 while accepting and 503 while draining", asy
     assert.equal(during.status, 503);
     assert.equal(during.body, "draining\n");
     await holder.stdin.close();
-    const result = await holder.output();
+    const result = await within(holder.output(), LINE_DEADLINE_MS, "the holding client's exit");
     assert.equal(result.code, 0);
   } finally {
-    assert.equal(await server.stop(), 0);
-    await key.cleanup();
+    assert.equal(await served.stop(), 0);
   }
 });
 
 Deno.test("logs: --log-format json gives one JSON object per line with stable fields", async () => {
-  const key = await tempKey();
-  const server = await startDaemon([
-    "server",
-    "--key",
-    key.path,
-    "--listen",
-    "127.0.0.1:0",
-    "--log-format",
-    "json",
-  ]);
+  const served = await startServerProcess({ server: ["--log-format", "json"] });
+  const server = served.server;
   try {
-    const reply = await runCipherlink([
-      "client",
-      "--key",
-      key.path,
-      "--server",
-      `127.0.0.1:${server.port}`,
-      "hi",
-    ]);
+    const reply = await runCipherlink(served.clientArgs("hi"));
     assert.equal(reply.code, 0, reply.stderr);
     const end = JSON.parse(await server.waitForLine(/"msg":"session end"/));
     assert.equal(typeof end.time, "string");
@@ -189,8 +133,7 @@ Deno.test("logs: --log-format json gives one JSON object per line with stable fi
     assert.equal(end.bytes_out, 2);
     assert.equal(end.outcome, "ok");
   } finally {
-    await server.stop();
-    await key.cleanup();
+    await served.stop();
   }
   for (const line of server.lines.filter((l) => l.trim() !== "")) {
     const record = JSON.parse(line);

@@ -6,6 +6,7 @@
 
 import assert from "node:assert/strict";
 import { AuthenticationError, connect, forward, Logger, TunnelServer } from "../lib/mod.ts";
+import { runArgv } from "./process.ts";
 
 Deno.test("mod: forward() does one encrypted round trip through an in-process TunnelServer", async () => {
   const key = crypto.getRandomValues(new Uint8Array(32));
@@ -41,19 +42,14 @@ Deno.test("mod: forward() does one encrypted round trip through an in-process Tu
 });
 
 Deno.test("mod: the usage example in lib/mod.ts type-checks and runs (deno test --doc)", async () => {
-  const run = await new Deno.Command(Deno.execPath(), {
-    args: [
-      "test",
-      "--doc",
-      "--allow-net=127.0.0.1",
-      new URL("../lib/mod.ts", import.meta.url).pathname,
-    ],
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-    signal: AbortSignal.timeout(60_000),
-  }).output();
-  const output = new TextDecoder().decode(run.stdout) + new TextDecoder().decode(run.stderr);
+  const run = await runArgv([
+    Deno.execPath(),
+    "test",
+    "--doc",
+    "--allow-net=127.0.0.1",
+    new URL("../lib/mod.ts", import.meta.url).pathname,
+  ], { ms: 60_000 });
+  const output = run.stdout + run.stderr;
   assert.equal(run.code, 0, output);
   assert.match(output, /1 passed/, output);
 });

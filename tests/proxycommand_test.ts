@@ -12,11 +12,13 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import {
   cipherlinkArgv,
-  type Daemon,
   freePort,
-  startDaemon,
-  tempKey,
+  LineLog,
+  runArgv,
+  type ServerProcess,
+  startServerProcess,
   waitForLineWithin,
+  within,
 } from "./process.ts";
 import { randomBytes, sha256Hex } from "./helpers.ts";
 
@@ -24,68 +26,6 @@ const SSHD = "/usr/sbin/sshd";
 const SSH = "/usr/bin/ssh";
 const SSH_KEYGEN = "/usr/bin/ssh-keygen";
 const encoder = new TextEncoder();
-
-/** Rejects with `what` if `promise` has not settled within `ms`: a bound, never a pacing. */
-async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: not within ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-/** A process's stderr, collected as lines. */
-class LineLog {
-  readonly lines: string[] = [];
-  readonly drained: Promise<void>;
-  #reader: ReadableStreamDefaultReader<string>;
-  #waiters: { pattern: RegExp; resolve: (line: string) => void }[] = [];
-
-  constructor(stream: ReadableStream<Uint8Array>) {
-    this.#reader = stream.pipeThrough(new TextDecoderStream()).getReader();
-    this.drained = this.#drain();
-  }
-
-  async #drain(): Promise<void> {
-    let pending = "";
-    for (;;) {
-      const { value, done } = await this.#reader.read().catch(() => ({ value: "", done: true }));
-      if (done) return;
-      pending += value;
-      const parts = pending.split("\n");
-      pending = parts.pop()!;
-      for (const line of parts) {
-        this.lines.push(line);
-        for (const waiter of this.#waiters.filter((w) => w.pattern.test(line))) {
-          this.#waiters.splice(this.#waiters.indexOf(waiter), 1);
-          waiter.resolve(line);
-        }
-      }
-    }
-  }
-
-  /** The first line matching `pattern`, past or future, within `ms`. */
-  waitFor(pattern: RegExp, ms = 5000): Promise<string> {
-    const seen = this.lines.find((l) => pattern.test(l));
-    if (seen) return Promise.resolve(seen);
-    const { promise, resolve } = Promise.withResolvers<string>();
-    this.#waiters.push({ pattern, resolve });
-    return within(promise, ms, `a line matching ${pattern} in:\n${this.lines.join("\n")}`);
-  }
-
-  /**
-   * Waits for EOF for up to `ms`, then stops reading: a grandchild that
-   * inherited the stream must not keep the test waiting.
-   */
-  async close(ms = 2000): Promise<void> {
-    await within(this.drained, ms, "stderr EOF").catch(() => this.#reader.cancel());
-    await this.drained;
-  }
-}
 
 /** What the banner-and-hash service saw of its one connection. */
 interface Seen {
@@ -134,79 +74,17 @@ async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
   for (let at = 0; at < bytes.byteLength;) at += await conn.write(bytes.subarray(at));
 }
 
-/** How a bounded run ended. */
-interface RunOutput {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-/**
- * Runs `argv` to completion, feeding `stdin` (or none), and kills it if it has
- * not exited within `ms`: a bound against a hang, never a pacing.
- */
-async function runBounded(
-  argv: string[],
-  stdin: Uint8Array | null,
-  ms = 20_000,
-): Promise<RunOutput> {
-  const [command, ...args] = argv;
-  const child = new Deno.Command(command, {
-    args,
-    stdin: stdin ? "piped" : "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const writing = stdin
-    ? (async () => {
-      const writer = child.stdin.getWriter();
-      await writer.write(stdin);
-      await writer.close();
-    })()
-    : Promise.resolve();
-  const output = child.output();
-  try {
-    const { code, stdout, stderr } = await within(output, ms, argv.join(" "));
-    const decoder = new TextDecoder();
-    return { code, stdout: decoder.decode(stdout), stderr: decoder.decode(stderr) };
-  } finally {
-    try {
-      child.kill("SIGKILL");
-    } catch {
-      // Already exited.
-    }
-    await output.catch(() => {});
-    await writing.catch(() => {});
-  }
-}
-
 Deno.test("proxycommand: pipe mode carries banner, 6 MiB up, and the reply sent after stdin's EOF", async () => {
   const banner = "SSH-2.0-banner-hash-service\r\n";
   const service = bannerHashService(banner);
-  const key = await tempKey();
-  let server: Daemon | undefined;
+  let served: ServerProcess | undefined;
   try {
-    server = await startDaemon([
-      "server",
-      "--key",
-      key.path,
-      "--listen",
-      "127.0.0.1:0",
-      "--allow",
-      `127.0.0.1:${service.port}`,
-    ]);
+    served = await startServerProcess({ server: ["--allow", `127.0.0.1:${service.port}`] });
+    const server = served.server;
     const upload = randomBytes(6 * 1024 * 1024 + 5);
-    const result = await runBounded(
-      cipherlinkArgv([
-        "client",
-        "--key",
-        key.path,
-        "--server",
-        `127.0.0.1:${server.port}`,
-        "--connect",
-        `127.0.0.1:${service.port}`,
-      ]),
-      upload,
+    const result = await runArgv(
+      cipherlinkArgv(served.clientArgs("--connect", `127.0.0.1:${service.port}`)),
+      { stdin: upload, ms: 20_000 },
     );
     const seen = await within(service.seen, 5000, "the service's reply");
     // The service saw stdin's EOF and every byte before it; the EOF was a
@@ -223,9 +101,8 @@ Deno.test("proxycommand: pipe mode carries banner, 6 MiB up, and the reply sent 
     );
   } finally {
     service.close();
-    await server?.stop();
+    await served?.stop();
     await service.seen.catch(() => {});
-    await key.cleanup();
   }
 });
 
@@ -249,32 +126,18 @@ async function endProxyCommandWith(signal: "SIGHUP" | "SIGKILL"): Promise<void> 
       conn.close();
     }
   })();
-  const key = await tempKey();
-  let server: Daemon | undefined;
+  let served: ServerProcess | undefined;
   let client: Deno.ChildProcess | undefined;
   let clientLog: LineLog | undefined;
   try {
-    server = await startDaemon([
-      "server",
-      "--key",
-      key.path,
-      "--listen",
-      "127.0.0.1:0",
-      "--allow",
-      `127.0.0.1:${listener.addr.port}`,
-    ]);
-    const [command, ...args] = cipherlinkArgv([
-      "client",
-      "--key",
-      key.path,
-      "--server",
-      `127.0.0.1:${server.port}`,
-      "--connect",
-      `127.0.0.1:${listener.addr.port}`,
-    ]);
+    served = await startServerProcess({ server: ["--allow", `127.0.0.1:${listener.addr.port}`] });
+    const server = served.server;
+    const [command, ...args] = cipherlinkArgv(
+      served.clientArgs("--connect", `127.0.0.1:${listener.addr.port}`),
+    );
     client = new Deno.Command(command, { args, stdin: "piped", stdout: "piped", stderr: "piped" })
       .spawn();
-    clientLog = new LineLog(client.stderr);
+    clientLog = new LineLog(client.stderr, 5000);
     const stdout = client.stdout.pipeThrough(new TextDecoderStream()).getReader();
     let received = "";
     while (received.length < banner.length) {
@@ -313,9 +176,8 @@ async function endProxyCommandWith(signal: "SIGHUP" | "SIGKILL"): Promise<void> 
     }
     listener.close();
     // Killed outright: if this test failed, the server may be the stuck part.
-    await server?.stop("SIGKILL");
+    await served?.stop("SIGKILL");
     await targetEnded.catch(() => {});
-    await key.cleanup();
   }
 }
 
@@ -342,15 +204,9 @@ async function requireOpenSsh(): Promise<void> {
 
 /** Runs a helper program to completion; asserts it succeeded; resolves its stdout. */
 async function run(command: string, args: string[]): Promise<string> {
-  const { code, stdout, stderr } = await new Deno.Command(command, {
-    args,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const decoder = new TextDecoder();
-  assert.equal(code, 0, `${command} ${args.join(" ")}: ${decoder.decode(stderr)}`);
-  return decoder.decode(stdout);
+  const { code, stdout, stderr } = await runArgv([command, ...args], { ms: 20_000 });
+  assert.equal(code, 0, `${command} ${args.join(" ")}: ${stderr}`);
+  return stdout;
 }
 
 /** Single-quotes `word` for the POSIX shell ssh runs ProxyCommand with. */
@@ -400,7 +256,7 @@ async function startSshd(dir: string, userPublicKey: string): Promise<Sshd> {
     stdout: "null",
     stderr: "piped",
   }).spawn();
-  const log = new LineLog(process.stderr);
+  const log = new LineLog(process.stderr, 5000);
   const stop = async () => {
     try {
       process.kill("SIGTERM");
@@ -426,29 +282,20 @@ async function startSshd(dir: string, userPublicKey: string): Promise<Sshd> {
 Deno.test("proxycommand: a real ssh logs in to a real sshd through the tunnel", async () => {
   await requireOpenSsh();
   const dir = await Deno.makeTempDir({ prefix: "cipherlink-ssh-" });
-  const key = await tempKey();
   let sshd: Sshd | undefined;
-  let server: Daemon | undefined;
+  let served: ServerProcess | undefined;
   try {
     await run(SSH_KEYGEN, ["-q", "-t", "ed25519", "-N", "", "-f", `${dir}/user_key`]);
     sshd = await startSshd(dir, await Deno.readTextFile(`${dir}/user_key.pub`));
-    server = await startDaemon([
-      "server",
-      "--key",
-      key.path,
-      "--listen",
-      "127.0.0.1:0",
-      "--allow",
-      `127.0.0.1:${sshd.port}`,
-    ]);
+    served = await startServerProcess({ server: ["--allow", `127.0.0.1:${sshd.port}`] });
+    const server = served.server;
     const proxyCommand = [
-      ...cipherlinkArgv(["client", "--key", key.path, "--server", `127.0.0.1:${server.port}`])
-        .map(shellQuote),
+      ...cipherlinkArgv(served.clientArgs()).map(shellQuote),
       "--connect",
       "%h:%p",
     ].join(" ");
     const user = (await run("id", ["-un"])).trim();
-    const ssh = await runBounded(
+    const ssh = await runArgv(
       [
         SSH,
         "-F",
@@ -472,7 +319,7 @@ Deno.test("proxycommand: a real ssh logs in to a real sshd through the tunnel", 
         `${user}@127.0.0.1`,
         "echo tunnelled-ok",
       ],
-      null,
+      { ms: 20_000 },
     );
     assert.equal(ssh.code, 0, `ssh: ${ssh.stderr}\nsshd:\n${sshd.log.lines.join("\n")}`);
     assert.equal(ssh.stdout, "tunnelled-ok\n");
@@ -489,9 +336,8 @@ Deno.test("proxycommand: a real ssh logs in to a real sshd through the tunnel", 
     await waitForLineWithin(server, /session end .*outcome=(ok|error)/);
     await sshd.log.waitFor(/(Disconnected from|Connection closed by|Connection reset by) /);
   } finally {
-    await server?.stop();
+    await served?.stop();
     await sshd?.stop();
-    await key.cleanup();
     await Deno.remove(dir, { recursive: true });
   }
 });

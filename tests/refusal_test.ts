@@ -8,7 +8,13 @@
  */
 
 import assert from "node:assert/strict";
-import { freePort, runCipherlink, startDaemon, tempKey, waitForLineWithin } from "./process.ts";
+import {
+  freePort,
+  runCipherlink,
+  startServerProcess,
+  startTunnel,
+  waitForLineWithin,
+} from "./process.ts";
 
 /** Runs of each case: the old code failed about a quarter of them. */
 const RUNS = 16;
@@ -24,19 +30,10 @@ async function inBatches(count: number, width: number, task: (i: number) => Prom
 }
 
 Deno.test("refusal: pipe mode and one-shot with data queued report the server's ERROR 2, not a broken pipe", async () => {
-  const key = await tempKey();
   // No --allow: every OPEN 0x01 is refused with ERROR 2.
-  const server = await startDaemon(["server", "--key", key.path, "--listen", "127.0.0.1:0"]);
+  const served = await startServerProcess();
   try {
-    const common = [
-      "client",
-      "--key",
-      key.path,
-      "--server",
-      `127.0.0.1:${server.port}`,
-      "--connect",
-      `127.0.0.1:${freePort()}`,
-    ];
+    const common = served.clientArgs("--connect", `127.0.0.1:${freePort()}`);
     await inBatches(RUNS, 4, async (i) => {
       const result = i % 4 === 3
         ? await runCipherlink([...common, "x".repeat(100_000)])
@@ -48,25 +45,18 @@ Deno.test("refusal: pipe mode and one-shot with data queued report the server's 
       );
     });
   } finally {
-    await server.stop();
-    await key.cleanup();
+    await served.stop();
   }
 });
 
 Deno.test("refusal: the port forward logs the server's ERROR 2 for sessions whose data was already flowing, and no 'session open'", async () => {
-  const key = await tempKey();
-  const server = await startDaemon(["server", "--key", key.path, "--listen", "127.0.0.1:0"]);
-  const forwarder = await startDaemon([
-    "client",
-    "--key",
-    key.path,
-    "--server",
-    `127.0.0.1:${server.port}`,
+  const tunnel = await startTunnel([
     "--connect",
     `127.0.0.1:${freePort()}`,
     "--listen",
     "127.0.0.1:0",
   ]);
+  const forwarder = tunnel.client;
   try {
     await inBatches(RUNS, 4, async () => {
       const conn = await Deno.connect({ hostname: "127.0.0.1", port: forwarder.port });
@@ -92,24 +82,13 @@ Deno.test("refusal: the port forward logs the server's ERROR 2 for sessions whos
     assert.equal(ended().length, RUNS);
     assert.deepEqual(forwarder.lines.filter((l) => /session open/.test(l)), []);
   } finally {
-    await forwarder.stop();
-    await server.stop();
-    await key.cleanup();
+    await tunnel.stop();
   }
 });
 
 Deno.test("refusal: a SOCKS5 request with data right behind it gets reply 0x02 (not allowed) and the log says ERROR 2", async () => {
-  const key = await tempKey();
-  const server = await startDaemon(["server", "--key", key.path, "--listen", "127.0.0.1:0"]);
-  const socks = await startDaemon([
-    "client",
-    "--key",
-    key.path,
-    "--server",
-    `127.0.0.1:${server.port}`,
-    "--socks",
-    "127.0.0.1:0",
-  ]);
+  const tunnel = await startTunnel(["--socks", "127.0.0.1:0"]);
+  const socks = tunnel.client;
   try {
     const port = freePort();
     await inBatches(RUNS / 2, 4, async () => {
@@ -136,8 +115,6 @@ Deno.test("refusal: a SOCKS5 request with data right behind it gets reply 0x02 (
     assert.match(line, /server error 2/);
     assert.ok(!socks.lines.some((l) => /Broken pipe|session open/.test(l)), socks.lines.join("\n"));
   } finally {
-    await socks.stop();
-    await server.stop();
-    await key.cleanup();
+    await tunnel.stop();
   }
 });

@@ -1,6 +1,7 @@
 /**
  * An in-process TunnelServer on 127.0.0.1 with a fresh key and a captured
- * log, and a recording forward target, for tests that drive the protocol by hand. Tests await log lines
+ * log, a recording forward target, and a recording (optionally tampering)
+ * relay, for tests that drive the protocol by hand. Tests await log lines
  * (bounded, so a missing line fails instead of hanging), never sleep.
  * @module
  */
@@ -10,64 +11,24 @@ import { Logger } from "../lib/base/log.ts";
 import { type ServerOptions, TunnelServer } from "../lib/tunnel/server.ts";
 import type { HostPort } from "../lib/protocol/hostport.ts";
 import { randomBytes } from "./helpers.ts";
+import { LineLog } from "./process.ts";
 
 const LOCAL = "127.0.0.1";
 
-/** Collects a logger's lines (at the server's default level); tests await the lines they expect. */
-export class LogCapture {
-  readonly lines: string[] = [];
+/**
+ * Collects a logger's lines (at the server's default level); tests await the
+ * lines they expect, each within 5 s unless they name their own bound.
+ */
+export class LogCapture extends LineLog {
   readonly logger: Logger;
-  #waiters: { pattern: RegExp; resolve: (line: string) => void }[] = [];
 
   constructor() {
-    this.logger = new Logger("info", "text", (line) => {
-      this.lines.push(line);
-      for (const waiter of this.#waiters.filter((w) => w.pattern.test(line))) {
-        this.#waiters.splice(this.#waiters.indexOf(waiter), 1);
-        waiter.resolve(line);
-      }
-    });
-  }
-
-  /**
-   * Resolves the first line, logged already or later, matching `pattern`;
-   * rejects after `boundMs` so that a missing line fails instead of hanging.
-   */
-  waitFor(pattern: RegExp, boundMs = 5000): Promise<string> {
-    const seen = this.lines.find((line) => pattern.test(line));
-    return seen ? Promise.resolve(seen) : this.#next(pattern, boundMs);
-  }
-
-  /** Resolves once `count` lines match `pattern`, each awaited within `boundMs`. */
-  async waitForCount(pattern: RegExp, count: number, boundMs = 5000): Promise<void> {
-    while (this.lines.filter((line) => pattern.test(line)).length < count) {
-      await this.#next(pattern, boundMs);
-    }
-  }
-
-  /** The next line to be logged that matches `pattern`, within `boundMs`. */
-  #next(pattern: RegExp, boundMs: number): Promise<string> {
-    return new Promise((resolve, reject) => {
-      const waiter = {
-        pattern,
-        resolve: (line: string) => {
-          clearTimeout(timer);
-          resolve(line);
-        },
-      };
-      const timer = setTimeout(() => {
-        this.#waiters.splice(this.#waiters.indexOf(waiter), 1);
-        reject(
-          new Error(
-            `no log line matched ${pattern} within ${boundMs} ms:\n${this.lines.join("\n")}`,
-          ),
-        );
-      }, boundMs);
-      this.#waiters.push(waiter);
-    });
+    super(null, 5000);
+    this.logger = new Logger("info", "text", (line) => this.add(line));
   }
 }
 
+/** A started in-process server and what a test needs to reach it. */
 export interface Fixture {
   server: TunnelServer;
   log: LogCapture;
@@ -92,21 +53,15 @@ export async function startServer(
 }
 
 /**
- * A forward target on 127.0.0.1 that records what each connection sent and
- * echoes it back, or stays silent (answers nothing, waits for EOF).
+ * A listener on 127.0.0.1 that hands every connection to `serve`; `idle()`
+ * awaits the connections so far, `close()` stops accepting and awaits them.
  */
-export class Upstream {
-  readonly received: Uint8Array[][] = [];
-  readonly #echo: boolean;
+abstract class LoopbackService {
   readonly #listener = Deno.listen({ hostname: LOCAL, port: 0 });
-  readonly #open = new Set<Deno.TcpConn>();
   readonly #served: Promise<void>[] = [];
-  readonly #accepting: Promise<void>;
-
-  constructor(mode: "echo" | "silent" = "echo") {
-    this.#echo = mode === "echo";
-    this.#accepting = this.#accept();
-  }
+  // Accepting starts at once; the first serve() call waits for a connection,
+  // so it always runs after the subclass's constructor.
+  readonly #accepting: Promise<void> = this.#accept();
 
   get address(): HostPort {
     return { host: LOCAL, port: this.#listener.addr.port };
@@ -120,9 +75,15 @@ export class Upstream {
   async close(): Promise<void> {
     this.#listener.close();
     await this.#accepting;
-    for (const conn of this.#open) closeQuietly(conn);
-    await Promise.all(this.#served);
+    this.closing();
+    await this.idle();
   }
+
+  /** Serves one accepted connection to its end. */
+  protected abstract serve(conn: Deno.TcpConn): Promise<void>;
+
+  /** Called once the listener is closed, before the connections are awaited. */
+  protected closing(): void {}
 
   async #accept(): Promise<void> {
     for (;;) {
@@ -132,11 +93,35 @@ export class Upstream {
       } catch {
         return; // closed
       }
-      const chunks: Uint8Array[] = [];
-      this.received.push(chunks);
-      this.#open.add(conn);
-      this.#served.push(this.#serve(conn, chunks));
+      this.#served.push(this.serve(conn));
     }
+  }
+}
+
+/**
+ * A forward target on 127.0.0.1 that records what each connection sent and
+ * echoes it back, or stays silent (answers nothing, waits for EOF).
+ */
+export class Upstream extends LoopbackService {
+  readonly received: Uint8Array[][] = [];
+  readonly #echo: boolean;
+  readonly #open = new Set<Deno.TcpConn>();
+
+  constructor(mode: "echo" | "silent" = "echo") {
+    super();
+    this.#echo = mode === "echo";
+  }
+
+  /** Connections still open are cut: a silent target would otherwise wait forever. */
+  protected override closing(): void {
+    for (const conn of this.#open) closeQuietly(conn);
+  }
+
+  protected serve(conn: Deno.TcpConn): Promise<void> {
+    const chunks: Uint8Array[] = [];
+    this.received.push(chunks);
+    this.#open.add(conn);
+    return this.#serve(conn, chunks);
   }
 
   async #serve(conn: Deno.TcpConn, chunks: Uint8Array[]): Promise<void> {
@@ -155,5 +140,74 @@ export class Upstream {
       this.#open.delete(conn);
       closeQuietly(conn);
     }
+  }
+}
+
+/** One byte a {@link Relay} changes in flight: its direction ("up" is client to server), offset and XOR mask. */
+export interface Flip {
+  direction: "up" | "down";
+  offset: number;
+  mask: number;
+}
+
+/** Copies `from` to `to`, XORing the byte at `flip` (if any), records what it passed on, then half-closes. */
+async function relayOneWay(
+  from: Deno.TcpConn,
+  to: Deno.TcpConn,
+  record: Uint8Array[],
+  flip: { offset: number; mask: number } | null,
+): Promise<void> {
+  const buffer = new Uint8Array(64 * 1024);
+  let passed = 0;
+  try {
+    for (;;) {
+      const n = await from.read(buffer);
+      if (n === null) break;
+      const chunk = buffer.slice(0, n);
+      if (flip !== null && flip.offset >= passed && flip.offset < passed + n) {
+        chunk[flip.offset - passed] ^= flip.mask;
+      }
+      passed += n;
+      record.push(chunk);
+      await writeAll(to, chunk);
+    }
+    await to.closeWrite();
+  } catch {
+    closeQuietly(from);
+    closeQuietly(to);
+  }
+}
+
+/**
+ * A TCP relay on 127.0.0.1 in front of `targetPort`: records both directions
+ * of every connection it carries, and may change one byte in flight.
+ */
+export class Relay extends LoopbackService {
+  readonly recordings: { up: Uint8Array[]; down: Uint8Array[] }[] = [];
+  readonly #targetPort: number;
+  readonly #flip: Flip | null;
+
+  constructor(targetPort: number, flip: Flip | null = null) {
+    super();
+    this.#targetPort = targetPort;
+    this.#flip = flip;
+  }
+
+  protected serve(client: Deno.TcpConn): Promise<void> {
+    const recording = { up: [], down: [] };
+    this.recordings.push(recording);
+    return this.#relay(client, recording);
+  }
+
+  async #relay(client: Deno.TcpConn, recording: { up: Uint8Array[]; down: Uint8Array[] }) {
+    const server = await Deno.connect({ hostname: LOCAL, port: this.#targetPort });
+    const flipIn = (direction: Flip["direction"]) =>
+      this.#flip?.direction === direction ? this.#flip : null;
+    await Promise.all([
+      relayOneWay(client, server, recording.up, flipIn("up")),
+      relayOneWay(server, client, recording.down, flipIn("down")),
+    ]);
+    closeQuietly(client);
+    closeQuietly(server);
   }
 }

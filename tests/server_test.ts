@@ -15,42 +15,22 @@ import { closeQuietly, writeAll } from "../lib/protocol/conn.ts";
 import { ErrorCode, RemoteError } from "../lib/base/errors.ts";
 import type { Session } from "../lib/tunnel/session.ts";
 import type { HostPort } from "../lib/protocol/hostport.ts";
-import { randomBytes } from "./helpers.ts";
+import { randomBytes, readToEnd } from "./helpers.ts";
 import { startServer, Upstream } from "./server_fixture.ts";
+import { rawHeader } from "../support/wire.ts";
 
 const LOCAL = "127.0.0.1";
 const encoder = new TextEncoder();
-
-/** Reads until EOF; a reset ends the stream too. */
-async function readUntilEnd(conn: Deno.TcpConn): Promise<Uint8Array> {
-  const chunks: Uint8Array[] = [];
-  const buffer = new Uint8Array(4096);
-  for (;;) {
-    const n = await conn.read(buffer).catch(() => null);
-    if (n === null) return concat(chunks);
-    chunks.push(buffer.slice(0, n));
-  }
-}
 
 /** Connects as a raw client, sends `bytes` (if any), and resolves what came back before the close. */
 async function rawExchange(port: number, bytes?: Uint8Array): Promise<Uint8Array> {
   const conn = await Deno.connect({ hostname: LOCAL, port });
   try {
     if (bytes) await writeAll(conn, bytes);
-    return await readUntilEnd(conn);
+    return await readToEnd(conn, { resetEnds: true });
   } finally {
     closeQuietly(conn);
   }
-}
-
-/** A 9-byte frame header with any field values, valid or not. */
-function header(version: number, nonceSize: number, dataSize: number): Uint8Array {
-  const bytes = new Uint8Array(9);
-  const view = new DataView(bytes.buffer);
-  view.setUint8(0, version);
-  view.setUint32(1, nonceSize);
-  view.setUint32(5, dataSize);
-  return bytes;
 }
 
 /** A session that echoed one round trip, so the server holds it as open. */
@@ -85,7 +65,7 @@ Deno.test("header: a version-1 packet is dropped after its 9 header bytes; the d
   try {
     assert.equal(log.logger.level, "info", "the server's default log level");
     // The prototype's SecretBox packet: version 1, a 24-byte nonce, the box.
-    const reply = await rawExchange(address.port, header(1, 24, 40));
+    const reply = await rawExchange(address.port, rawHeader(1, 24, 40));
     assert.equal(reply.byteLength, 0, "no reply");
     assert.equal(server.stats.handshakesTimedOut, 0, "dropped on the header, not by the timeout");
     assert.equal(server.stats.handshakesFailed, 1);
@@ -101,11 +81,11 @@ Deno.test("header: a wrong version or nonce_size, or a data_size over 65535 or u
   const { server, key, log, address } = await startServer({ handshakeTimeoutMs: 10_000 });
   try {
     const cases: [Uint8Array, RegExp][] = [
-      [header(3, 0, 48), /unsupported protocol version 3/],
-      [header(2, 12, 48), /nonce_size 12 where 0 was expected/],
-      [header(2, 0, 65536), /data_size 65536 exceeds the limit of 65535/],
-      [header(2, 0, 0xffffffff), /data_size 4294967295 exceeds/],
-      [header(2, 0, 47), /data_size 47 is below the minimum of 48/],
+      [rawHeader(3, 0, 48), /unsupported protocol version 3/],
+      [rawHeader(2, 12, 48), /nonce_size 12 where 0 was expected/],
+      [rawHeader(2, 0, 65536), /data_size 65536 exceeds the limit of 65535/],
+      [rawHeader(2, 0, 0xffffffff), /data_size 4294967295 exceeds/],
+      [rawHeader(2, 0, 47), /data_size 47 is below the minimum of 48/],
     ];
     for (const [i, [bytes, reason]] of cases.entries()) {
       assert.equal((await rawExchange(address.port, bytes)).byteLength, 0, `${reason}: no reply`);
@@ -127,7 +107,7 @@ Deno.test("header: a bad transport frame header, before OPEN or inside a session
     let conn = await Deno.connect({ hostname: LOCAL, port: address.port });
     let channel = await SecureChannel.handshake(conn, key, "initiator");
     try {
-      await writeAll(conn, header(2, 0, 17));
+      await writeAll(conn, rawHeader(2, 0, 17));
       assert.equal(await channel.receive(), null, "closed without a frame");
     } finally {
       channel.close();
@@ -141,7 +121,7 @@ Deno.test("header: a bad transport frame header, before OPEN or inside a session
       await channel.send(MessageType.open, Uint8Array.of(0));
       assert.equal((await channel.receive())?.type, MessageType.openOk);
       await channel.flush();
-      await writeAll(conn, header(2, 12, 65536));
+      await writeAll(conn, rawHeader(2, 12, 65536));
       await conn.closeWrite();
       assert.equal(await channel.receive(), null, "closed without an ERROR frame");
     } finally {
@@ -185,7 +165,7 @@ Deno.test("handshake timeout: a silent client and one that sent half a header ar
     maxConns: 1,
   });
   try {
-    for (const [i, sent] of [undefined, header(2, 0, 48).subarray(0, 5)].entries()) {
+    for (const [i, sent] of [undefined, rawHeader(2, 0, 48).subarray(0, 5)].entries()) {
       const what = sent ? "half a header" : "silent";
       const started = performance.now();
       assert.equal((await rawExchange(address.port, sent)).byteLength, 0, `${what}: no reply`);

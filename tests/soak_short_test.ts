@@ -23,30 +23,19 @@ import { TunnelServer } from "../lib/tunnel/server.ts";
 import { Session } from "../lib/tunnel/session.ts";
 import { SERVICE_TARGET } from "../lib/protocol/target.ts";
 import { memoryPair } from "../scripts/soak/memory.ts";
-import { randomBytes } from "./helpers.ts";
+import type { Row } from "../scripts/soak/common.ts";
+import { randomBytes, readToEnd, rejectsWith } from "./helpers.ts";
+import { runArgv } from "./process.ts";
 
 const SOAK = new URL("../scripts/soak.ts", import.meta.url).pathname;
 const LOCAL = "127.0.0.1";
-
-type Figure = number | string | boolean | null;
-
-interface SoakRow {
-  suite: string;
-  tried: string;
-  count: number;
-  failed: number;
-  failures: string[];
-  figures: string;
-  skipped?: string;
-  data: Record<string, Figure>;
-}
 
 interface SoakResult {
   code: number;
   output: string;
   passed: boolean;
   seconds: number;
-  rows: SoakRow[];
+  rows: Row[];
 }
 
 let quickRun: Promise<SoakResult> | null = null;
@@ -56,21 +45,19 @@ function quickSoak(): Promise<SoakResult> {
   quickRun ??= (async () => {
     const dir = await Deno.makeTempDir({ prefix: "cipherlink-soak-test-" });
     try {
-      const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
-        args: [
-          "run",
-          "--allow-all",
-          SOAK,
-          "--quick",
-          "--json",
-          `${dir}/soak.json`,
-          "--logs",
-          `${dir}/logs`,
-        ],
-        stdout: "piped",
-        stderr: "piped",
-      }).output();
-      const output = new TextDecoder().decode(stdout) + new TextDecoder().decode(stderr);
+      // A bound against a hang only: the quick soak takes about a minute.
+      const { code, stdout, stderr } = await runArgv([
+        Deno.execPath(),
+        "run",
+        "--allow-all",
+        SOAK,
+        "--quick",
+        "--json",
+        `${dir}/soak.json`,
+        "--logs",
+        `${dir}/logs`,
+      ], { ms: 600_000 });
+      const output = stdout + stderr;
       const json = JSON.parse(await Deno.readTextFile(`${dir}/soak.json`));
       return { code, output, passed: json.passed, seconds: json.seconds, rows: json.rows };
     } finally {
@@ -80,19 +67,19 @@ function quickSoak(): Promise<SoakResult> {
   return quickRun;
 }
 
-function rowsOf(result: SoakResult, suite: string): SoakRow[] {
+function rowsOf(result: SoakResult, suite: string): Row[] {
   const rows = result.rows.filter((r) => r.suite === suite);
   assert.ok(rows.length > 0, `no ${suite} rows`);
   return rows;
 }
 
-function row(result: SoakResult, suite: string, tried: RegExp): SoakRow {
+function row(result: SoakResult, suite: string, tried: RegExp): Row {
   const found = rowsOf(result, suite).find((r) => tried.test(r.tried));
   assert.ok(found, `no ${suite} row matching ${tried}`);
   return found;
 }
 
-function assertPassed(rows: SoakRow[]): void {
+function assertPassed(rows: Row[]): void {
   for (const r of rows) {
     if (r.skipped) {
       // A part that could not run says so in the test output instead of passing silently.
@@ -241,17 +228,7 @@ function recording(conn: Deno.TcpConn, written: Uint8Array[]): Connection {
 /** Reads until the peer closes; resolves the byte count and how long it took. */
 async function untilClosed(conn: Deno.TcpConn): Promise<{ bytes: number; ms: number }> {
   const started = performance.now();
-  const buffer = new Uint8Array(4096);
-  let bytes = 0;
-  try {
-    for (;;) {
-      const n = await conn.read(buffer);
-      if (n === null) break;
-      bytes += n;
-    }
-  } catch {
-    // A reset also ends it.
-  }
+  const bytes = (await readToEnd(conn, { resetEnds: true })).byteLength;
   return { bytes, ms: performance.now() - started };
 }
 
@@ -365,11 +342,11 @@ Deno.test("regression: sending on a connection the peer reset fails as a truncat
     SecureChannel.handshake(serverEnd, KEY, "responder"),
   ]);
   server.close();
-  await assert.rejects(client.send(3, Uint8Array.of(1, 2, 3)), (err) => {
-    assert.ok(err instanceof TruncationError, String(err));
-    assert.match(err.message, /^stream truncated: the connection failed before the peer's CLOSE/);
-    return true;
-  });
+  await rejectsWith(
+    client.send(3, Uint8Array.of(1, 2, 3)),
+    TruncationError,
+    /^stream truncated: the connection failed before the peer's CLOSE/,
+  );
   client.close();
 });
 

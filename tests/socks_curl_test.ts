@@ -8,7 +8,14 @@
  */
 
 import assert from "node:assert/strict";
-import { type Daemon, freePort, startDaemon, tempKey, waitForLineWithin } from "./process.ts";
+import {
+  type Daemon,
+  freePort,
+  runArgv,
+  startTunnel,
+  type Tunnel,
+  waitForLineWithin,
+} from "./process.ts";
 import { randomBytes, sha256Hex } from "./helpers.ts";
 
 const CURL = "/usr/bin/curl";
@@ -38,15 +45,16 @@ async function curl(args: string[]): Promise<CurlResult> {
   } catch {
     throw new Error(`${CURL} is missing; install it with: apt-get install -y curl`);
   }
-  const { code, stdout, stderr } = await new Deno.Command(CURL, {
-    // --max-time only bounds a broken run; a healthy one takes milliseconds.
-    args: ["--silent", "--show-error", "--max-time", "20", ...args],
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const decoder = new TextDecoder();
-  return { code, body: stdout, stdout: decoder.decode(stdout), stderr: decoder.decode(stderr) };
+  // --max-time only bounds a broken run; a healthy one takes milliseconds.
+  const { code, stdoutBytes, stdout, stderr } = await runArgv([
+    CURL,
+    "--silent",
+    "--show-error",
+    "--max-time",
+    "20",
+    ...args,
+  ]);
+  return { code, body: stdoutBytes, stdout, stderr };
 }
 
 /**
@@ -106,28 +114,16 @@ async function withProxy(
         })
         : new Response("not found", { status: 404 }),
   );
-  const key = await tempKey();
-  let server: Daemon | undefined;
-  let socks: Daemon | undefined;
+  let tunnel: Tunnel | undefined;
   try {
     const httpPort = (await listening).port;
     const rules = allow(httpPort).flatMap((rule) => ["--allow", rule]);
-    server = await startDaemon(["server", "--key", key.path, "--listen", "127.0.0.1:0", ...rules]);
-    socks = await startDaemon([
-      "client",
-      "--key",
-      key.path,
-      "--server",
-      `127.0.0.1:${server.port}`,
-      "--socks",
-      "127.0.0.1:0",
-    ]);
+    tunnel = await startTunnel(["--socks", "127.0.0.1:0"], { server: rules });
+    const { server, client: socks } = tunnel;
     await body({ httpPort, socksPort: socks.port, blobSha, server, socks });
   } finally {
-    await socks?.stop();
-    await server?.stop();
+    await tunnel?.stop();
     await http.shutdown();
-    await key.cleanup();
   }
 }
 

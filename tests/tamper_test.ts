@@ -28,9 +28,8 @@ import {
 import { FrameReader } from "../lib/protocol/framer.ts";
 import { NNpsk0Handshake } from "../lib/protocol/noise.ts";
 import { PROLOGUE } from "../lib/protocol/channel.ts";
-import type { HostPort } from "../lib/protocol/hostport.ts";
-import { randomBytes } from "./helpers.ts";
-import { startServer, Upstream } from "./server_fixture.ts";
+import { randomBytes, readToEnd } from "./helpers.ts";
+import { type Flip as RelayFlip, Relay, startServer, Upstream } from "./server_fixture.ts";
 
 const LOCAL = "127.0.0.1";
 /** Handshake messages: a 32-byte ephemeral key and an empty payload's tag. */
@@ -92,105 +91,8 @@ function kindOf(err: unknown): string {
 const spanAt = (spans: Span[], offset: number) =>
   spans.find((s) => offset >= s.start && offset < s.end)!;
 
-/** Copies `from` to `to`, flipping the byte at `flipAt` (if any), and records what it passed on. */
-async function relayOneWay(
-  from: Deno.TcpConn,
-  to: Deno.TcpConn,
-  record: Uint8Array[],
-  flipAt: number | null,
-) {
-  const buffer = new Uint8Array(64 * 1024);
-  let passed = 0;
-  try {
-    for (;;) {
-      const n = await from.read(buffer);
-      if (n === null) break;
-      const chunk = buffer.slice(0, n);
-      if (flipAt !== null && flipAt >= passed && flipAt < passed + n) {
-        chunk[flipAt - passed] ^= flipMask(flipAt);
-      }
-      passed += n;
-      record.push(chunk);
-      await writeAll(to, chunk);
-    }
-    await to.closeWrite();
-  } catch {
-    closeQuietly(from);
-    closeQuietly(to);
-  }
-}
-
 /** Which byte of which direction a relay flips: "up" is client to server. */
-interface Flip {
-  direction: "up" | "down";
-  offset: number;
-}
-
-/**
- * A TCP relay on 127.0.0.1 between clients and a server: records both
- * directions of each connection and may flip one bit in flight.
- */
-class TamperingRelay {
-  readonly recordings: { up: Uint8Array[]; down: Uint8Array[] }[] = [];
-  readonly #listener = Deno.listen({ hostname: LOCAL, port: 0 });
-  readonly #targetPort: number;
-  readonly #flip: Flip | null;
-  readonly #relays: Promise<void>[] = [];
-  readonly #accepting: Promise<void>;
-
-  constructor(targetPort: number, flip: Flip | null = null) {
-    this.#targetPort = targetPort;
-    this.#flip = flip;
-    this.#accepting = this.#accept();
-  }
-
-  get address(): HostPort {
-    return { host: LOCAL, port: this.#listener.addr.port };
-  }
-
-  async close(): Promise<void> {
-    this.#listener.close();
-    await this.#accepting;
-    await Promise.all(this.#relays);
-  }
-
-  async #accept(): Promise<void> {
-    for (;;) {
-      let client: Deno.TcpConn;
-      try {
-        client = await this.#listener.accept();
-      } catch {
-        return; // closed
-      }
-      this.#relays.push(this.#relay(client));
-    }
-  }
-
-  async #relay(client: Deno.TcpConn): Promise<void> {
-    const recording = { up: [], down: [] };
-    this.recordings.push(recording);
-    const server = await Deno.connect({ hostname: LOCAL, port: this.#targetPort });
-    const at = (direction: Flip["direction"]) =>
-      this.#flip?.direction === direction ? this.#flip.offset : null;
-    await Promise.all([
-      relayOneWay(client, server, recording.up, at("up")),
-      relayOneWay(server, client, recording.down, at("down")),
-    ]);
-    closeQuietly(client);
-    closeQuietly(server);
-  }
-}
-
-/** Reads until EOF; a reset ends the stream too. */
-async function readUntilEnd(conn: Deno.TcpConn): Promise<Uint8Array> {
-  const chunks: Uint8Array[] = [];
-  const buffer = new Uint8Array(4096);
-  for (;;) {
-    const n = await conn.read(buffer).catch(() => null);
-    if (n === null) return concat(chunks);
-    chunks.push(buffer.slice(0, n));
-  }
-}
+type Flip = Omit<RelayFlip, "mask">;
 
 /** Sends `bytes` as a raw client, half-closes, and resolves all the server sent before it closed. */
 async function replay(port: number, bytes: Uint8Array): Promise<Uint8Array> {
@@ -202,7 +104,7 @@ async function replay(port: number, bytes: Uint8Array): Promise<Uint8Array> {
     } catch {
       // Dropped while we were still writing: what we read tells the rest.
     }
-    return await readUntilEnd(conn);
+    return await readToEnd(conn, { resetEnds: true });
   } finally {
     closeQuietly(conn);
   }
@@ -221,7 +123,7 @@ interface Recording {
 async function recordSession(): Promise<Recording> {
   const key = randomBytes(32);
   const { server } = await startServer({}, key);
-  const relay = new TamperingRelay(server.addr.port);
+  const relay = new Relay(server.addr.port);
   try {
     const payload = randomBytes(PAYLOAD_SIZE);
     assert.deepEqual(await forward(payload, { server: relay.address, key }), payload);
@@ -401,7 +303,7 @@ Deno.test("replay: a fake server replaying a recorded server stream, intact or f
       }
       await writeAll(conn, reply);
       await conn.closeWrite();
-      await readUntilEnd(conn);
+      await readToEnd(conn, { resetEnds: true });
     } finally {
       closeQuietly(conn);
     }
@@ -452,7 +354,7 @@ async function liveTamper(key: Uint8Array, flip: Flip) {
     idleTimeoutMs: 500,
     drainTimeoutMs: 1000,
   }, key);
-  const relay = new TamperingRelay(server.addr.port, flip);
+  const relay = new Relay(server.addr.port, { ...flip, mask: flipMask(flip.offset) });
   const payload = randomBytes(PAYLOAD_SIZE);
   let failure: unknown = null;
   try {

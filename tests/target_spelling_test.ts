@@ -14,6 +14,7 @@
 import assert from "node:assert/strict";
 import { lookup } from "node:dns/promises";
 import fc from "npm:fast-check@3";
+import { runArgv } from "./process.ts";
 import { AllowList } from "../lib/tunnel/allow.ts";
 import { SecureChannel } from "../lib/protocol/channel.ts";
 import { RemoteError } from "../lib/base/errors.ts";
@@ -62,17 +63,11 @@ for line in json.load(sys.stdin):
         out.append(None)
 print(json.dumps(out))
 `;
-  const child = new Deno.Command("python3", {
-    args: ["-c", script],
-    stdin: "piped",
-    stdout: "piped",
-  }).spawn();
-  const writer = child.stdin.getWriter();
-  await writer.write(new TextEncoder().encode(JSON.stringify(spellings)));
-  await writer.close();
-  const { stdout, success } = await child.output();
-  assert.ok(success, "python3 failed");
-  return JSON.parse(new TextDecoder().decode(stdout));
+  const { code, stdout, stderr } = await runArgv(["python3", "-c", script], {
+    stdin: new TextEncoder().encode(JSON.stringify(spellings)),
+  });
+  assert.equal(code, 0, `python3 failed: ${stderr}`);
+  return JSON.parse(stdout);
 }
 
 Deno.test("regression: canonicalHost reads every generated IPv4 spelling as the system does, or refuses it", async () => {

@@ -7,31 +7,17 @@
  * @module
  */
 
+import { LineLog, runArgv, type RunResult } from "./process.ts";
+
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
-const decoder = new TextDecoder();
 
 /** Output of a finished command. */
-export interface Output {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
+export type Output = Pick<RunResult, "code" | "stdout" | "stderr">;
 
-/** Runs a command to completion. */
+/** Runs a command to completion, within the one-off run deadline (tests/process.ts). */
 export async function run(cmd: string, args: string[], stdin?: Uint8Array): Promise<Output> {
-  const child = new Deno.Command(cmd, {
-    args,
-    stdin: stdin ? "piped" : "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  if (stdin) {
-    const writer = child.stdin.getWriter();
-    await writer.write(stdin);
-    await writer.close();
-  }
-  const out = await child.output();
-  return { code: out.code, stdout: decoder.decode(out.stdout), stderr: decoder.decode(out.stderr) };
+  const { code, stdout, stderr } = await runArgv([cmd, ...args], { stdin });
+  return { code, stdout, stderr };
 }
 
 async function must(args: string[]): Promise<void> {
@@ -47,11 +33,8 @@ export function inNs(ns: string, cmd: string, args: string[], stdin?: Uint8Array
 /** A long-running process inside a namespace whose stderr lines are kept. */
 export class NsProcess {
   readonly child: Deno.ChildProcess;
-  readonly lines: string[] = [];
   readonly status: Promise<Deno.CommandStatus>;
-  #waiters: { pattern: RegExp; resolve: (line: string) => void }[] = [];
-  #drained: Promise<void>;
-  #ended = false;
+  readonly #log: LineLog;
 
   /** `lines` come from stderr (Cipherlink's log) or stdout (the test peers). */
   constructor(ns: string, argv: string[], from: "stderr" | "stdout" = "stderr") {
@@ -62,24 +45,12 @@ export class NsProcess {
       stderr: from === "stderr" ? "piped" : "inherit",
     }).spawn();
     this.status = this.child.status;
-    const stream = from === "stdout" ? this.child.stdout : this.child.stderr;
-    this.#drained = (async () => {
-      let pending = "";
-      for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
-        pending += chunk;
-        const parts = pending.split("\n");
-        pending = parts.pop()!;
-        for (const line of parts) {
-          this.lines.push(line);
-          for (const w of this.#waiters.filter((w) => w.pattern.test(line))) {
-            this.#waiters.splice(this.#waiters.indexOf(w), 1);
-            w.resolve(line);
-          }
-        }
-      }
-      if (pending) this.lines.push(pending);
-      this.#ended = true;
-    })();
+    this.#log = new LineLog(from === "stdout" ? this.child.stdout : this.child.stderr, 15_000);
+  }
+
+  /** Every line so far. */
+  get lines(): string[] {
+    return this.#log.lines;
   }
 
   /** Cipherlink (from source, all permissions) inside `ns`. */
@@ -99,23 +70,8 @@ export class NsProcess {
    * Resolves the `count`-th stderr line matching `pattern` (past ones
    * included); rejects with the log after `ms` or when the process ends.
    */
-  async waitForLine(pattern: RegExp, ms = 15_000, count = 1): Promise<string> {
-    const deadline = Date.now() + ms;
-    for (;;) {
-      const seen = this.lines.filter((l) => pattern.test(l));
-      if (seen.length >= count) return seen[count - 1];
-      if (this.#ended) throw new Error(`process ended without ${pattern}:\n${this.log()}`);
-      const left = deadline - Date.now();
-      if (left <= 0) throw new Error(`no line matching ${pattern} within ${ms} ms:\n${this.log()}`);
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      await Promise.race([
-        new Promise<string>((resolve) => this.#waiters.push({ pattern, resolve })),
-        this.status,
-        new Promise((resolve) => (timer = setTimeout(resolve, left))),
-      ]);
-      clearTimeout(timer);
-      await Promise.resolve();
-    }
+  waitForLine(pattern: RegExp, ms = 15_000, count = 1): Promise<string> {
+    return this.#log.waitFor(pattern, ms, count);
   }
 
   /** The log so far, for failure messages. */
@@ -144,7 +100,7 @@ export class NsProcess {
     });
     try {
       const { code } = await Promise.race([this.status, late]);
-      await this.#drained;
+      await this.#log.drained;
       return code;
     } finally {
       clearTimeout(timer);

@@ -8,7 +8,7 @@
 
 import assert from "node:assert/strict";
 import { randomBytes, sha256Hex } from "./helpers.ts";
-import { tempKey } from "./process.ts";
+import { type TempKey, tempKey } from "./process.ts";
 import {
   createTopology,
   inNs,
@@ -89,20 +89,38 @@ function received(out: { stdout: string }, count: number): boolean {
   return out.stdout.includes(` ${count} received`);
 }
 
+/**
+ * Runs `body` with a namespace topology of `clients` clients, a fresh key, and
+ * a list for the processes it starts; afterwards every process is killed,
+ * the namespaces removed and the key deleted, whatever happened.
+ */
+async function inTopology(
+  clients: number,
+  body: (env: { topology: Topology; key: TempKey; processes: NsProcess[] }) => Promise<void>,
+): Promise<void> {
+  const topology = await createTopology(clients);
+  const key = await tempKey();
+  const processes: NsProcess[] = [];
+  try {
+    await body({ topology, key, processes });
+  } finally {
+    for (const p of processes) await p.stop("SIGKILL").catch(() => {});
+    await topology.remove();
+    await key.cleanup();
+  }
+}
+
 Deno.test({
   name: "vpn: ping, TCP, two clients, refusal, anti-spoofing and reconnect across namespaces",
   ignore: blocker !== null,
 }, async (t) => {
-  const topology = await createTopology(2);
-  const key = await tempKey();
-  const [c1, c2] = topology.clients;
-  const processes: NsProcess[] = [];
-  const start = (ns: string, args: string[]) => {
-    const p = NsProcess.cipherlink(ns, args);
-    processes.push(p);
-    return p;
-  };
-  try {
+  await inTopology(2, async ({ topology, key, processes }) => {
+    const [c1, c2] = topology.clients;
+    const start = (ns: string, args: string[]) => {
+      const p = NsProcess.cipherlink(ns, args);
+      processes.push(p);
+      return p;
+    };
     // An address behind the server, for --route: the server's kernel owns it.
     await inNs(topology.server, "ip", ["addr", "add", "10.100.9.1/32", "dev", "lo"]);
     let server = start(topology.server, serverArgs(key.path));
@@ -258,22 +276,15 @@ Deno.test({
         assert.notEqual(serverDevice.code, 0, "the server's device is still there");
       },
     );
-  } finally {
-    for (const p of processes) await p.stop("SIGKILL").catch(() => {});
-    await topology.remove();
-    await key.cleanup();
-  }
+  });
 });
 
 Deno.test({
   name: "vpn: server and client VPN tunnels from config files, next to an echo tunnel",
   ignore: blocker !== null,
 }, async () => {
-  const topology = await createTopology(1);
-  const key = await tempKey();
-  const [c1] = topology.clients;
-  const processes: NsProcess[] = [];
-  try {
+  await inTopology(1, async ({ topology, key, processes }) => {
+    const [c1] = topology.clients;
     const serverFile = `${key.dir}/server.json`;
     const clientFile = `${key.dir}/client.json`;
     await Deno.writeTextFile(
@@ -364,11 +375,7 @@ Deno.test({
     assert.notEqual((await inNs(c1, "ip", ["link", "show", "clvpncfg1"])).code, 0);
     assert.equal(await server.stop("SIGTERM"), 0, server.log());
     assert.notEqual((await inNs(topology.server, "ip", ["link", "show", "clvpncfg0"])).code, 0);
-  } finally {
-    for (const p of processes) await p.stop("SIGKILL").catch(() => {});
-    await topology.remove();
-    await key.cleanup();
-  }
+  });
 });
 
 Deno.test({
@@ -376,11 +383,8 @@ Deno.test({
     "vpn: the client drops packets from the server that are not addressed to its tunnel address",
   ignore: blocker !== null,
 }, async () => {
-  const topology = await createTopology(1);
-  const key = await tempKey();
-  const [c1] = topology.clients;
-  const processes: NsProcess[] = [];
-  try {
+  await inTopology(1, async ({ topology, key, processes }) => {
+    const [c1] = topology.clients;
     // Listens on every address of the client's namespace: the tunnel's and the veth's.
     const listener = netPeer(c1, ["udp-listen", "0.0.0.0"]);
     processes.push(listener);
@@ -425,9 +429,5 @@ Deno.test({
       "the client counted the packet for its other address",
     );
     assert.equal(await client.stop("SIGTERM"), 0, client.log());
-  } finally {
-    for (const p of processes) await p.stop("SIGKILL").catch(() => {});
-    await topology.remove();
-    await key.cleanup();
-  }
+  });
 });

@@ -9,7 +9,7 @@
  */
 
 import assert from "node:assert/strict";
-import { copyCheckout, freePort } from "./process.ts";
+import { copyCheckout, freePort, runArgv } from "./process.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 
@@ -62,14 +62,9 @@ Deno.test({
     const dir = await Deno.makeTempDir({ prefix: "cipherlink-walkthrough-" });
     try {
       await copyCheckout(dir);
-      const result = await new Deno.Command("bash", {
-        args: ["-c", script.join("\n")],
-        cwd: dir,
-        stdout: "piped",
-        stderr: "piped",
-      }).output();
-      const out = new TextDecoder().decode(result.stdout);
-      const err = new TextDecoder().decode(result.stderr);
+      const result = await runArgv(["bash", "-c", script.join("\n")], { cwd: dir });
+      const out = result.stdout;
+      const err = result.stderr;
       const transcript = `${out}\n--- stderr ---\n${err}`;
       assert.equal(result.code, 0, transcript);
       const made = /fingerprint (SHA256:\S+)/.exec(out);

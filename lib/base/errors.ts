@@ -123,18 +123,29 @@ export const ErrorCode = {
 export type ErrorCodeValue = typeof ErrorCode[keyof typeof ErrorCode];
 
 /**
- * What each ERROR code is called: `name` in messages and logs, `label` as
- * the outcome label of the OPEN metrics. (The SOCKS reply for each is in
- * tunnel/socks.ts, next to the SOCKS reply codes.)
+ * What each ERROR code is called and what it becomes elsewhere: `name` in
+ * messages and logs, `label` as the outcome label of the OPEN metrics, and
+ * `socksReply`, the RFC 1928 reply a SOCKS5 client gets when its OPEN is
+ * answered with this code (0x01 general failure, 0x02 not allowed by the
+ * ruleset, 0x04 host unreachable). An ERROR 3 whose detail says the target
+ * refused becomes 0x05 instead: see {@linkcode saysTargetRefused}.
  */
 export const ERROR_CODES = {
-  [ErrorCode.protocolViolation]: { name: "protocol violation", label: "protocol_violation" },
-  [ErrorCode.refused]: { name: "refused by the server's policy", label: "refused" },
-  [ErrorCode.unreachable]: { name: "target unreachable", label: "unreachable" },
-  [ErrorCode.busy]: { name: "server busy", label: "busy" },
-  [ErrorCode.timedOut]: { name: "timed out", label: "timed_out" },
-  [ErrorCode.internal]: { name: "internal error", label: "internal" },
-} as const satisfies Record<ErrorCodeValue, { name: string; label: string }>;
+  [ErrorCode.protocolViolation]: {
+    name: "protocol violation",
+    label: "protocol_violation",
+    socksReply: 0x01,
+  },
+  [ErrorCode.refused]: {
+    name: "refused by the server's policy",
+    label: "refused",
+    socksReply: 0x02,
+  },
+  [ErrorCode.unreachable]: { name: "target unreachable", label: "unreachable", socksReply: 0x04 },
+  [ErrorCode.busy]: { name: "server busy", label: "busy", socksReply: 0x01 },
+  [ErrorCode.timedOut]: { name: "timed out", label: "timed_out", socksReply: 0x01 },
+  [ErrorCode.internal]: { name: "internal error", label: "internal", socksReply: 0x01 },
+} as const satisfies Record<ErrorCodeValue, { name: string; label: string; socksReply: number }>;
 
 /** The entry of `code` in {@linkcode ERROR_CODES}, or null for a code the protocol does not define. */
 export function errorCodeInfo(code: number): typeof ERROR_CODES[ErrorCodeValue] | null {

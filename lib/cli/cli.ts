@@ -11,25 +11,18 @@
  * @module
  */
 
-import {
-  DEFAULT_DRAIN_TIMEOUT_SECONDS,
-  DEFAULT_HANDSHAKE_TIMEOUT_SECONDS,
-  DEFAULT_MAX_CONNS,
-  MAX_CONNECTION_COUNT,
-} from "../base/defaults.ts";
+import { DEFAULT_LISTEN_HOST, DEFAULT_SERVER_HOST, DEFAULT_SERVER_PORT } from "../base/defaults.ts";
 import { AllowList } from "../tunnel/allow.ts";
-import { DEFAULT_REKEY_BYTES } from "../protocol/channel.ts";
 import { connect, type ConnectOptions } from "../tunnel/client.ts";
-import { checkConfigCommand, MAX_SECONDS, secondsProblem } from "../ops/config.ts";
+import { checkConfigCommand } from "../ops/config.ts";
 import {
   CRYPTO_ENV,
   CRYPTO_PROVIDERS,
   type CryptoProvider,
   type CryptoProviderName,
-  DEFAULT_CRYPTO_PROVIDER,
   loadCryptoProvider,
 } from "../protocol/crypto/select.ts";
-import { DEFAULT_DRAIN_DELAY_SECONDS, drainDelayFor } from "../tunnel/drain.ts";
+import { drainDelayFor } from "../tunnel/drain.ts";
 import { CipherlinkError, KeyFileError, UsageError } from "../base/errors.ts";
 import { LocalForwarder } from "../tunnel/forwarder.ts";
 import {
@@ -37,38 +30,37 @@ import {
   fingerprint as keyFingerprint,
   generateKeyFile,
   KEY_FORMATS,
-  type KeyFormat,
   loadKey,
 } from "../protocol/keys.ts";
-import { LOG_FORMATS, LOG_LEVELS, type LogFormat, Logger, type LogLevel } from "../base/log.ts";
+import { Logger } from "../base/log.ts";
 import { serveMetrics } from "../ops/metrics.ts";
 import { drainOnSignal, onShutdownSignal } from "../ops/signals.ts";
 import { type OptionTable, parseOptions, suggestion, type ValuesOf } from "../base/options.ts";
 import { TunnelServer } from "../tunnel/server.ts";
-import {
-  DEFAULT_HELLO_TIMEOUT_MS,
-  DEFAULT_MAX_PENDING,
-  DEFAULT_MAX_PENDING_PER_SOURCE,
-} from "../tunnel/pending.ts";
-import { CONFIG_OPTIONS, runConfig } from "./config_mode.ts";
-import { type Cidr, parseCidr } from "../protocol/packet.ts";
-import { DEFAULT_TUN_MTU, MAX_TUN_MTU, MIN_TUN_MTU } from "../tunnel/netdev.ts";
+import { runConfig } from "./config_mode.ts";
+import type { Cidr } from "../protocol/packet.ts";
 import { VpnClient, type VpnClientOptions } from "../tunnel/vpn_client.ts";
-import { VpnService } from "../tunnel/vpn_server.ts";
+import { VPN_DEFAULT_KEEPALIVE_MS, VpnService } from "../tunnel/vpn_server.ts";
 import { formatHostPort, type HostPort, parseHostPort } from "../protocol/hostport.ts";
+import {
+  argGiven,
+  argList,
+  argValue,
+  type ArgValues,
+  ENVIRONMENT,
+  helpLines,
+  optionTable,
+  SETTINGS,
+} from "../ops/settings.ts";
+import { oneOf } from "../ops/values.ts";
 
 /** The program version. */
 export const VERSION = "0.2.0";
-/** The port of the server address when neither an option nor the environment names one. */
-const DEFAULT_SERVER_PORT = 8888;
 /** Exit codes of the CLI contract. */
 export const ExitCode = { ok: 0, failure: 1, usage: 2 } as const;
 
 const COMMANDS = ["keygen", "fingerprint", "server", "client", "check-config"] as const;
 const USAGE = `usage: cipherlink <${COMMANDS.join("|")}> [options]   (cipherlink --help for more)`;
-/** What --config may be combined with, for the help text. */
-const CONFIG_EXTRAS = CONFIG_OPTIONS.filter((name) => name !== "config").map((name) => `--${name}`)
-  .join(", ");
 
 const HELP = {
   main: `cipherlink ${VERSION}: an encrypted TCP tunnel and proxy around one pre-shared key
@@ -83,8 +75,8 @@ commands:
   check-config FILE   validate a --config file and its key files without starting
 
 cipherlink COMMAND --help shows a command's options.
-environment: CIPHERLINK_KEY_FILE, CIPHERLINK_SERVER_HOST, CIPHERLINK_SERVER_PORT,
-  CIPHERLINK_CRYPTO supply defaults.
+environment: ${ENVIRONMENT.slice(0, -1).map((v) => v.name).join(", ")},
+  ${ENVIRONMENT.at(-1)!.name} supply defaults.
 exit codes: 0 success, 1 failure at run time, 2 usage error.
 `,
   keygen: `usage: cipherlink keygen [--out PATH] [--format raw|hex|base64] [--force]
@@ -102,68 +94,15 @@ so two hosts can check that they hold the same key without showing it.
 `,
   server: `usage: cipherlink server [options]
 
-  --listen HOST:PORT          where to accept tunnels (default 0.0.0.0:${DEFAULT_SERVER_PORT}; port 0 picks one)
-  --key PATH                  the shared key (default ${DEFAULT_KEY_PATH})
-  --forward HOST:PORT         target of the server's own service (default: echo)
-  --allow RULE                targets clients may ask for: HOST:PORT, HOST:*, *:PORT,
-                              CIDR:PORT or CIDR:* (HOST may hold * wildcards); repeatable
-  --max-conns N               concurrent authenticated connections; past it a client
-                              holding the key is answered ERROR 4, busy (default ${DEFAULT_MAX_CONNS})
-  --max-pending N             connections still before a verified message 1; past it the
-                              oldest is dropped (default ${DEFAULT_MAX_PENDING})
-  --max-pending-per-source N  the share of --max-pending one source address may hold
-                              (default ${DEFAULT_MAX_PENDING_PER_SOURCE})
-  --hello-timeout SECS        time a new connection has to send message 1 (default ${
-    DEFAULT_HELLO_TIMEOUT_MS / 1000
-  })
-  --handshake-timeout SECS    time to complete the handshake and OPEN (default ${DEFAULT_HANDSHAKE_TIMEOUT_SECONDS})
-  --idle-timeout SECS         close sessions silent for this long (default 0: off)
-  --keepalive SECS            PING after this much silence; drop after 3 unanswered (default 0: off)
-  --drain-delay SECS          on SIGINT/SIGTERM, keep accepting this long while /healthz
-                              answers 503 (default ${DEFAULT_DRAIN_DELAY_SECONDS} with --metrics, else 0)
-  --drain-timeout SECS        then stop accepting; time every accepted connection gets to
-                              finish before ERROR 6 (default ${DEFAULT_DRAIN_TIMEOUT_SECONDS}); a second signal ends at once
-  --rekey-bytes N             plaintext bytes sent under one key before REKEY (default 2^30)
-  --crypto PROVIDER           webcrypto (default) or openssl (OpenSSL 3 libcrypto, faster)
-  --libcrypto PATH            the libcrypto for --crypto openssl (default: searched)
-  --tun NAME                  VPN mode: also carry IP packets through the TUN device NAME
-  --tun-address CIDR          the server's tunnel address; its network is the clients' pool
-                              (one IPv4 and one IPv6 at most; repeat for both)
-  --tun-mtu N                 the device's MTU (default ${DEFAULT_TUN_MTU})
-  --metrics HOST:PORT         serve GET /metrics (Prometheus) and GET /healthz there
-  --log-level LEVEL           debug, info (default), warn, error
-  --log-format FORMAT         text (default) or json
-  --config FILE               run every tunnel of a config file instead (docs/config.md);
-                              SIGHUP reloads it; only ${CONFIG_EXTRAS} may be added
-`,
+${helpLines("server")}`,
   client: `usage: cipherlink client [options] [MESSAGE...]
 
-  --server HOST:PORT          the Cipherlink server (default 127.0.0.1:${DEFAULT_SERVER_PORT})
-  --key PATH                  the shared key (default ${DEFAULT_KEY_PATH})
-  --connect HOST:PORT         ask the server for this target instead of its own service
-  --listen HOST:PORT          port forward: each local connection becomes a session
-  --socks HOST:PORT           SOCKS5 proxy (CONNECT; IPv4, IPv6, domain names)
-  --max-conns N               concurrent local connections (default ${DEFAULT_MAX_CONNS})
-  --keepalive SECS            PING after this much silence; drop after 3 unanswered (default 0: off)
-  --drain-delay SECS, --drain-timeout SECS   as for the server, for local connections
-  --rekey-bytes N             plaintext bytes sent under one key before REKEY (default 2^30)
-  --handshake-timeout SECS    time the server gets to answer the handshake (default ${DEFAULT_HANDSHAKE_TIMEOUT_SECONDS})
-  --crypto PROVIDER           webcrypto (default) or openssl (OpenSSL 3 libcrypto, faster)
-  --libcrypto PATH            the libcrypto for --crypto openssl (default: searched)
-  --tun NAME                  VPN mode: carry IP packets through the TUN device NAME
-  --tun-address CIDR          the client's tunnel address (one IPv4 and one IPv6 at most)
-  --route CIDR                with --tun: route this network through the tunnel; repeatable
-  --tun-mtu N                 the device's MTU (default ${DEFAULT_TUN_MTU})
-  --metrics HOST:PORT         with --listen/--socks/--tun: serve GET /metrics and GET /healthz
-  --log-level LEVEL, --log-format FORMAT   as for the server
-  --config FILE               run every tunnel of a config file instead (docs/config.md);
-                              SIGHUP reloads it; only ${CONFIG_EXTRAS} may be added
-
+${helpLines("client")}
 Without --listen/--socks: with MESSAGE, sends it, prints the reply, exits after the
 server's CLOSE; without MESSAGE, pipes stdin/stdout through one session (usable as an
 ssh ProxyCommand with --connect %h:%p).
 With --tun (root or CAP_NET_ADMIN): a VPN client that reconnects with backoff until
-SIGINT/SIGTERM; --keepalive defaults to 25 there.
+SIGINT/SIGTERM; --keepalive defaults to ${VPN_DEFAULT_KEEPALIVE_MS / 1000} there.
 `,
   "check-config": `usage: cipherlink check-config FILE
 
@@ -174,23 +113,18 @@ file, the tunnel and the field, and exits 1. The format is in docs/config.md.
 `,
 };
 
-const vpnOptions = {
-  tun: { type: "string" },
-  "tun-address": { type: "string", multiple: true },
-  "tun-mtu": { type: "string" },
-} as const;
-
 /** The VPN options of a command line, checked: null without --tun. */
 function vpnSettings(
-  values: { tun?: string; "tun-address"?: string[]; "tun-mtu"?: string; route?: string[] },
+  values: ArgValues,
 ): { device: string; addresses: Cidr[]; mtu: number; routes: Cidr[] } | null {
-  if (values.tun === undefined) {
+  const device = argValue(values, SETTINGS.tun);
+  if (device === undefined) {
     for (const name of ["tun-address", "tun-mtu", "route"] as const) {
       if (values[name] !== undefined) throw new UsageError(`--${name} needs --tun`);
     }
     return null;
   }
-  const addresses = (values["tun-address"] ?? []).map((text) => parseCidr(text, "--tun-address"));
+  const addresses = argList(values, SETTINGS.tunAddresses);
   if (addresses.length === 0) throw new UsageError("--tun needs --tun-address CIDR");
   if (
     addresses.length > 2 ||
@@ -198,75 +132,55 @@ function vpnSettings(
   ) {
     throw new UsageError("--tun-address takes at most one IPv4 and one IPv6 address");
   }
-  const mtu = integer("tun-mtu", values["tun-mtu"], DEFAULT_TUN_MTU, MIN_TUN_MTU, MAX_TUN_MTU);
-  const routes = (values.route ?? []).map((text) => parseCidr(text, "--route"));
-  return { device: values.tun, addresses, mtu, routes };
+  const mtu = argValue(values, SETTINGS.tunMtu);
+  const routes = argList(values, SETTINGS.routes);
+  return { device, addresses, mtu, routes };
 }
 
-const commonOptions = {
+const KEYGEN_OPTIONS = {
+  out: { type: "string" },
+  format: { type: "string" },
+  force: { type: "boolean" },
+  help: { type: "boolean", short: "h" },
+} as const;
+const FINGERPRINT_OPTIONS = {
   key: { type: "string" },
-  "log-level": { type: "string" },
-  "log-format": { type: "string" },
-  keepalive: { type: "string" },
-  "max-conns": { type: "string" },
-  "drain-timeout": { type: "string" },
-  "drain-delay": { type: "string" },
-  "rekey-bytes": { type: "string" },
-  "handshake-timeout": { type: "string" },
-  metrics: { type: "string" },
-  crypto: { type: "string" },
-  libcrypto: { type: "string" },
   help: { type: "boolean", short: "h" },
 } as const;
 
 /** Every command's options; usage errors use them all to say where an option belongs. */
-const OPTION_TABLES = {
-  keygen: {
-    out: { type: "string" },
-    format: { type: "string" },
-    force: { type: "boolean" },
-    help: { type: "boolean", short: "h" },
-  },
-  fingerprint: {
-    key: { type: "string" },
-    help: { type: "boolean", short: "h" },
-  },
-  server: {
-    ...commonOptions,
-    listen: { type: "string" },
-    forward: { type: "string" },
-    allow: { type: "string", multiple: true },
-    "idle-timeout": { type: "string" },
-    "max-pending": { type: "string" },
-    "max-pending-per-source": { type: "string" },
-    "hello-timeout": { type: "string" },
-    config: { type: "string" },
-    ...vpnOptions,
-  },
-  client: {
-    ...commonOptions,
-    server: { type: "string" },
-    connect: { type: "string" },
-    listen: { type: "string" },
-    socks: { type: "string" },
-    config: { type: "string" },
-    ...vpnOptions,
-    route: { type: "string", multiple: true },
-  },
-} as const satisfies Record<string, OptionTable>;
+const OPTION_TABLES: Readonly<Record<string, OptionTable>> = {
+  keygen: KEYGEN_OPTIONS,
+  fingerprint: FINGERPRINT_OPTIONS,
+  server: optionTable("server"),
+  client: optionTable("client"),
+};
 
-type TableCommand = keyof typeof OPTION_TABLES;
-
-/** Parses one command's options; every mistake is a one-line UsageError. */
-function parseCommand<C extends TableCommand>(
-  command: C,
+/** Parses one command's options against `table`; every mistake is a one-line UsageError. */
+function parseCommand<T extends OptionTable>(
+  command: string,
   args: string[],
+  table: T,
   allowPositionals = false,
-): { values: ValuesOf<(typeof OPTION_TABLES)[C]>; positionals: string[] } {
+): { values: ValuesOf<T>; positionals: string[] } {
   const otherCommands = Object.fromEntries(
     Object.entries(OPTION_TABLES).filter(([name]) => name !== command),
   );
-  return parseOptions(command, args, OPTION_TABLES[command], { allowPositionals, otherCommands });
+  return parseOptions(command, args, table, { allowPositionals, otherCommands });
+}
+
+/** Parses `server` or `client` options: the settings table's. */
+function parseTunnelCommand(
+  command: "server" | "client",
+  args: string[],
+): { values: ArgValues; positionals: string[] } {
+  const { values, positionals } = parseCommand(
+    command,
+    args,
+    OPTION_TABLES[command],
+    command === "client",
+  );
+  return { values: values as ArgValues, positionals };
 }
 
 /** Where output goes; tests replace it. */
@@ -353,61 +267,8 @@ function env(name: string): string | undefined {
   }
 }
 
-function seconds(
-  name: string,
-  text: string | undefined,
-  fallback: number,
-): number {
-  if (text === undefined) return fallback * 1000;
-  const value = Number(text);
-  // The same bound as the config file's: longer timers would fire at once.
-  if (text.trim() === "" || secondsProblem(value)) {
-    throw new UsageError(
-      `--${name} takes a number of seconds from 0 to ${MAX_SECONDS}, not '${text}'`,
-    );
-  }
-  return value * 1000;
-}
-
-function integer(
-  name: string,
-  text: string | undefined,
-  fallback: number,
-  min: number,
-  max: number,
-): number {
-  if (text === undefined) return fallback;
-  const value = Number(text);
-  if (!/^\d+$/.test(text) || value < min || value > max) {
-    throw new UsageError(
-      `--${name} takes a whole number from ${min} to ${max}, not '${text}'`,
-    );
-  }
-  return value;
-}
-
-function oneOf<T extends string>(
-  name: string,
-  text: string | undefined,
-  allowed: readonly T[],
-  fallback: T,
-): T {
-  if (text === undefined) return fallback;
-  if (!(allowed as readonly string[]).includes(text)) {
-    throw new UsageError(
-      `--${name} takes one of ${allowed.join(", ")}, not '${text}'`,
-    );
-  }
-  return text as T;
-}
-
-function logger(
-  values: { "log-level"?: string; "log-format"?: string },
-): Logger {
-  return new Logger(
-    oneOf<LogLevel>("log-level", values["log-level"], LOG_LEVELS, "info"),
-    oneOf<LogFormat>("log-format", values["log-format"], LOG_FORMATS, "text"),
-  );
+function logger(values: ArgValues): Logger {
+  return new Logger(argValue(values, SETTINGS.logLevel), argValue(values, SETTINGS.logFormat));
 }
 
 /**
@@ -440,11 +301,11 @@ function defaultServerAddress(fallbackHost: string, allowPortZero = false): Host
  * The crypto provider of --crypto (else CIPHERLINK_CRYPTO, else webcrypto),
  * loaded now so a missing libcrypto fails before anything starts.
  */
-function cryptoProvider(values: { crypto?: string; libcrypto?: string }): CryptoProvider {
+function cryptoProvider(values: ArgValues): CryptoProvider {
   const fromEnv = env(CRYPTO_ENV);
   let name: CryptoProviderName;
   if (values.crypto !== undefined || !fromEnv) {
-    name = oneOf("crypto", values.crypto, CRYPTO_PROVIDERS, DEFAULT_CRYPTO_PROVIDER);
+    name = argValue(values, SETTINGS.crypto);
   } else if ((CRYPTO_PROVIDERS as readonly string[]).includes(fromEnv)) {
     name = fromEnv as CryptoProviderName;
   } else {
@@ -452,10 +313,11 @@ function cryptoProvider(values: { crypto?: string; libcrypto?: string }): Crypto
       `${CRYPTO_ENV} takes one of ${CRYPTO_PROVIDERS.join(", ")}, not '${fromEnv}'`,
     );
   }
-  if (values.libcrypto !== undefined && name !== "openssl") {
+  const libcrypto = argValue(values, SETTINGS.libcrypto);
+  if (libcrypto !== undefined && name !== "openssl") {
     throw new UsageError("--libcrypto has no meaning without --crypto openssl");
   }
-  return loadCryptoProvider(name, values.libcrypto);
+  return loadCryptoProvider(name, libcrypto);
 }
 
 /**
@@ -487,10 +349,12 @@ async function readKey(
 }
 
 async function keygen(args: string[], io: Io): Promise<number> {
-  const { values } = parseCommand("keygen", args);
+  const { values } = parseCommand("keygen", args, KEYGEN_OPTIONS);
   if (values.help) return help(io, "keygen");
   const path = values.out ?? env("CIPHERLINK_KEY_FILE") ?? DEFAULT_KEY_PATH;
-  const format = oneOf<KeyFormat>("format", values.format, KEY_FORMATS, "raw");
+  const format = values.format === undefined
+    ? KEY_FORMATS[0]
+    : oneOf(KEY_FORMATS).fromText(values.format, "format");
   const { fingerprint } = await generateKeyFile(
     path,
     format,
@@ -504,7 +368,7 @@ async function keygen(args: string[], io: Io): Promise<number> {
 
 /** `fingerprint`: names an existing key without showing it. */
 async function fingerprintCommand(args: string[], io: Io): Promise<number> {
-  const { values } = parseCommand("fingerprint", args);
+  const { values } = parseCommand("fingerprint", args, FINGERPRINT_OPTIONS);
   if (values.help) return help(io, "fingerprint");
   const key = await readKey(
     values.key,
@@ -520,73 +384,45 @@ function help(io: Io, command: keyof typeof HELP): number {
 }
 
 /** `--drain-delay`: as given, else the default when /healthz is served. */
-function drainDelay(values: { "drain-delay"?: string; metrics?: string }): number {
-  const given = values["drain-delay"];
-  return drainDelayFor(
-    given === undefined ? undefined : seconds("drain-delay", given, 0),
-    values.metrics !== undefined,
-  );
+function drainDelay(values: ArgValues): number {
+  return drainDelayFor(argValue(values, SETTINGS.drainDelay), values.metrics !== undefined);
+}
+
+/** `--listen` or `--server`, else the address CIPHERLINK_SERVER_HOST/_PORT and the defaults make. */
+function serverAddress(values: ArgValues, command: "server" | "client"): HostPort {
+  const setting = command === "server" ? SETTINGS.listen : SETTINGS.server;
+  return argValue(values, setting) ??
+    (command === "server"
+      ? defaultServerAddress(DEFAULT_LISTEN_HOST, true)
+      : defaultServerAddress(DEFAULT_SERVER_HOST));
 }
 
 async function server(args: string[], io: Io): Promise<number> {
-  const { values } = parseCommand("server", args);
+  const { values } = parseTunnelCommand("server", args);
   if (values.help) return help(io, "server");
-  if (values.config !== undefined) return await runConfig(values.config, values);
+  const config = argValue(values, SETTINGS.config);
+  if (config !== undefined) return await runConfig(config, values);
   const log = logger(values);
   const options = {
-    listen: values.listen === undefined
-      ? defaultServerAddress("0.0.0.0", true)
-      : parseHostPort(values.listen, true),
-    forward: values.forward === undefined ? undefined : parseHostPort(values.forward),
-    allow: AllowList.parse(values.allow ?? []),
-    maxConns: integer("max-conns", values["max-conns"], DEFAULT_MAX_CONNS, 1, MAX_CONNECTION_COUNT),
-    handshakeTimeoutMs: seconds(
-      "handshake-timeout",
-      values["handshake-timeout"],
-      DEFAULT_HANDSHAKE_TIMEOUT_SECONDS,
-    ),
-    idleTimeoutMs: seconds("idle-timeout", values["idle-timeout"], 0),
-    maxPending: integer(
-      "max-pending",
-      values["max-pending"],
-      DEFAULT_MAX_PENDING,
-      1,
-      MAX_CONNECTION_COUNT,
-    ),
-    maxPendingPerSource: integer(
-      "max-pending-per-source",
-      values["max-pending-per-source"],
-      DEFAULT_MAX_PENDING_PER_SOURCE,
-      1,
-      MAX_CONNECTION_COUNT,
-    ),
-    helloTimeoutMs: seconds(
-      "hello-timeout",
-      values["hello-timeout"],
-      DEFAULT_HELLO_TIMEOUT_MS / 1000,
-    ),
-    keepaliveMs: seconds("keepalive", values.keepalive, 0),
-    drainTimeoutMs: seconds(
-      "drain-timeout",
-      values["drain-timeout"],
-      DEFAULT_DRAIN_TIMEOUT_SECONDS,
-    ),
+    listen: serverAddress(values, "server"),
+    forward: argValue(values, SETTINGS.forward),
+    allow: AllowList.parse(argList(values, SETTINGS.allow)),
+    maxConns: argValue(values, SETTINGS.maxConns),
+    handshakeTimeoutMs: argValue(values, SETTINGS.handshakeTimeout),
+    idleTimeoutMs: argValue(values, SETTINGS.idleTimeout),
+    maxPending: argValue(values, SETTINGS.maxPending),
+    maxPendingPerSource: argValue(values, SETTINGS.maxPendingPerSource),
+    helloTimeoutMs: argValue(values, SETTINGS.helloTimeout),
+    keepaliveMs: argValue(values, SETTINGS.keepalive),
+    drainTimeoutMs: argValue(values, SETTINGS.drainTimeout),
     drainDelayMs: drainDelay(values),
-    rekeyBytes: integer(
-      "rekey-bytes",
-      values["rekey-bytes"],
-      DEFAULT_REKEY_BYTES,
-      1,
-      DEFAULT_REKEY_BYTES,
-    ),
+    rekeyBytes: argValue(values, SETTINGS.rekeyBytes),
     logger: log,
     provider: cryptoProvider(values),
   };
-  const metricsAddress = values.metrics === undefined
-    ? undefined
-    : parseHostPort(values.metrics, true);
+  const metricsAddress = argValue(values, SETTINGS.metrics);
   const vpnSetting = vpnSettings(values);
-  const key = await readKey(values.key, (warning) => log.warn(warning));
+  const key = await readKey(argGiven(values, SETTINGS.key), (warning) => log.warn(warning));
   const vpn = vpnSetting
     ? await VpnService.start({
       ...vpnSetting,
@@ -616,9 +452,10 @@ async function server(args: string[], io: Io): Promise<number> {
 }
 
 async function client(args: string[], io: Io): Promise<number> {
-  const { values, positionals } = parseCommand("client", args, true);
+  const { values, positionals } = parseTunnelCommand("client", args);
   if (values.help) return help(io, "client");
-  if (values.config !== undefined) return await runConfig(values.config, values, positionals);
+  const config = argValue(values, SETTINGS.config);
+  if (config !== undefined) return await runConfig(config, values, positionals);
   if (values.listen && values.socks) {
     throw new UsageError("--listen and --socks cannot be combined");
   }
@@ -630,57 +467,28 @@ async function client(args: string[], io: Io): Promise<number> {
   }
   const vpnSetting = vpnSettings(values);
   if (vpnSetting) {
-    const other = ["listen", "socks", "connect"].find((name) =>
-      values[name as "listen"] !== undefined
-    );
+    const other = ["listen", "socks", "connect"].find((name) => values[name] !== undefined);
     if (other) throw new UsageError(`--tun cannot be combined with --${other}`);
     if (positionals.length > 0) throw new UsageError("MESSAGE cannot be combined with --tun");
   }
   const log = logger(values);
   const connectOptions: Omit<ConnectOptions, "key"> = {
-    server: values.server === undefined
-      ? defaultServerAddress("127.0.0.1")
-      : parseHostPort(values.server),
-    target: values.connect === undefined ? undefined : parseHostPort(values.connect),
-    keepaliveMs: seconds("keepalive", values.keepalive, 0),
-    handshakeTimeoutMs: seconds(
-      "handshake-timeout",
-      values["handshake-timeout"],
-      DEFAULT_HANDSHAKE_TIMEOUT_SECONDS,
-    ),
-    rekeyBytes: integer(
-      "rekey-bytes",
-      values["rekey-bytes"],
-      DEFAULT_REKEY_BYTES,
-      1,
-      DEFAULT_REKEY_BYTES,
-    ),
+    server: serverAddress(values, "client"),
+    target: argValue(values, SETTINGS.connect),
+    keepaliveMs: argValue(values, SETTINGS.keepalive),
+    handshakeTimeoutMs: argValue(values, SETTINGS.handshakeTimeout),
+    rekeyBytes: argValue(values, SETTINGS.rekeyBytes),
     provider: cryptoProvider(values),
   };
-  const maxConns = integer(
-    "max-conns",
-    values["max-conns"],
-    DEFAULT_MAX_CONNS,
-    1,
-    MAX_CONNECTION_COUNT,
-  );
-  const drainTimeoutMs = seconds(
-    "drain-timeout",
-    values["drain-timeout"],
-    DEFAULT_DRAIN_TIMEOUT_SECONDS,
-  );
+  const maxConns = argValue(values, SETTINGS.maxConns);
+  const drainTimeoutMs = argValue(values, SETTINGS.drainTimeout);
   const delayMs = drainDelay(values);
-  const listen = values.listen ?? values.socks;
-  const listenAddress: HostPort | undefined = listen === undefined
-    ? undefined
-    : parseHostPort(listen, true);
-  const metricsAddress = values.metrics === undefined
-    ? undefined
-    : parseHostPort(values.metrics, true);
+  const listenAddress = argValue(values, SETTINGS.listen) ?? argValue(values, SETTINGS.socks);
+  const metricsAddress = argValue(values, SETTINGS.metrics);
   if (metricsAddress && !listenAddress && !vpnSetting) {
     throw new UsageError("--metrics needs --listen, --socks or --tun");
   }
-  const key = await readKey(values.key, (warning) => log.warn(warning));
+  const key = await readKey(argGiven(values, SETTINGS.key), (warning) => log.warn(warning));
   if (vpnSetting) {
     return await vpnClient({
       ...vpnSetting,

@@ -13,26 +13,13 @@
  */
 
 import { UsageError } from "../base/errors.ts";
-import { LOG_FORMATS, LOG_LEVELS } from "../base/log.ts";
-import { parseHostPort } from "../protocol/hostport.ts";
 import { serveMetrics } from "../ops/metrics.ts";
+import { argGiven, type ArgValues, SETTINGS, withConfigOptions } from "../ops/settings.ts";
 import { drainOnSignal, onShutdownSignal } from "../ops/signals.ts";
 import { Supervisor } from "../ops/supervisor.ts";
 
-/** The command-line options `--config` mode takes; every other one is a usage error. */
-export const CONFIG_OPTIONS: readonly string[] = ["config", "log-level", "log-format", "metrics"];
-
-function optionOneOf<T extends string>(
-  name: string,
-  value: unknown,
-  allowed: readonly T[],
-): T | undefined {
-  if (value === undefined) return undefined;
-  if (!(allowed as readonly unknown[]).includes(value)) {
-    throw new UsageError(`--${name} takes one of ${allowed.join(", ")}, not '${value}'`);
-  }
-  return value as T;
-}
+/** The command-line options `--config` mode takes (the settings table's); every other one is a usage error. */
+export const CONFIG_OPTIONS: readonly string[] = withConfigOptions();
 
 /**
  * The CLI's `--config FILE` mode for `server` and `client`: the only other
@@ -43,7 +30,7 @@ function optionOneOf<T extends string>(
  */
 export async function runConfig(
   file: string,
-  values: Record<string, unknown>,
+  values: ArgValues,
   positionals: string[] = [],
 ): Promise<number> {
   const other = Object.keys(values).find((name) =>
@@ -55,8 +42,9 @@ export async function runConfig(
     );
   }
   if (positionals.length > 0) throw new UsageError("MESSAGE cannot be combined with --config");
-  const level = optionOneOf("log-level", values["log-level"], LOG_LEVELS);
-  const format = optionOneOf("log-format", values["log-format"], LOG_FORMATS);
+  const level = argGiven(values, SETTINGS.logLevel);
+  const format = argGiven(values, SETTINGS.logFormat);
+  const metrics = argGiven(values, SETTINGS.metrics);
 
   let supervisor: Supervisor | null = null;
   let hangupDuringStart = false;
@@ -76,11 +64,11 @@ export async function runConfig(
     supervisor = await Supervisor.start(file, {
       level,
       format,
-      healthServed: typeof values.metrics === "string",
+      healthServed: metrics !== undefined,
     });
     const running = supervisor;
-    const endpoint = typeof values.metrics === "string"
-      ? serveMetrics(parseHostPort(values.metrics, true), {
+    const endpoint = metrics
+      ? serveMetrics(metrics, {
         sources: () => running.metricsSources(),
         healthy: () => !running.draining,
       }, running.log)

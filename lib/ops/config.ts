@@ -18,20 +18,12 @@
  * @module
  */
 
-import {
-  DEFAULT_DRAIN_TIMEOUT_SECONDS,
-  DEFAULT_HANDSHAKE_TIMEOUT_SECONDS,
-  DEFAULT_MAX_CONNS,
-  MAX_CONNECTION_COUNT,
-} from "../base/defaults.ts";
 import { dirname, resolve } from "node:path";
-import { AllowList, AllowRuleError } from "../tunnel/allow.ts";
-import { DEFAULT_REKEY_BYTES } from "../protocol/channel.ts";
 import { locateLibcrypto } from "../protocol/crypto/locate.ts";
-import { CRYPTO_PROVIDERS, type CryptoProviderName } from "../protocol/crypto/provider.ts";
+import type { CryptoProviderName } from "../protocol/crypto/provider.ts";
 import { CipherlinkError, UsageError } from "../base/errors.ts";
 import { type LoadedKey, loadKey } from "../protocol/keys.ts";
-import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from "../base/log.ts";
+import type { LogFormat, LogLevel } from "../base/log.ts";
 import {
   type JsonObject,
   JsonSyntaxError,
@@ -40,15 +32,10 @@ import {
   parseJsonc,
 } from "../base/jsonc.ts";
 import { parseOptions } from "../base/options.ts";
-import {
-  DEFAULT_HELLO_TIMEOUT_MS,
-  DEFAULT_MAX_PENDING,
-  DEFAULT_MAX_PENDING_PER_SOURCE,
-} from "../tunnel/pending.ts";
-import { formatHostPort, type HostPort, parseHostPort } from "../protocol/hostport.ts";
-import { DEFAULT_TUN_MTU, MAX_TUN_MTU, MIN_TUN_MTU } from "../tunnel/netdev.ts";
-import { type Cidr, parseCidr } from "../protocol/packet.ts";
-import { checkDeviceName } from "../tunnel/tun.ts";
+import { formatHostPort, type HostPort } from "../protocol/hostport.ts";
+import type { Cidr } from "../protocol/packet.ts";
+import { logFields, type Setting, SETTINGS, tunnelFields } from "./settings.ts";
+import { describe, ValueProblem } from "./values.ts";
 
 /**
  * A config file that cannot be read, parsed or validated. The CLI prints the
@@ -106,7 +93,7 @@ interface TunnelBase {
 export interface ServerTunnelConfig extends TunnelBase {
   role: "server";
   forward?: HostPort;
-  /** `--allow` rules, already checked by {@linkcode AllowList.parse}. */
+  /** `--allow` rules, each checked (lib/tunnel/allow.ts parses them again to serve). */
   allow: string[];
   idleTimeoutMs: number;
   /** Connections whose message 1 has not verified yet (see lib/tunnel/pending.ts). */
@@ -177,70 +164,15 @@ export function parseJsonWithComments(text: string, file: string): JsonValue {
 // ---------------------------------------------------------------------------
 // Validation
 
-/** Longest timer setTimeout honours (2^31 - 1 ms); longer ones would fire at once. */
-export const MAX_SECONDS = 2_147_483;
-
-/**
- * The one check on a number of seconds, for the command line and the config
- * file alike: what is wrong with `value`, or null when it is a duration from
- * 0 to {@linkcode MAX_SECONDS}.
- */
-export function secondsProblem(value: unknown): string | null {
-  return typeof value === "number" && Number.isFinite(value) && value >= 0 && value <= MAX_SECONDS
-    ? null
-    : `must be a number of seconds from 0 to ${MAX_SECONDS}`;
-}
-const COMMON_FIELDS = [
-  "name",
-  "role",
-  "listen",
-  "key",
-  "maxConns",
-  "handshakeTimeout",
-  "keepalive",
-  "drainTimeout",
-  "drainDelay",
-  "rekeyBytes",
-  "crypto",
-  "libcrypto",
-];
+/** The fields of a server and of a client tunnel, as the settings table lists them. */
 const ROLE_FIELDS = {
-  server: [
-    ...COMMON_FIELDS,
-    "forward",
-    "allow",
-    "idleTimeout",
-    "maxPending",
-    "maxPendingPerSource",
-    "helloTimeout",
-    "tun",
-    "tunAddresses",
-    "tunMtu",
-  ],
-  client: [
-    ...COMMON_FIELDS,
-    "mode",
-    "server",
-    "connect",
-    "tun",
-    "tunAddresses",
-    "tunMtu",
-    "routes",
-  ],
-} as const;
+  server: tunnelFields("server").map((setting) => setting.config!.key),
+  client: tunnelFields("client").map((setting) => setting.config!.key),
+};
 const TOP_FIELDS = ["tunnels", "log"];
-const LOG_FIELDS = ["level", "format"];
-const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+const LOG_FIELDS = logFields().map((setting) => setting.config!.key);
 
 type Fail = (field: string | undefined, detail: string) => never;
-
-function describe(value: JsonValue): string {
-  if (value === null) return "null";
-  if (Array.isArray(value)) return "a list";
-  if (typeof value === "object") return "an object";
-  if (typeof value === "string") return `'${value}'`;
-  return String(value);
-}
 
 function isObject(value: JsonValue | undefined): value is JsonObject {
   return typeof value === "object" && value !== null && !Array.isArray(value);
@@ -264,60 +196,43 @@ class Fields {
     }
   }
 
-  string(name: string): string | undefined {
-    if (!this.has(name)) return undefined;
-    const value = this.object[name];
-    if (typeof value !== "string") this.fail(name, `must be a string, not ${describe(value)}`);
-    return value;
+  /** Whether the object has `setting`'s field. */
+  hasSetting(setting: Setting<unknown>): boolean {
+    return this.has(setting.config!.key);
   }
 
-  requiredString(name: string, what: string): string {
-    const value = this.string(name);
-    if (value === undefined) this.fail(name, `is missing (${what})`);
-    if (value === "") this.fail(name, "must not be empty");
-    return value;
+  /** The field of `setting`, parsed by its kind; absent: its default. */
+  value<T, D extends T | undefined>(setting: Setting<T, D>): T | D {
+    const key = setting.config!.key;
+    if (!this.has(key)) return setting.default;
+    return this.parse(key, () => setting.kind.fromJson(this.object[key]));
   }
 
-  hostPort(name: string, allowPortZero = false): HostPort | undefined {
-    const text = this.string(name);
-    if (text === undefined) return undefined;
+  /** The field of a setting that must be there: its "is missing" error says what belongs there. */
+  required<T>(setting: Setting<T>): T {
+    const { key, missing } = setting.config!;
+    if (!this.has(key)) this.fail(key, `is missing (${missing})`);
+    return this.value(setting)!;
+  }
+
+  /** A list field: each item parsed by the setting's kind; absent: an empty list. */
+  list<T>(setting: Setting<T>): T[] {
+    const key = setting.config!.key;
+    if (!this.has(key)) return [];
+    const value = this.object[key];
+    if (!Array.isArray(value)) {
+      this.fail(key, `must be a list of ${setting.kind.plural}, not ${describe(value)}`);
+    }
+    return value.map((item, i) => this.parse(`${key}[${i}]`, () => setting.kind.fromJson(item)));
+  }
+
+  private parse<T>(field: string, read: () => T): T {
     try {
-      return parseHostPort(text, allowPortZero);
+      return read();
     } catch (err) {
-      return this.fail(name, (err as Error).message);
+      if (err instanceof ValueProblem) this.fail(field, err.message);
+      throw err;
     }
-  }
-
-  requiredHostPort(name: string, what: string, allowPortZero = false): HostPort {
-    if (!this.has(name)) this.fail(name, `is missing (${what})`);
-    return this.hostPort(name, allowPortZero)!;
-  }
-
-  oneOf<T extends string>(name: string, allowed: readonly T[]): T | undefined {
-    const text = this.string(name);
-    if (text === undefined) return undefined;
-    if (!(allowed as readonly string[]).includes(text)) {
-      this.fail(name, `must be one of ${allowed.map((a) => `"${a}"`).join(", ")}, not '${text}'`);
-    }
-    return text as T;
-  }
-
-  /** Seconds as a JSON number; resolves milliseconds. */
-  seconds(name: string, fallback: number): number {
-    if (!this.has(name)) return fallback * 1000;
-    const value = this.object[name];
-    const problem = secondsProblem(value);
-    if (problem) this.fail(name, `${problem}, not ${describe(value)}`);
-    return (value as number) * 1000;
-  }
-
-  integer(name: string, fallback: number, min: number, max: number): number {
-    if (!this.has(name)) return fallback;
-    const value = this.object[name];
-    if (typeof value !== "number" || !Number.isInteger(value) || value < min || value > max) {
-      this.fail(name, `must be a whole number from ${min} to ${max}, not ${describe(value)}`);
-    }
-    return value;
   }
 }
 
@@ -361,7 +276,11 @@ function parseLog(value: JsonValue | undefined, file: string): Config["log"] {
   if (!isObject(value)) fail(undefined, `must be an object, not ${describe(value)}`);
   const fields = new Fields(value, fail);
   fields.rejectUnknown(LOG_FIELDS);
-  return { level: fields.oneOf("level", LOG_LEVELS), format: fields.oneOf("format", LOG_FORMATS) };
+  // Absent fields stay absent: the command line's --log-level/--log-format may still set them.
+  return {
+    level: fields.hasSetting(SETTINGS.logLevel) ? fields.value(SETTINGS.logLevel) : undefined,
+    format: fields.hasSetting(SETTINGS.logFormat) ? fields.value(SETTINGS.logFormat) : undefined,
+  };
 }
 
 function parseTunnel(entry: JsonValue, index: number, file: string, folder: string): TunnelConfig {
@@ -371,74 +290,62 @@ function parseTunnel(entry: JsonValue, index: number, file: string, folder: stri
   };
   if (!isObject(entry)) fail(undefined, `must be an object, not ${describe(entry)}`);
   const fields = new Fields(entry, fail);
-  const name = fields.requiredString("name", "a unique name for logs and errors");
-  if (!NAME_PATTERN.test(name)) {
-    fail(
-      "name",
-      `'${name}' must be 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit`,
-    );
-  }
+  const name = fields.required(SETTINGS.name);
   label = name;
-  const role = fields.oneOf("role", ["server", "client"] as const);
-  if (role === undefined) fail("role", `is missing ("server" or "client")`);
+  const role = fields.required(SETTINGS.role);
   const other = role === "server" ? ROLE_FIELDS.client : ROLE_FIELDS.server;
   fields.rejectUnknown(ROLE_FIELDS[role], other, role);
-  const mode = role === "client"
-    ? fields.oneOf("mode", ["forward", "socks", "vpn"] as const) ?? "forward"
-    : undefined;
-  if (mode === "vpn" && fields.has("listen")) {
+  const mode = role === "client" ? fields.value(SETTINGS.mode) : undefined;
+  if (mode === "vpn" && fields.hasSetting(SETTINGS.listen)) {
     fail("listen", "has no meaning in vpn mode (a VPN client accepts no connections)");
   }
   const base: TunnelBase = {
     name,
-    listen: mode === "vpn"
-      ? null
-      : fields.requiredHostPort("listen", "HOST:PORT to accept connections on", true),
-    key: resolve(folder, fields.requiredString("key", "the path of the key file")),
-    maxConns: fields.integer("maxConns", DEFAULT_MAX_CONNS, 1, MAX_CONNECTION_COUNT),
-    handshakeTimeoutMs: fields.seconds("handshakeTimeout", DEFAULT_HANDSHAKE_TIMEOUT_SECONDS),
-    keepaliveMs: fields.seconds("keepalive", 0),
-    drainTimeoutMs: fields.seconds("drainTimeout", DEFAULT_DRAIN_TIMEOUT_SECONDS),
-    rekeyBytes: fields.integer("rekeyBytes", DEFAULT_REKEY_BYTES, 1, DEFAULT_REKEY_BYTES),
+    listen: mode === "vpn" ? null : fields.required(SETTINGS.listen),
+    key: resolve(folder, fields.required(SETTINGS.key)),
+    maxConns: fields.value(SETTINGS.maxConns),
+    handshakeTimeoutMs: fields.value(SETTINGS.handshakeTimeout),
+    keepaliveMs: fields.value(SETTINGS.keepalive),
+    drainTimeoutMs: fields.value(SETTINGS.drainTimeout),
+    rekeyBytes: fields.value(SETTINGS.rekeyBytes),
     ...parseCrypto(fields, folder),
   };
-  if (fields.has("drainDelay")) base.drainDelayMs = fields.seconds("drainDelay", 0);
+  const drainDelayMs = fields.value(SETTINGS.drainDelay);
+  if (drainDelayMs !== undefined) base.drainDelayMs = drainDelayMs;
   if (role === "server") {
     return {
       ...base,
       role,
-      forward: fields.hostPort("forward"),
-      allow: parseAllow(fields),
-      idleTimeoutMs: fields.seconds("idleTimeout", 0),
-      maxPending: fields.integer("maxPending", DEFAULT_MAX_PENDING, 1, MAX_CONNECTION_COUNT),
-      maxPendingPerSource: fields.integer(
-        "maxPendingPerSource",
-        DEFAULT_MAX_PENDING_PER_SOURCE,
-        1,
-        MAX_CONNECTION_COUNT,
-      ),
-      helloTimeoutMs: fields.seconds("helloTimeout", DEFAULT_HELLO_TIMEOUT_MS / 1000),
+      forward: fields.value(SETTINGS.forward),
+      allow: fields.list(SETTINGS.allow),
+      idleTimeoutMs: fields.value(SETTINGS.idleTimeout),
+      maxPending: fields.value(SETTINGS.maxPending),
+      maxPendingPerSource: fields.value(SETTINGS.maxPendingPerSource),
+      helloTimeoutMs: fields.value(SETTINGS.helloTimeout),
       ...optional("vpn", parseTun(fields, "server")),
     };
   }
-  const connect = fields.hostPort("connect");
+  const connect = fields.value(SETTINGS.connect);
   if (mode === "socks" && connect) {
     fail("connect", "has no meaning in socks mode (each SOCKS request names its target)");
   }
   if (mode === "vpn" && connect) fail("connect", "has no meaning in vpn mode");
   if (mode !== "vpn") {
-    const stray = ["tun", "tunAddresses", "tunMtu", "routes"].find((f) => fields.has(f));
-    if (stray) fail(stray, `is a field of vpn mode (mode is "${mode}")`);
+    const stray = VPN_FIELDS.find((setting) => fields.hasSetting(setting));
+    if (stray) fail(stray.config!.key, `is a field of vpn mode (mode is "${mode}")`);
   }
   return {
     ...base,
     role,
     mode: mode!,
-    server: fields.requiredHostPort("server", "HOST:PORT of the Cipherlink server"),
+    server: fields.required(SETTINGS.server),
     connect,
     ...optional("vpn", mode === "vpn" ? parseTun(fields, "client") : undefined),
   };
 }
+
+/** The fields of VPN mode: `tun` and the ones that need it. */
+const VPN_FIELDS = [SETTINGS.tun, SETTINGS.tunAddresses, SETTINGS.tunMtu, SETTINGS.routes];
 
 /** `{ [name]: value }`, or nothing when the value is undefined (tunnels list only fields that are set). */
 function optional<K extends string, V>(name: K, value: V | undefined): { [key in K]?: V } {
@@ -447,36 +354,16 @@ function optional<K extends string, V>(name: K, value: V | undefined): { [key in
 
 /** `tun`, `tunAddresses`, `tunMtu` (and a client's `routes`); undefined without `tun` on a server. */
 function parseTun(fields: Fields, role: "server" | "client"): TunSettings | undefined {
-  if (!fields.has("tun")) {
-    const stray = ["tunAddresses", "tunMtu", "routes"].find((f) => fields.has(f));
-    if (stray) fields.fail(stray, `needs "tun" (the VPN device's name)`);
-    if (role === "client") fields.fail("tun", "is missing (the VPN device's name)");
+  if (!fields.hasSetting(SETTINGS.tun)) {
+    const stray = VPN_FIELDS.slice(1).find((setting) => fields.hasSetting(setting));
+    if (stray) fields.fail(stray.config!.key, `needs "tun" (the VPN device's name)`);
+    if (role === "client") fields.required(SETTINGS.tun);
     return undefined;
   }
-  const device = fields.requiredString("tun", "the VPN device's name");
-  try {
-    checkDeviceName(device);
-  } catch (err) {
-    fields.fail("tun", (err as Error).message);
-  }
-  const cidrs = (name: string): Cidr[] => {
-    if (!fields.has(name)) return [];
-    const value = fields.object[name];
-    if (!Array.isArray(value)) fields.fail(name, `must be a list of CIDRs, not ${describe(value)}`);
-    return value.map((item, i) => {
-      if (typeof item !== "string") {
-        fields.fail(`${name}[${i}]`, `must be a CIDR string, not ${describe(item)}`);
-      }
-      try {
-        return parseCidr(item, "it");
-      } catch (err) {
-        return fields.fail(`${name}[${i}]`, (err as Error).message);
-      }
-    });
-  };
-  const addresses = cidrs("tunAddresses");
+  const device = fields.required(SETTINGS.tun);
+  const addresses = fields.list(SETTINGS.tunAddresses);
   if (addresses.length === 0) {
-    fields.fail("tunAddresses", "is missing (one IPv4 and/or one IPv6 CIDR)");
+    fields.fail("tunAddresses", `is missing (${SETTINGS.tunAddresses.config!.missing})`);
   }
   if (
     addresses.length > 2 || (addresses.length === 2 && addresses[0].family === addresses[1].family)
@@ -486,8 +373,8 @@ function parseTun(fields: Fields, role: "server" | "client"): TunSettings | unde
   return {
     device,
     addresses,
-    mtu: fields.integer("tunMtu", DEFAULT_TUN_MTU, MIN_TUN_MTU, MAX_TUN_MTU),
-    routes: cidrs("routes"),
+    mtu: fields.value(SETTINGS.tunMtu),
+    routes: fields.list(SETTINGS.routes),
   };
 }
 
@@ -496,35 +383,11 @@ function parseCrypto(
   fields: Fields,
   folder: string,
 ): { crypto: CryptoProviderName; libcrypto?: string } {
-  const crypto = fields.oneOf("crypto", CRYPTO_PROVIDERS) ?? "webcrypto";
-  const libcrypto = fields.string("libcrypto");
+  const crypto = fields.value(SETTINGS.crypto);
+  const libcrypto = fields.value(SETTINGS.libcrypto);
   if (libcrypto === undefined) return { crypto };
   if (crypto !== "openssl") fields.fail("libcrypto", 'has no meaning unless "crypto" is "openssl"');
-  if (libcrypto === "") fields.fail("libcrypto", "must not be empty");
   return { crypto, libcrypto: resolve(folder, libcrypto) };
-}
-
-function parseAllow(fields: Fields): string[] {
-  if (!fields.has("allow")) return [];
-  const value = fields.object.allow;
-  if (!Array.isArray(value)) {
-    fields.fail("allow", `must be a list of rules, not ${describe(value)}`);
-  }
-  return value.map((rule, i) => {
-    if (typeof rule !== "string") {
-      fields.fail(`allow[${i}]`, `must be a rule string, not ${describe(rule)}`);
-    }
-    try {
-      AllowList.parse([rule]);
-    } catch (err) {
-      // The rule's own words, without the command line option's name: here the field names it.
-      fields.fail(
-        `allow[${i}]`,
-        err instanceof AllowRuleError ? err.detail : (err as Error).message,
-      );
-    }
-    return rule;
-  });
 }
 
 const WILDCARD_HOSTS = ["0.0.0.0", "::", ""];

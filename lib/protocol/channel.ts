@@ -50,7 +50,7 @@ export const DEFAULT_REKEY_BYTES = 2 ** 30;
  * The largest rekeyBytes: a key then carries at most 2^30 - 1 bytes of
  * plaintext, its REKEY message included ("rekey before 2^30 bytes").
  */
-const MAX_REKEY_BYTES = 2 ** 30;
+export const MAX_REKEY_BYTES = 2 ** 30;
 /** The plaintext of a REKEY message: its type byte. */
 const REKEY_MESSAGE_SIZE = 1;
 /** Smallest handshake message: a public key and an empty payload's tag. */

@@ -14,7 +14,13 @@
  */
 
 import { type Connection, writeAll } from "../protocol/conn.ts";
-import { ErrorCode, RemoteError, saysTargetRefused, TimeoutError } from "../base/errors.ts";
+import {
+  ErrorCode,
+  errorCodeInfo,
+  RemoteError,
+  saysTargetRefused,
+  TimeoutError,
+} from "../base/errors.ts";
 import {
   ATYP_DOMAIN,
   ATYP_IPV4,
@@ -133,10 +139,11 @@ export async function replySocks(
 }
 
 /**
- * Maps why a tunnel OPEN failed to a SOCKS5 reply code: policy refusals to
- * "not allowed", unreachable targets to "refused" or "host unreachable"
- * (the server's message says which), a local deadline to "TTL expired",
- * anything else to "general failure".
+ * Maps why a tunnel OPEN failed to a SOCKS5 reply code: an ERROR from the
+ * server to its code's reply in the ERROR code table (policy refusals "not
+ * allowed", unreachable targets "host unreachable", or "refused" when the
+ * server's message says so), a local deadline to "TTL expired", anything
+ * else to "general failure".
  */
 export function socksReplyFor(error: unknown): number {
   if (error instanceof TimeoutError) return SocksReply.ttlExpired;
@@ -144,11 +151,5 @@ export function socksReplyFor(error: unknown): number {
   if (error.code === ErrorCode.unreachable && saysTargetRefused(error.detail)) {
     return SocksReply.connectionRefused;
   }
-  return SOCKS_REPLY_FOR_ERROR.get(error.code) ?? SocksReply.generalFailure;
+  return errorCodeInfo(error.code)?.socksReply ?? SocksReply.generalFailure;
 }
-
-/** The SOCKS5 reply for each ERROR code that has one of its own; the rest are general failures. */
-const SOCKS_REPLY_FOR_ERROR: ReadonlyMap<number, number> = new Map([
-  [ErrorCode.refused, SocksReply.notAllowed],
-  [ErrorCode.unreachable, SocksReply.hostUnreachable],
-]);

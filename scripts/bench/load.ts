@@ -6,6 +6,8 @@
  * @module
  */
 
+import { within } from "../../support/process.ts";
+
 /** First byte of a connection to the target: discard everything after it. */
 export const SINK = 0x53; // "S"
 /** First byte of a connection to the target: send everything after it back. */
@@ -15,19 +17,6 @@ export const MESSAGE_BYTES = 64;
 /** Size of the source's writes and the sink's reads. */
 export const CHUNK_BYTES = 1 << 20;
 const ECHO_BUFFER_BYTES = 16 << 10;
-
-/** A bound on something that should finish: rejects with `what` after `ms`. */
-export async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: no result within ${ms / 1000} s`)), ms);
-  });
-  try {
-    return await Promise.race([promise, late]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
   let at = 0;

@@ -77,6 +77,31 @@ async function startPair(
   }
 }
 
+/** A process to start, and the port it accepts on once it is ready. */
+interface Listening {
+  name: string;
+  argv: string[];
+  port: number;
+}
+
+/**
+ * Starts `server` and waits until its port accepts, then the same for
+ * `client`, whose port enters the tunnel; stops the server if the client fails.
+ */
+function listeningPair(
+  ctx: TunnelContext,
+  server: Listening,
+  client: Listening,
+): Promise<RunningTunnel> {
+  return startPair(
+    () => spawnListening(ctx, server.name, server.argv, server.port),
+    async () => ({
+      child: await spawnListening(ctx, client.name, client.argv, client.port),
+      port: client.port,
+    }),
+  );
+}
+
 /** Spawns and waits for the port to accept; stops the process if it never does. */
 async function spawnListening(
   ctx: TunnelContext,
@@ -150,26 +175,28 @@ function cipherlink(provider: CryptoProviderName): Tunnel {
           throw err;
         }
       };
-      const server = await spawn("cipherlink server", [
-        "server",
-        "--listen",
-        "127.0.0.1:0",
-        "--forward",
-        `127.0.0.1:${ctx.targetPort}`,
-      ]);
-      try {
-        const client = await spawn("cipherlink client", [
-          "client",
-          "--listen",
-          "127.0.0.1:0",
-          "--server",
-          `127.0.0.1:${server.port}`,
-        ]);
-        return running(server.child, client.child, client.port);
-      } catch (err) {
-        await server.child.stop();
-        throw err;
-      }
+      let serverPort = 0;
+      return await startPair(
+        async () => {
+          const server = await spawn("cipherlink server", [
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--forward",
+            `127.0.0.1:${ctx.targetPort}`,
+          ]);
+          serverPort = server.port;
+          return server.child;
+        },
+        () =>
+          spawn("cipherlink client", [
+            "client",
+            "--listen",
+            "127.0.0.1:0",
+            "--server",
+            `127.0.0.1:${serverPort}`,
+          ]),
+      );
     },
   };
 }
@@ -196,32 +223,23 @@ const stunnel: Tunnel = {
   async start(ctx, programs) {
     const cert = `${ctx.tmp}/stunnel-cert.pem`;
     const key = `${ctx.tmp}/stunnel-key.pem`;
-    const made = await new Deno.Command(programs.openssl, {
-      args: [
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-subj",
-        "/CN=bench",
-        "-days",
-        "1",
-        "-keyout",
-        key,
-        "-out",
-        cert,
-      ],
-      stdin: "null",
-      stdout: "null",
-      stderr: "piped",
-      signal: AbortSignal.timeout(30_000),
-    }).output();
-    if (!made.success) {
-      throw new Error(`openssl req failed: ${new TextDecoder().decode(made.stderr).trim()}`);
-    }
+    await run(programs.openssl, [
+      "req",
+      "-x509",
+      "-newkey",
+      "ec",
+      "-pkeyopt",
+      "ec_paramgen_curve:prime256v1",
+      "-nodes",
+      "-subj",
+      "/CN=bench",
+      "-days",
+      "1",
+      "-keyout",
+      key,
+      "-out",
+      cert,
+    ]);
     const serverPort = freePort();
     const localPort = freePort();
     const nodelay = "socket = l:TCP_NODELAY=1\nsocket = r:TCP_NODELAY=1\n";
@@ -241,17 +259,10 @@ const stunnel: Tunnel = {
       `${global}[bench-client]\nclient = yes\naccept = 127.0.0.1:${localPort}\n` +
         `connect = 127.0.0.1:${serverPort}\nCAfile = ${cert}\nverifyPeer = yes\n${nodelay}`,
     );
-    return await startPair(
-      () => spawnListening(ctx, "stunnel server", [programs.stunnel, serverConf], serverPort),
-      async () => ({
-        child: await spawnListening(
-          ctx,
-          "stunnel client",
-          [programs.stunnel, clientConf],
-          localPort,
-        ),
-        port: localPort,
-      }),
+    return await listeningPair(
+      ctx,
+      { name: "stunnel server", argv: [programs.stunnel, serverConf], port: serverPort },
+      { name: "stunnel client", argv: [programs.stunnel, clientConf], port: localPort },
     );
   },
 };
@@ -275,9 +286,11 @@ const spiped: Tunnel = {
     const serverPort = freePort();
     const localPort = freePort();
     const common = ["-k", key, "-F", "-n", String(ctx.maxConns)];
-    return await startPair(
-      () =>
-        spawnListening(ctx, "spiped -d", [
+    return await listeningPair(
+      ctx,
+      {
+        name: "spiped -d",
+        argv: [
           programs.spiped,
           "-d",
           "-s",
@@ -285,9 +298,12 @@ const spiped: Tunnel = {
           "-t",
           `[127.0.0.1]:${ctx.targetPort}`,
           ...common,
-        ], serverPort),
-      async () => ({
-        child: await spawnListening(ctx, "spiped -e", [
+        ],
+        port: serverPort,
+      },
+      {
+        name: "spiped -e",
+        argv: [
           programs.spiped,
           "-e",
           "-s",
@@ -295,9 +311,9 @@ const spiped: Tunnel = {
           "-t",
           `[127.0.0.1]:${serverPort}`,
           ...common,
-        ], localPort),
+        ],
         port: localPort,
-      }),
+      },
     );
   },
 };
@@ -334,18 +350,23 @@ const shadowsocks: Tunnel = {
       String(ctx.fileLimit),
       "--no-delay",
     ];
-    return await startPair(
-      () =>
-        spawnListening(ctx, "ss-server", [
+    return await listeningPair(
+      ctx,
+      {
+        name: "ss-server",
+        argv: [
           programs.server,
           "-s",
           "127.0.0.1",
           "-p",
           String(serverPort),
           ...common,
-        ], serverPort),
-      async () => ({
-        child: await spawnListening(ctx, "ss-tunnel", [
+        ],
+        port: serverPort,
+      },
+      {
+        name: "ss-tunnel",
+        argv: [
           programs.tunnel,
           "-s",
           "127.0.0.1",
@@ -358,9 +379,9 @@ const shadowsocks: Tunnel = {
           "-L",
           `127.0.0.1:${ctx.targetPort}`,
           ...common,
-        ], localPort),
+        ],
         port: localPort,
-      }),
+      },
     );
   },
 };
@@ -442,11 +463,13 @@ const openssh: Tunnel = {
         "",
       ].join("\n"),
     );
-    return await startPair(
+    return await listeningPair(
+      ctx,
       // -D: no daemon; -e: log to stderr. sshd insists on its absolute path.
-      () => spawnListening(ctx, "sshd", [programs.sshd, "-D", "-e", "-f", config], serverPort),
-      async () => ({
-        child: await spawnListening(ctx, "ssh -L", [
+      { name: "sshd", argv: [programs.sshd, "-D", "-e", "-f", config], port: serverPort },
+      {
+        name: "ssh -L",
+        argv: [
           programs.ssh,
           "-N",
           "-T",
@@ -471,9 +494,9 @@ const openssh: Tunnel = {
           "-L",
           `127.0.0.1:${localPort}:127.0.0.1:${ctx.targetPort}`,
           `${user}@127.0.0.1`,
-        ], localPort),
+        ],
         port: localPort,
-      }),
+      },
     );
   },
 };

@@ -6,6 +6,10 @@
  */
 
 import { concat } from "../../lib/base/bytes.ts";
+import prand, { type RandomGenerator } from "npm:pure-rand@6.1.0";
+
+/** The deadline on a wait (support/process.ts), for the soak's modules. */
+export { within } from "../../support/process.ts";
 
 /** One line of the soak table. */
 export interface Row {
@@ -97,28 +101,29 @@ export class LogBook {
   }
 }
 
-/** mulberry32: a small seeded PRNG, so every run with one seed is the same. */
+/**
+ * The soak's one seeded generator outside fast-check's own arbitraries:
+ * fast-check's pure-rand (xoroshiro128+), so every run with one --seed is
+ * the same.
+ */
 export class Rng {
-  #state: number;
+  readonly #generator: RandomGenerator;
   constructor(seed: number) {
-    this.#state = seed >>> 0;
+    this.#generator = prand.xoroshiro128plus(seed);
   }
   /** A float in [0, 1). */
   next(): number {
-    let t = (this.#state = (this.#state + 0x6d2b79f5) >>> 0);
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    return this.int(0, 0xffffffff) / 4294967296;
   }
   /** An integer in [min, max]. */
   int(min: number, max: number): number {
-    return min + Math.floor(this.next() * (max - min + 1));
+    return prand.unsafeUniformIntDistribution(min, max, this.#generator);
   }
-  /** `n` bytes. */
+  /** `n` bytes, four from each 32-bit draw. */
   bytes(n: number): Uint8Array {
-    const out = new Uint8Array(n);
-    for (let i = 0; i < n; i++) out[i] = this.int(0, 255);
-    return out;
+    const words = new Uint32Array(Math.ceil(n / 4));
+    for (let i = 0; i < words.length; i++) words[i] = this.#generator.unsafeNext();
+    return new Uint8Array(words.buffer, 0, n);
   }
 }
 
@@ -153,19 +158,6 @@ export function ms(value: number): string {
 
 export function mib(bytes: number): string {
   return `${(bytes / 1048576).toFixed(1)} MiB`;
-}
-
-/** Rejects with `what` if `promise` has not settled within `limitMs`; a bound, never a pacing. */
-export async function within<T>(promise: Promise<T>, limitMs: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: no result within ${limitMs} ms`)), limitMs);
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 /** Resolves after `delayMs`: for pacing an attack or a probe, never for waiting on a result. */

@@ -17,7 +17,7 @@ import { AuthenticationError } from "../../lib/base/errors.ts";
 import { locateLibcrypto } from "../../lib/protocol/crypto/locate.ts";
 import { loadCryptoProvider } from "../../lib/protocol/crypto/select.ts";
 import { webcrypto } from "../../lib/protocol/crypto/webcrypto.ts";
-import { type Row, RowBuilder } from "./common.ts";
+import { Rng, type Row, RowBuilder } from "./common.ts";
 
 /** What to run. */
 export interface DifferentialOptions {
@@ -37,20 +37,9 @@ const POOL_SIZE = (1 << 20) + 65536;
 const MAX_PLAINTEXT = 65535;
 const TAMPERS = ["tag", "ad", "ciphertext", "nonce"] as const;
 
-/** A deterministic byte pool (xorshift32 from the seed): the source of every input. */
+/** A deterministic byte pool from the seed: the source of every input. */
 function pool(seed: number): Uint8Array {
-  const bytes = new Uint8Array(POOL_SIZE);
-  const words = new Uint32Array(bytes.buffer);
-  let x = (seed * 2654435761) >>> 0 || 1;
-  for (let i = 0; i < words.length; i++) {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    words[i] = x;
-  }
-  return bytes;
+  return new Rng(seed).bytes(POOL_SIZE);
 }
 
 /** Plaintext lengths: edges, then log-uniform over 0..65535 (every size class gets cases). */

@@ -23,7 +23,8 @@ import {
 } from "./common.ts";
 import { connectLoopback, CountingTarget, drain, echoTarget, LOOPBACK, writeAll } from "./net.ts";
 import { CLIENT_NS, createLink, type Link, SERVER_ADDR, SERVER_NS } from "./netns.ts";
-import { cipherlinkArgv, helperArgv, type Proc, spawn, tail, tempKey } from "./proc.ts";
+import { helperArgv, type Proc, spawn, spawnClient, spawnServer, tail, tempKey } from "./proc.ts";
+import type { TempKeyFile } from "../../support/process.ts";
 
 export interface FaultOptions {
   seed: number;
@@ -81,52 +82,94 @@ async function echoTransfer(conn: Deno.TcpConn, bytes: Uint8Array, firstChunk: n
   };
 }
 
-/** A tunnel on 127.0.0.1: a server with `serverArgs` and a --listen client. */
-async function loopbackTunnel(
+/**
+ * Runs one fault scenario for `row` with a fresh key: `run` starts its
+ * processes into `procs`, which are stopped last-first at the end (after
+ * `beforeStop`, before `afterStop`); an exception is the row's failure
+ * ("stopped: …"), never the suite's.
+ */
+async function scenario(
+  book: LogBook,
+  row: RowBuilder,
+  run: (key: TempKeyFile, procs: Proc[]) => Promise<void>,
+  hooks: { beforeStop?: () => Promise<void>; afterStop?: () => Promise<void> } = {},
+): Promise<Row> {
+  const key = await tempKey(book);
+  const procs: Proc[] = [];
+  try {
+    await run(key, procs);
+  } catch (err) {
+    row.fail(`stopped: ${(err as Error).message}`);
+  } finally {
+    await hooks.beforeStop?.();
+    for (const proc of procs.reverse()) await proc.stop();
+    await hooks.afterStop?.();
+    await key.cleanup();
+  }
+  return row.done();
+}
+
+/** Where a tunnel's two ends run: the server's address and each end's namespace, if any. */
+interface Placement {
+  serverHost: string;
+  serverNs?: string;
+  clientNs?: string;
+}
+
+/** Both ends on 127.0.0.1. */
+const ON_LOOPBACK: Placement = { serverHost: LOOPBACK };
+/** The server and the client in the two namespaces of the link (see netns.ts). */
+const ACROSS_LINK: Placement = {
+  serverHost: SERVER_ADDR,
+  serverNs: SERVER_NS,
+  clientNs: CLIENT_NS,
+};
+
+/**
+ * A tunnel placed `at`: a server with `serverArgs` and a --listen client
+ * (listening on its own 127.0.0.1) with `clientArgs`, both logging at debug.
+ */
+async function debugTunnel(
   book: LogBook,
   name: string,
   key: string,
   serverArgs: string[],
-  clientArgs: string[] = [],
+  clientArgs: string[],
+  at: Placement,
 ): Promise<{ server: Proc; client: Proc }> {
-  const server = await spawn(
+  const server = await spawnServer(
     book,
     `${name} server`,
-    cipherlinkArgv([
-      "server",
-      "--listen",
-      `${LOOPBACK}:0`,
-      "--key",
-      key,
-      "--log-level",
-      "debug",
-      ...serverArgs,
-    ]),
-    { ready: true },
+    key,
+    ["--log-level", "debug", ...serverArgs],
+    { ready: true, netns: at.serverNs },
+    at.serverHost,
   );
   try {
-    const client = await spawn(
+    const client = await spawnClient(
       book,
       `${name} client`,
-      cipherlinkArgv([
-        "client",
-        "--server",
-        `${LOOPBACK}:${server.port}`,
-        "--key",
-        key,
-        "--listen",
-        `${LOOPBACK}:0`,
-        "--log-level",
-        "debug",
-        ...clientArgs,
-      ]),
-      { ready: true },
+      `${at.serverHost}:${server.port}`,
+      key,
+      ["--listen", `${LOOPBACK}:0`, "--log-level", "debug", ...clientArgs],
+      { ready: true, netns: at.clientNs },
     );
     return { server, client };
   } catch (err) {
     await server.stop("SIGKILL");
     throw err;
   }
+}
+
+/** {@link debugTunnel} on 127.0.0.1. */
+function loopbackTunnel(
+  book: LogBook,
+  name: string,
+  key: string,
+  serverArgs: string[],
+  clientArgs: string[] = [],
+): Promise<{ server: Proc; client: Proc }> {
+  return debugTunnel(book, name, key, serverArgs, clientArgs, ON_LOOPBACK);
 }
 
 /** The server dies (SIGKILL) while a pipe-mode client and a port forward are moving data. */
@@ -141,18 +184,10 @@ async function serverKilled(book: LogBook): Promise<Row> {
   try {
     tunnel = await loopbackTunnel(book, "kill", key.path, ["--log-format", "json"]);
     const { server, client } = tunnel;
-    pipe = await spawn(
-      book,
-      "kill pipe client",
-      cipherlinkArgv([
-        "client",
-        "--server",
-        `${LOOPBACK}:${server.port}`,
-        "--key",
-        key.path,
-      ]),
-      { stdin: "piped", dataStdout: true },
-    );
+    pipe = await spawnClient(book, "kill pipe client", `${LOOPBACK}:${server.port}`, key.path, [], {
+      stdin: "piped",
+      dataStdout: true,
+    });
     const piping = pipe;
     const writer = piping.process.stdin.getWriter();
     const feeding = (async () => {
@@ -242,7 +277,6 @@ async function upstreamFaults(book: LogBook, options: FaultOptions): Promise<Row
     "faults",
     `upstream refusing (${options.upstreamConnections} connections) and resetting mid-stream (${options.upstreamConnections})`,
   );
-  const key = await tempKey(book);
   const closed = Deno.listen({ hostname: LOOPBACK, port: 0 });
   const deadPort = closed.addr.port;
   closed.close();
@@ -251,44 +285,23 @@ async function upstreamFaults(book: LogBook, options: FaultOptions): Promise<Row
     await conn.read(new Uint8Array(1024));
     conn.close();
   });
-  const procs: Proc[] = [];
-  try {
-    const server = await spawn(
-      book,
-      "upstream server",
-      cipherlinkArgv([
-        "server",
-        "--listen",
-        `${LOOPBACK}:0`,
-        "--key",
-        key.path,
-        "--allow",
-        `${LOOPBACK}:*`,
-        "--log-level",
-        "debug",
-      ]),
-      { ready: true },
-    );
+  return await scenario(book, row, async (key, procs) => {
+    const server = await spawnServer(book, "upstream server", key.path, [
+      "--allow",
+      `${LOOPBACK}:*`,
+      "--log-level",
+      "debug",
+    ], { ready: true });
     procs.push(server);
     const clientTo = async (name: string, port: number) => {
-      const proc = await spawn(
-        book,
-        name,
-        cipherlinkArgv([
-          "client",
-          "--server",
-          `${LOOPBACK}:${server.port}`,
-          "--key",
-          key.path,
-          "--connect",
-          `${LOOPBACK}:${port}`,
-          "--listen",
-          `${LOOPBACK}:0`,
-          "--log-level",
-          "debug",
-        ]),
-        { ready: true },
-      );
+      const proc = await spawnClient(book, name, `${LOOPBACK}:${server.port}`, key.path, [
+        "--connect",
+        `${LOOPBACK}:${port}`,
+        "--listen",
+        `${LOOPBACK}:0`,
+        "--log-level",
+        "debug",
+      ], { ready: true });
       procs.push(proc);
       return proc;
     };
@@ -330,62 +343,7 @@ async function upstreamFaults(book: LogBook, options: FaultOptions): Promise<Row
       }; ${refusedLogged} refusals reported as ERROR 3; ` +
         `${resetter.connections} resets`,
     );
-  } catch (err) {
-    row.fail(`stopped: ${(err as Error).message}`);
-  } finally {
-    for (const proc of procs.reverse()) await proc.stop();
-    await resetter.close();
-    await key.cleanup();
-  }
-  return row.done();
-}
-
-/** A tunnel across the namespaces: server in SERVER_NS, client (--listen) in CLIENT_NS. */
-async function namespaceTunnel(
-  book: LogBook,
-  name: string,
-  key: string,
-  serverArgs: string[],
-  clientArgs: string[],
-): Promise<{ server: Proc; client: Proc }> {
-  const server = await spawn(
-    book,
-    `${name} server`,
-    cipherlinkArgv([
-      "server",
-      "--listen",
-      `${SERVER_ADDR}:0`,
-      "--key",
-      key,
-      "--log-level",
-      "debug",
-      ...serverArgs,
-    ]),
-    { ready: true, netns: SERVER_NS },
-  );
-  try {
-    const client = await spawn(
-      book,
-      `${name} client`,
-      cipherlinkArgv([
-        "client",
-        "--server",
-        `${SERVER_ADDR}:${server.port}`,
-        "--key",
-        key,
-        "--listen",
-        `${LOOPBACK}:0`,
-        "--log-level",
-        "debug",
-        ...clientArgs,
-      ]),
-      { ready: true, netns: CLIENT_NS },
-    );
-    return { server, client };
-  } catch (err) {
-    await server.stop("SIGKILL");
-    throw err;
-  }
+  }, { afterStop: () => resetter.close() });
 }
 
 /** A large transfer across a network that loses 5% of packets and delays each by 50 ms, each way. */
@@ -396,9 +354,7 @@ async function lossyTransfer(book: LogBook, link: Link, options: FaultOptions): 
       mib(options.lossyBytes)
     } through the tunnel over 5% loss + 50 ms delay each way (${link.kind})`,
   );
-  const key = await tempKey(book);
-  const procs: Proc[] = [];
-  try {
+  return await scenario(book, row, async (key, procs) => {
     await link.set({ lossPercent: 5, delayMs: 50 });
     const sink = await spawn(
       book,
@@ -410,10 +366,17 @@ async function lossyTransfer(book: LogBook, link: Link, options: FaultOptions): 
       },
     );
     procs.push(sink);
-    const tunnel = await namespaceTunnel(book, "lossy", key.path, [
-      "--forward",
-      `${LOOPBACK}:${sink.port}`,
-    ], []);
+    const tunnel = await debugTunnel(
+      book,
+      "lossy",
+      key.path,
+      [
+        "--forward",
+        `${LOOPBACK}:${sink.port}`,
+      ],
+      [],
+      ACROSS_LINK,
+    );
     procs.push(tunnel.server, tunnel.client);
     row.tried();
     const sender = await spawn(
@@ -445,14 +408,7 @@ async function lossyTransfer(book: LogBook, link: Link, options: FaultOptions): 
         rate.toFixed(2)
       } MiB/s`,
     );
-  } catch (err) {
-    row.fail(`stopped: ${(err as Error).message}`);
-  } finally {
-    await link.set({ lossPercent: 0, delayMs: 0 });
-    for (const proc of procs.reverse()) await proc.stop();
-    await key.cleanup();
-  }
-  return row.done();
+  }, { beforeStop: () => link.set({ lossPercent: 0, delayMs: 0 }) });
 }
 
 /** The network goes black (100% loss): keepalive on both ends must notice within its three PINGs. */
@@ -462,13 +418,11 @@ async function blackHole(book: LogBook, link: Link, options: FaultOptions): Prom
     "faults",
     `black-holed peer (100% loss) with --keepalive ${k} on both ends`,
   );
-  const key = await tempKey(book);
-  const procs: Proc[] = [];
-  try {
-    const tunnel = await namespaceTunnel(book, "blackhole", key.path, ["--keepalive", String(k)], [
+  return await scenario(book, row, async (key, procs) => {
+    const tunnel = await debugTunnel(book, "blackhole", key.path, ["--keepalive", String(k)], [
       "--keepalive",
       String(k),
-    ]);
+    ], ACROSS_LINK);
     procs.push(tunnel.server, tunnel.client);
     const app = await spawn(
       book,
@@ -506,14 +460,7 @@ async function blackHole(book: LogBook, link: Link, options: FaultOptions): Prom
           intervals(client.ms)
         }): 1 silent interval + 3 unanswered PINGs; app connection closed`,
     );
-  } catch (err) {
-    row.fail(`stopped: ${(err as Error).message}`);
-  } finally {
-    await link.set({ lossPercent: 0, delayMs: 0 });
-    for (const proc of procs.reverse()) await proc.stop();
-    await key.cleanup();
-  }
-  return row.done();
+  }, { beforeStop: () => link.set({ lossPercent: 0, delayMs: 0 }) });
 }
 
 /** Without namespaces: the client process stopped (SIGSTOP) is the black hole. */
@@ -523,13 +470,12 @@ async function stoppedPeer(book: LogBook, options: FaultOptions): Promise<Row> {
     "faults",
     `peer frozen with SIGSTOP (no namespaces), --keepalive ${k}`,
   );
-  const key = await tempKey(book);
-  let tunnel: { server: Proc; client: Proc } | null = null;
-  try {
-    tunnel = await loopbackTunnel(book, "sigstop", key.path, ["--keepalive", String(k)], [
+  return await scenario(book, row, async (key, procs) => {
+    const tunnel = await loopbackTunnel(book, "sigstop", key.path, ["--keepalive", String(k)], [
       "--keepalive",
       String(k),
     ]);
+    procs.push(tunnel.server, tunnel.client);
     const app = await connectLoopback(tunnel.client.port);
     await writeAll(app, Uint8Array.of(1));
     await app.read(new Uint8Array(1));
@@ -544,14 +490,7 @@ async function stoppedPeer(book: LogBook, options: FaultOptions): Promise<Row> {
     row.check(line !== null, "the server did not notice");
     row.set("server_detect_ms", Math.round(took));
     row.figures(`server noticed after ${ms(took)} (${(took / 1000 / k).toFixed(1)} intervals)`);
-  } catch (err) {
-    row.fail(`stopped: ${(err as Error).message}`);
-  } finally {
-    await tunnel?.client.stop();
-    await tunnel?.server.stop();
-    await key.cleanup();
-  }
-  return row.done();
+  });
 }
 
 /** SIGTERM while transfers run: every one that finishes within the drain time is intact. */

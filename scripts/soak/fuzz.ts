@@ -45,6 +45,7 @@ import {
   splitAt,
   type StreamTransform,
 } from "./memory.ts";
+import { rawHeader } from "../../support/wire.ts";
 
 /** How many inputs of each kind; see planFuzz. */
 export interface FuzzPlan {
@@ -165,15 +166,6 @@ const U32_EXTREMES = [
 
 const u32Extremes = fc.oneof(fc.constantFrom(...U32_EXTREMES), fc.nat({ max: 0xffffffff }));
 
-function headerBytes(version: number, nonceSize: number, dataSize: number): Uint8Array {
-  const bytes = new Uint8Array(9);
-  const view = new DataView(bytes.buffer);
-  view.setUint8(0, version);
-  view.setUint32(1, nonceSize);
-  view.setUint32(5, dataSize);
-  return bytes;
-}
-
 /**
  * Random headers, cheap to generate: three random fields, and a selector
  * that swaps some of them for version 2 or for extreme sizes, so that every
@@ -185,7 +177,7 @@ const headerArb = fc.tuple(
   fc.nat({ max: 0xffffffff }),
   fc.nat(63),
 ).map(([version, nonce, data, selector]) =>
-  headerBytes(
+  rawHeader(
     selector & 1 ? 2 : selector & 2 ? 1 : version,
     selector & 4 ? U32_EXTREMES[nonce % U32_EXTREMES.length] : selector & 8 ? nonce % 13 : nonce,
     selector & 16 ? U32_EXTREMES[data % U32_EXTREMES.length] : selector & 32 ? data % 70000 : data,
@@ -271,7 +263,7 @@ function materialize(segment: Segment): Uint8Array {
   if (segment.kind === "garbage") return segment.bytes;
   const body = Math.min(segment.nonceSize + segment.dataSize, 12 + MAX_DATA_SIZE);
   const out = new Uint8Array(9 + body);
-  out.set(headerBytes(segment.version, segment.nonceSize, segment.dataSize));
+  out.set(rawHeader(segment.version, segment.nonceSize, segment.dataSize));
   out.set(FILL.subarray(segment.fill, segment.fill + body), 9);
   return out;
 }
@@ -412,7 +404,7 @@ async function fuzzOversized(plan: FuzzPlan, row: RowBuilder): Promise<void> {
       ? nonceSize
       : nonceOverride;
     const [writer, readerEnd] = memoryPair();
-    await writer.write(headerBytes(2, announcedNonce, dataSize)); // and never more, never EOF
+    await writer.write(rawHeader(2, announcedNonce, dataSize)); // and never more, never EOF
     const reader = new FrameReader(readableOf(readerEnd));
     row.tried();
     try {

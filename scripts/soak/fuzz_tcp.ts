@@ -32,7 +32,8 @@ import {
   sentinel,
   writeAll,
 } from "./net.ts";
-import { cipherlinkArgv, spawn, tempKey } from "./proc.ts";
+import { spawnServer, tempKey } from "./proc.ts";
+import { rawHeader } from "../../support/wire.ts";
 
 /** One hostile connection. */
 interface Input {
@@ -42,15 +43,6 @@ interface Input {
   silent: boolean;
   /** The header alone condemns it: the server must close well before the timeout. */
   quick: boolean;
-}
-
-function header(version: number, nonceSize: number, dataSize: number): Uint8Array {
-  const out = new Uint8Array(9);
-  const view = new DataView(out.buffer);
-  view.setUint8(0, version);
-  view.setUint32(1, nonceSize);
-  view.setUint32(5, dataSize);
-  return out;
 }
 
 /** The deterministic list of hostile inputs for `count` and `seed`. */
@@ -86,25 +78,25 @@ function inputs(count: number, seed: number, recorded: Uint8Array): Input[] {
     }),
     () => ({
       kind: "random message 1",
-      bytes: concat([header(2, 0, 48), rng.bytes(48)]),
+      bytes: concat([rawHeader(2, 0, 48), rng.bytes(48)]),
       silent: true,
       quick: true,
     }),
     () => ({
       kind: "huge data_size",
-      bytes: header(2, rng.int(0, 1) * 12, rng.int(65536, 0xffffffff)),
+      bytes: rawHeader(2, rng.int(0, 1) * 12, rng.int(65536, 0xffffffff)),
       silent: true,
       quick: true,
     }),
     () => ({
       kind: "wrong nonce_size",
-      bytes: header(2, [12, 1, 0xffffffff, rng.int(1, 0xffffffff)][rng.int(0, 3)], 48),
+      bytes: rawHeader(2, [12, 1, 0xffffffff, rng.int(1, 0xffffffff)][rng.int(0, 3)], 48),
       silent: true,
       quick: true,
     }),
     () => ({
       kind: "bad version",
-      bytes: concat([header([0, 1, 3, 255][rng.int(0, 3)], 0, 48), rng.bytes(48)]),
+      bytes: concat([rawHeader([0, 1, 3, 255][rng.int(0, 3)], 0, 48), rng.bytes(48)]),
       silent: true,
       quick: true,
     }),
@@ -136,28 +128,18 @@ export async function fuzzOverTcp(book: LogBook, options: TcpFuzzOptions): Promi
   const nobody = sentinel();
   const echo = echoTarget();
   const timeoutMs = options.handshakeTimeout * 1000;
-  const server = await spawn(
-    book,
-    "fuzz-tcp server",
-    cipherlinkArgv([
-      "server",
-      "--listen",
-      `${LOOPBACK}:0`,
-      "--key",
-      key.path,
-      "--forward",
-      `${LOOPBACK}:${nobody.port}`,
-      "--allow",
-      `${LOOPBACK}:${echo.port}`,
-      "--handshake-timeout",
-      String(options.handshakeTimeout),
-      "--max-conns",
-      "2000",
-      "--log-level",
-      "debug",
-    ]),
-    { ready: true },
-  );
+  const server = await spawnServer(book, "fuzz-tcp server", key.path, [
+    "--forward",
+    `${LOOPBACK}:${nobody.port}`,
+    "--allow",
+    `${LOOPBACK}:${echo.port}`,
+    "--handshake-timeout",
+    String(options.handshakeTimeout),
+    "--max-conns",
+    "2000",
+    "--log-level",
+    "debug",
+  ], { ready: true });
   const serverAddress = { host: LOOPBACK, port: server.port };
   const legit = { ok: 0, failed: 0 };
   const legitRoundTrip = async (): Promise<void> => {

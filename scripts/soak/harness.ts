@@ -6,7 +6,7 @@
  * @module
  */
 
-import { concat } from "../../lib/base/bytes.ts";
+import { concat, equalBytes } from "../../lib/base/bytes.ts";
 import { SecureChannel } from "../../lib/protocol/channel.ts";
 import { closeQuietly, type Connection } from "../../lib/protocol/conn.ts";
 import { ErrorCode } from "../../lib/base/errors.ts";
@@ -111,7 +111,6 @@ export async function runClient(
 
 /** Whether `part` is a prefix of `whole`. */
 export function isPrefix(part: Uint8Array, whole: Uint8Array): boolean {
-  if (part.byteLength > whole.byteLength) return false;
-  for (let i = 0; i < part.byteLength; i++) if (part[i] !== whole[i]) return false;
-  return true;
+  return part.byteLength <= whole.byteLength &&
+    equalBytes(part, whole.subarray(0, part.byteLength));
 }

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { concat } from "../../lib/base/bytes.ts";
+import { concat, equalBytes } from "../../lib/base/bytes.ts";
 import { SecureChannel } from "../../lib/protocol/channel.ts";
 import { forward } from "../../lib/tunnel/client.ts";
 import type { Connection } from "../../lib/protocol/conn.ts";
@@ -21,7 +21,14 @@ import {
   RowBuilder,
 } from "./common.ts";
 import { connectLoopback, drain, LOOPBACK, Proxy, recorder, sentinel, writeAll } from "./net.ts";
-import { cipherlinkArgv, helperArgv, type Proc, spawn, tempKey } from "./proc.ts";
+import {
+  type ProbeSample,
+  probeSamples,
+  type Proc,
+  spawnServer,
+  startProbe,
+  tempKey,
+} from "./proc.ts";
 
 export interface HostileOptions {
   slowloris: number;
@@ -42,13 +49,6 @@ export interface HostileOptions {
   floodConcurrency: number;
 }
 
-interface ProbeSample {
-  at: number;
-  handshakeMs?: number;
-  roundTripMs?: number;
-  error?: string;
-}
-
 interface Phase {
   name: string;
   start: number;
@@ -57,10 +57,7 @@ interface Phase {
 
 /** Samples of the probe taken while `phase` ran. */
 function samplesIn(probe: Proc, phase: Phase): ProbeSample[] {
-  return probe.out
-    .filter((line) => line.startsWith('{"at"'))
-    .map((line) => JSON.parse(line) as ProbeSample)
-    .filter((s) => s.at >= phase.start && s.at <= phase.end);
+  return probeSamples(probe, phase.start, phase.end);
 }
 
 /** Connections held open for `seconds`, each reopened when the server closes it. */
@@ -131,32 +128,22 @@ export async function hostileClients(book: LogBook, options: HostileOptions): Pr
   let server: Proc | null = null;
   let probe: Proc | null = null;
   try {
-    server = await spawn(
-      book,
-      "hostile server",
-      cipherlinkArgv([
-        "server",
-        "--listen",
-        `${LOOPBACK}:0`,
-        "--key",
-        key.path,
-        "--allow",
-        `${LOOPBACK}:${nobody.port}`,
-        "--max-conns",
-        "2500",
-        "--handshake-timeout",
-        String(options.handshakeTimeout),
-        // The slow clients here are held for the whole handshake timeout, as
-        // they were before message 1 had a deadline of its own; the default
-        // 1 s deadline is what the pre-auth flood row (preauth.ts) measures.
-        // With it, clients that reconnect at once churn 5 times as fast.
-        "--hello-timeout",
-        String(options.handshakeTimeout),
-        "--log-level",
-        "info",
-      ]),
-      { ready: true },
-    );
+    server = await spawnServer(book, "hostile server", key.path, [
+      "--allow",
+      `${LOOPBACK}:${nobody.port}`,
+      "--max-conns",
+      "2500",
+      "--handshake-timeout",
+      String(options.handshakeTimeout),
+      // The slow clients here are held for the whole handshake timeout, as
+      // they were before message 1 had a deadline of its own; the default
+      // 1 s deadline is what the pre-auth flood row (preauth.ts) measures.
+      // With it, clients that reconnect at once churn 5 times as fast.
+      "--hello-timeout",
+      String(options.handshakeTimeout),
+      "--log-level",
+      "info",
+    ], { ready: true });
     const port = server.port;
 
     // A real session to the sentinel, recorded on the wire for the replays.
@@ -172,19 +159,7 @@ export async function hostileClients(book: LogBook, options: HostileOptions): Pr
     const recorded = concat(chunks);
     const upstreamBaseline = nobody.connections;
 
-    probe = await spawn(
-      book,
-      "hostile probe",
-      helperArgv("probe", [
-        "--server",
-        `${LOOPBACK}:${port}`,
-        "--key",
-        key.path,
-        "--interval-ms",
-        "50",
-      ]),
-    );
-    await probe.waitForLine(/"ready"/);
+    probe = await startProbe(book, "hostile probe", port, key.path);
     const running = probe;
 
     const rest: Phase = { name: "rest", start: Date.now(), end: 0 };
@@ -352,7 +327,7 @@ export async function hostileClients(book: LogBook, options: HostileOptions): Pr
     const reply = await forward(payload, { server: { host: LOOPBACK, port }, key: key.key })
       .catch((err) => new TextEncoder().encode(`${(err as Error).message}`));
     after.check(
-      reply.byteLength === payload.byteLength && reply.every((b, i) => b === payload[i]),
+      equalBytes(reply, payload),
       "the round trip after the attacks failed",
     );
     const crash = server.lines.find((l) => /uncaught|panicked/i.test(l));

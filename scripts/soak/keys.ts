@@ -12,7 +12,7 @@ import { forward } from "../../lib/tunnel/client.ts";
 import { closeQuietly } from "../../lib/protocol/conn.ts";
 import { type LogBook, pause, type Row, RowBuilder } from "./common.ts";
 import { LOOPBACK } from "./net.ts";
-import { cipherlinkArgv, type Proc, spawn, tempKey } from "./proc.ts";
+import { cipherlinkArgv, type Proc, spawn, spawnServer, tempKey } from "./proc.ts";
 
 const LEVELS = ["debug", "info", "warn", "error"] as const;
 const FORMATS = ["text", "json"] as const;
@@ -58,16 +58,11 @@ async function warningsAndLevels(book: LogBook): Promise<Row> {
       const key = await tempKey(book, { mode, format });
       cleanups.push(key.cleanup);
       row.tried();
-      const server = await spawn(
+      const server = await spawnServer(
         book,
         `keys ${format} ${mode.toString(8)} server`,
-        cipherlinkArgv([
-          "server",
-          "--listen",
-          `${LOOPBACK}:0`,
-          "--key",
-          key.path,
-        ]),
+        key.path,
+        [],
         { ready: true },
       );
       const warned = server.lines.find((l) => /readable by group or others/.test(l));
@@ -94,20 +89,9 @@ async function warningsAndLevels(book: LogBook): Promise<Row> {
     const own = await tempKey(book, { mode: 0o600 });
     cleanups.push(own.cleanup);
     row.tried();
-    const quiet = await spawn(
-      book,
-      "keys 600 server",
-      cipherlinkArgv([
-        "server",
-        "--listen",
-        `${LOOPBACK}:0`,
-        "--key",
-        own.path,
-        "--log-level",
-        "debug",
-      ]),
-      { ready: true },
-    );
+    const quiet = await spawnServer(book, "keys 600 server", own.path, ["--log-level", "debug"], {
+      ready: true,
+    });
     row.check(
       !quiet.lines.some((l) => /readable by group or others/.test(l)),
       "a 0600 key file was warned about",
@@ -139,39 +123,38 @@ async function warningsAndLevels(book: LogBook): Promise<Row> {
             ]),
           );
           await acceptsOn(port);
+          /** A client of this server with `keyPath` at this level and format. */
+          const client = (keyPath: string, message: string) => [
+            "client",
+            "--server",
+            `${LOOPBACK}:${port}`,
+            "--key",
+            keyPath,
+            "--log-level",
+            level,
+            "--log-format",
+            format,
+            message,
+          ];
           const payload = new TextEncoder().encode(`level ${level} ${format}`);
           const reply = await forward(payload, { server: { host: LOOPBACK, port }, key: key.key });
           row.check(
             new TextDecoder().decode(reply) === `level ${level} ${format}`,
             "the echo differs",
           );
-          const ok = await runOnce(book, `keys client ${level} ${format}`, [
-            "client",
-            "--server",
-            `${LOOPBACK}:${port}`,
-            "--key",
-            key.path,
-            "--log-level",
-            level,
-            "--log-format",
-            format,
-            "round trip",
-          ]);
+          const ok = await runOnce(
+            book,
+            `keys client ${level} ${format}`,
+            client(key.path, "round trip"),
+          );
           row.check(ok.code === 0, `client at ${level}/${format} exited ${ok.code}`);
           const other = await tempKey(book);
           cleanups.push(other.cleanup);
-          const wrong = await runOnce(book, `keys wrong-key client ${level} ${format}`, [
-            "client",
-            "--server",
-            `${LOOPBACK}:${port}`,
-            "--key",
-            other.path,
-            "--log-level",
-            level,
-            "--log-format",
-            format,
-            "wrong",
-          ]);
+          const wrong = await runOnce(
+            book,
+            `keys wrong-key client ${level} ${format}`,
+            client(other.path, "wrong"),
+          );
           row.check(wrong.code === 1, `a wrong-key client exited ${wrong.code}`);
         } finally {
           await server?.stop();

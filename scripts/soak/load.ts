@@ -20,7 +20,8 @@ import {
   within,
 } from "./common.ts";
 import { connectLoopback, CountingTarget, LOOPBACK, writeAll } from "./net.ts";
-import { cipherlinkArgv, type Proc, spawn, tempKey } from "./proc.ts";
+import { type Proc, spawnClient, spawnServer, tempKey } from "./proc.ts";
+import { equalBytes } from "../../lib/base/bytes.ts";
 
 export interface LoadOptions {
   sessions: number;
@@ -75,7 +76,7 @@ function checkingTarget(verdicts: { ok: number; bad: number }): CountingTarget {
     await conn.closeWrite();
     const expected = new Uint8Array(hash.digest());
     const whole = received === 4 + length + 32;
-    if (whole && expected.every((b, i) => b === tail[i])) verdicts.ok++;
+    if (whole && equalBytes(expected, tail)) verdicts.ok++;
     else verdicts.bad++;
   });
 }
@@ -127,38 +128,18 @@ export async function load(book: LogBook, options: LoadOptions): Promise<LoadRun
   const started = performance.now();
   try {
     const maxConns = String(options.wave * 2 + 100);
-    server = await spawn(
-      book,
-      "load server",
-      cipherlinkArgv([
-        "server",
-        "--listen",
-        `${LOOPBACK}:0`,
-        "--key",
-        key.path,
-        "--forward",
-        `${LOOPBACK}:${target.port}`,
-        "--max-conns",
-        maxConns,
-      ]),
-      { ready: true },
-    );
-    client = await spawn(
-      book,
-      "load client",
-      cipherlinkArgv([
-        "client",
-        "--server",
-        `${LOOPBACK}:${server.port}`,
-        "--key",
-        key.path,
-        "--listen",
-        `${LOOPBACK}:0`,
-        "--max-conns",
-        maxConns,
-      ]),
-      { ready: true },
-    );
+    server = await spawnServer(book, "load server", key.path, [
+      "--forward",
+      `${LOOPBACK}:${target.port}`,
+      "--max-conns",
+      maxConns,
+    ], { ready: true });
+    client = await spawnClient(book, "load client", `${LOOPBACK}:${server.port}`, key.path, [
+      "--listen",
+      `${LOOPBACK}:0`,
+      "--max-conns",
+      maxConns,
+    ], { ready: true });
     const rssBefore = await server.rss();
     const sampler = sampleRss(server);
     const localPort = client.port;

@@ -7,6 +7,7 @@
 
 import { closeQuietly } from "../../lib/protocol/conn.ts";
 import type { StreamTransform } from "./memory.ts";
+import { concat } from "../../lib/base/bytes.ts";
 
 export const LOOPBACK = "127.0.0.1";
 
@@ -55,10 +56,7 @@ export async function drain(conn: Deno.Conn, boundMs: number): Promise<Drained> 
     timer = undefined;
   }
   if (bounded) end = "bound";
-  const joined = new Uint8Array(head.reduce((n, h) => n + h.byteLength, 0));
-  let at = 0;
-  for (const h of head) joined.set(h, at), at += h.byteLength;
-  return { bytes, head: joined, end, ms: performance.now() - started };
+  return { bytes, head: concat(head), end, ms: performance.now() - started };
 }
 
 /** A listener that counts connections; `serve` decides what each gets. */

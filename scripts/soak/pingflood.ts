@@ -23,6 +23,7 @@ import {
 import { type LogBook, MiB, mib, pause, type Row, RowBuilder } from "./common.ts";
 import { connectLoopback, LOOPBACK, writeAll } from "./net.ts";
 import { cipherlinkArgv, type Proc, spawn, tempKey } from "./proc.ts";
+import { equalBytes } from "../../lib/base/bytes.ts";
 
 /** The bound on the server's RSS growth during the flood, whatever the PING count. */
 export const PING_FLOOD_RSS_BOUND = 32 * MiB;
@@ -82,7 +83,7 @@ export async function pingFlood(book: LogBook, options: PingFloodOptions): Promi
         if (!message) break;
         if (message.type !== MessageType.pong) continue;
         const expected = bodyOf(answered);
-        if (!message.body.every((b, i) => b === expected[i])) {
+        if (!equalBytes(message.body, expected)) {
           row.fail(`PONG ${answered} carried another PING's body`);
           break;
         }

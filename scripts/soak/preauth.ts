@@ -17,7 +17,15 @@ import { connect } from "../../lib/tunnel/client.ts";
 import { RemoteError } from "../../lib/base/errors.ts";
 import { type LogBook, ms, pool, Rng, type Row, RowBuilder } from "./common.ts";
 import { LOOPBACK, sentinel } from "./net.ts";
-import { cipherlinkArgv, helperArgv, type Proc, spawn, tempKey } from "./proc.ts";
+import {
+  helperArgv,
+  probeSamples,
+  type Proc,
+  spawn,
+  spawnServer,
+  startProbe,
+  tempKey,
+} from "./proc.ts";
 
 export interface SpellingOptions {
   /** Generated spellings, on top of the fixed list. */
@@ -97,24 +105,14 @@ export async function hostileSpellings(book: LogBook, options: SpellingOptions):
   const target = sentinel();
   let server: Proc | null = null;
   try {
-    server = await spawn(
-      book,
-      "spelling server",
-      cipherlinkArgv([
-        "server",
-        "--listen",
-        `${LOOPBACK}:0`,
-        "--key",
-        key.path,
-        "--allow",
-        `${LOOPBACK}/32:${target.port}`,
-        "--allow",
-        `[::/0]:${target.port}`,
-        "--log-level",
-        "info",
-      ]),
-      { ready: true },
-    );
+    server = await spawnServer(book, "spelling server", key.path, [
+      "--allow",
+      `${LOOPBACK}/32:${target.port}`,
+      "--allow",
+      `[::/0]:${target.port}`,
+      "--log-level",
+      "info",
+    ], { ready: true });
     const rng = new Rng(options.seed);
     const spellings = [
       ...FIXED,
@@ -194,12 +192,6 @@ export interface PreAuthOptions {
   goalMs: number;
 }
 
-interface ProbeSample {
-  at: number;
-  handshakeMs?: number;
-  error?: string;
-}
-
 /** The flood against `--max-conns 50` with a probe measuring handshakes; one row. */
 export async function preAuthFlood(book: LogBook, options: PreAuthOptions): Promise<Row[]> {
   const row = new RowBuilder(
@@ -211,35 +203,13 @@ export async function preAuthFlood(book: LogBook, options: PreAuthOptions): Prom
   let probe: Proc | null = null;
   let flood: Proc | null = null;
   try {
-    server = await spawn(
-      book,
-      "pre-auth server",
-      cipherlinkArgv([
-        "server",
-        "--listen",
-        `${LOOPBACK}:0`,
-        "--key",
-        key.path,
-        "--max-conns",
-        "50",
-        "--log-level",
-        "info",
-      ]),
-      { ready: true },
-    );
-    probe = await spawn(
-      book,
-      "pre-auth probe",
-      helperArgv("probe", [
-        "--server",
-        `${LOOPBACK}:${server.port}`,
-        "--key",
-        key.path,
-        "--interval-ms",
-        "50",
-      ]),
-    );
-    await probe.waitForLine(/"ready"/);
+    server = await spawnServer(book, "pre-auth server", key.path, [
+      "--max-conns",
+      "50",
+      "--log-level",
+      "info",
+    ], { ready: true });
+    probe = await startProbe(book, "pre-auth probe", server.port, key.path);
     const start = Date.now();
     flood = await spawn(
       book,
@@ -270,10 +240,7 @@ export async function preAuthFlood(book: LogBook, options: PreAuthOptions): Prom
       attack.peakOpen >= options.sockets,
       `only ${attack.peakOpen} attacking sockets were open at once`,
     );
-    const samples = probe.out
-      .filter((line) => line.startsWith('{"at"'))
-      .map((line) => JSON.parse(line) as ProbeSample)
-      .filter((s) => s.at >= start && s.at <= end);
+    const samples = probeSamples(probe, start, end);
     row.check(samples.length > 0, "the legitimate client made no request during the attack");
     for (const s of samples.filter((s) => s.error)) row.fail(`legitimate client: ${s.error}`);
     const handshakes = samples.flatMap((s) => s.handshakeMs ?? []);

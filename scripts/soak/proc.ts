@@ -6,9 +6,10 @@
  * @module
  */
 
-import { cipherlinkArgvWith, tempKeyFile } from "../../support/process.ts";
+import { cipherlinkArgvWith, type TempKeyFile, tempKeyFile } from "../../support/process.ts";
 import type { KeyFormat } from "../../lib/protocol/keys.ts";
 import type { LogBook } from "./common.ts";
+import { LOOPBACK } from "./net.ts";
 
 /** The soak helper scripts' folder. */
 export const SOAK_DIR = new URL(".", import.meta.url).pathname;
@@ -57,6 +58,43 @@ export function cipherlinkArgv(args: string[]): string[] {
   return cipherlinkArgvWith(["--allow-net", "--allow-read", "--allow-env"], args);
 }
 
+/**
+ * `cipherlink server --listen HOST:0 --key KEY ...args` (HOST 127.0.0.1
+ * unless told), started with {@link spawn}.
+ */
+export function spawnServer(
+  book: LogBook,
+  name: string,
+  key: string,
+  args: string[],
+  options: SpawnOptions,
+  host = LOOPBACK,
+): Promise<Proc> {
+  return spawn(
+    book,
+    name,
+    cipherlinkArgv(["server", "--listen", `${host}:0`, "--key", key, ...args]),
+    options,
+  );
+}
+
+/** `cipherlink client --server SERVER --key KEY ...args`, started with {@link spawn}. */
+export function spawnClient(
+  book: LogBook,
+  name: string,
+  server: string,
+  key: string,
+  args: string[],
+  options: SpawnOptions,
+): Promise<Proc> {
+  return spawn(
+    book,
+    name,
+    cipherlinkArgv(["client", "--server", server, "--key", key, ...args]),
+    options,
+  );
+}
+
 /** The argv of a soak helper script (scripts/soak/NAME.ts). */
 export function helperArgv(name: string, args: string[]): string[] {
   return [
@@ -69,6 +107,50 @@ export function helperArgv(name: string, args: string[]): string[] {
     `${SOAK_DIR}${name}.ts`,
     ...args,
   ];
+}
+
+/** One attempt of the probe process (scripts/soak/probe.ts), from its JSON line. */
+export interface ProbeSample {
+  /** When the attempt started (epoch ms). */
+  at: number;
+  handshakeMs?: number;
+  roundTripMs?: number;
+  error?: string;
+}
+
+/**
+ * Starts the probe, the legitimate client measuring a server under attack
+ * (one session every 50 ms to 127.0.0.1:`port` with the key at `keyPath`),
+ * and resolves once it is ready.
+ */
+export async function startProbe(
+  book: LogBook,
+  name: string,
+  port: number,
+  keyPath: string,
+): Promise<Proc> {
+  const probe = await spawn(
+    book,
+    name,
+    helperArgv("probe", [
+      "--server",
+      `${LOOPBACK}:${port}`,
+      "--key",
+      keyPath,
+      "--interval-ms",
+      "50",
+    ]),
+  );
+  await probe.waitForLine(/"ready"/);
+  return probe;
+}
+
+/** The probe's attempts that started between `start` and `end` (epoch ms). */
+export function probeSamples(probe: Proc, start: number, end: number): ProbeSample[] {
+  return probe.out
+    .filter((line) => line.startsWith('{"at"'))
+    .map((line) => JSON.parse(line) as ProbeSample)
+    .filter((s) => s.at >= start && s.at <= end);
 }
 
 /**
@@ -213,7 +295,7 @@ export function tail(lines: string[], count = 8): string {
 export async function tempKey(
   book: LogBook,
   options: { mode?: number; format?: KeyFormat } = {},
-): Promise<{ dir: string; path: string; key: Uint8Array; cleanup(): Promise<void> }> {
+): Promise<TempKeyFile> {
   const file = await tempKeyFile("cipherlink-soak-", options);
   book.keys.push(file.key);
   return file;
