@@ -61,8 +61,26 @@ interface Runner {
   readonly stopped: Promise<void>;
   shutdown(options?: ShutdownOptions): Promise<void>;
   endNow(): Promise<void>;
-  setKey(key: Uint8Array): void;
+  /** New handshakes use `key`; resolves once none reads the replaced key any more. */
+  setKey(key: Uint8Array): Promise<void>;
   readonly stats: TunnelStats;
+}
+
+/**
+ * Gives `runner` the key `next` for new handshakes, and zeroes `old` (and
+ * its cached handshake prefix) once no handshake reads it any more, which
+ * is when the returned promise resolves. Open sessions go on: they hold
+ * keys derived in their handshakes, never the key itself.
+ */
+export function swapKey(
+  runner: Pick<Runner, "setKey">,
+  old: Uint8Array,
+  next: Uint8Array,
+): Promise<void> {
+  return runner.setKey(next).then(() => {
+    forgetPsk(old);
+    old.fill(0);
+  });
 }
 
 interface Running {
@@ -330,8 +348,8 @@ export class Supervisor {
         const { key, warning } = keys.get(next.name)!;
         running.config = next;
         if (!equalBytes(key, running.key)) {
-          running.runner.setKey(key);
-          forgetPsk(running.key); // its cached handshake prefix is zeroed
+          // Zeroed once a handshake that began under it (at most the handshake timeout) is over.
+          swapKey(running.runner, running.key, key);
           running.key = key;
           if (warning) running.log.warn(warning);
           running.log.info("key changed; new sessions use it", {

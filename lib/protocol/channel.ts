@@ -560,6 +560,19 @@ export class SecureChannel {
     this.#receive.dispose();
   }
 
+  /**
+   * Closes the connection once `flushing` (a last frame's way out) settles,
+   * or after `graceMs` for a peer that stopped reading, whichever is first.
+   * Resolves when it is closed.
+   */
+  async closeAfter(flushing: Promise<unknown>, graceMs: number): Promise<void> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const grace = new Promise((resolve) => (timer = setTimeout(resolve, graceMs)));
+    await Promise.race([flushing.catch(() => {}), grace]);
+    clearTimeout(timer);
+    this.close();
+  }
+
   /** Whether close() has been called. */
   get closed(): boolean {
     return this.#closed;

@@ -12,7 +12,7 @@
  * @module
  */
 
-import { RemoteError } from "../base/errors.ts";
+import { FrameHeaderError, ProtocolError, RemoteError } from "../base/errors.ts";
 
 /** The most bytes of reason text an ERROR we send carries. */
 export const MAX_ERROR_TEXT_BYTES = 1024;
@@ -24,6 +24,15 @@ export function encodeErrorBody(code: number, message: string): Uint8Array {
   body[0] = code;
   body.set(text, 1);
   return body;
+}
+
+/**
+ * Whether a failure to receive is answered with ERROR 1 before the end: a
+ * frame that arrived whole but broke the rules may be; a bad frame header
+ * is dropped without a word (protocol section 1), as is anything else.
+ */
+export function answeredAsViolation(err: unknown): err is ProtocolError {
+  return err instanceof ProtocolError && !(err instanceof FrameHeaderError);
 }
 
 /** The error a received ERROR body reports (code 0 when the body is empty). */

@@ -21,3 +21,6 @@ export const MessageType = {
   rekey: 7,
   error: 8,
 } as const;
+
+/** The longest PING body (protocol section 3); PONG echoes it. */
+export const MAX_PING_BODY = 8;

@@ -19,6 +19,7 @@
 
 import { DEFAULT_DRAIN_TIMEOUT_SECONDS, DEFAULT_MAX_CONNS } from "../base/defaults.ts";
 import { connect, type ConnectOptions } from "./client.ts";
+import { KeySlot } from "./key_slot.ts";
 import { closeQuietly } from "../protocol/conn.ts";
 import { webcrypto } from "../protocol/crypto/webcrypto.ts";
 import { drainListener, type ShutdownOptions } from "./drain.ts";
@@ -77,14 +78,20 @@ export class LocalForwarder {
   readonly stats: TunnelStats = new TunnelStats();
   readonly stopped: Promise<void>;
   #listening: DrainableListener;
-  #options: ForwarderOptions;
+  #options: Omit<ForwarderOptions, "connect">;
+  /** How to reach the server; the key lives only in #keys. */
+  #connect: Omit<ConnectOptions, "key">;
+  #keys: KeySlot;
   #log: Logger;
   #locals = new Map<number, Local>();
   #nextId = 0;
 
   private constructor(listener: Deno.TcpListener, options: ForwarderOptions) {
     this.addr = listener.addr;
-    this.#options = options;
+    const { connect: { key, ...connectOptions }, ...rest } = options;
+    this.#options = rest;
+    this.#connect = connectOptions;
+    this.#keys = new KeySlot(key);
     this.#log = options.logger ?? new Logger();
     this.#listening = new DrainableListener(listener, {
       accepted: (conn) => this.#accepted(conn),
@@ -130,9 +137,13 @@ export class LocalForwarder {
     return this.#listening.draining;
   }
 
-  /** Replaces the key for sessions opened from now on; open sessions keep theirs. */
-  setKey(key: Uint8Array): void {
-    this.#options = { ...this.#options, connect: { ...this.#options.connect, key } };
+  /**
+   * Replaces the key for sessions opened from now on; open sessions keep
+   * theirs. Resolves once no handshake reads the replaced key any more: its
+   * owner may zero it then.
+   */
+  setKey(key: Uint8Array): Promise<void> {
+    return this.#keys.replace(key);
   }
 
   /**
@@ -189,7 +200,7 @@ export class LocalForwarder {
     const { conn } = local;
     const peer = peerOf(conn);
     conn.setNoDelay(true);
-    let target = this.#options.connect.target;
+    let target = this.#connect.target;
     if (this.#options.mode === "socks") {
       // A local application that stalls mid-negotiation is closed, not waited for.
       const negotiation = setTimeout(
@@ -215,7 +226,7 @@ export class LocalForwarder {
     let session: Session;
     const started = performance.now();
     try {
-      session = await connect({ ...this.#options.connect, target });
+      session = await this.#keys.withKey((key) => connect({ ...this.#connect, key, target }));
       this.stats.handshake("ok", (performance.now() - started) / 1000);
       session.opened.then(
         () => this.stats.open("ok"),

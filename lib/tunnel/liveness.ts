@@ -9,8 +9,7 @@
  * const liveness = new Liveness();
  * liveness.start(25_000, 0, {
  *   listening: () => true,
- *   idle: () => {},
- *   dead: () => console.log("peer gone"),
+ *   expired: (reason) => console.log(reason),
  *   ping: () => {},
  * });
  * liveness.heard(); // a frame came from the peer
@@ -19,7 +18,7 @@
  * @module
  */
 
-import { KeepaliveTimeoutError } from "../base/errors.ts";
+import { IdleTimeoutError, KeepaliveTimeoutError, type TimeoutError } from "../base/errors.ts";
 
 /** PINGs left unanswered before keepalive gives up on the peer. */
 export const KEEPALIVE_MISSES = 3;
@@ -28,10 +27,13 @@ export const KEEPALIVE_MISSES = 3;
 export interface LivenessHooks {
   /** Whether the owner is reading frames now: silence only counts while it is. */
   listening(): boolean;
-  /** No frame either way for the idle timeout. */
-  idle(): void;
-  /** KEEPALIVE_MISSES PINGs went unanswered: `error` says so. */
-  dead(error: KeepaliveTimeoutError): void;
+  /**
+   * The session is over: no frame either way for the idle timeout ("idle
+   * timeout", an IdleTimeoutError), or KEEPALIVE_MISSES PINGs went
+   * unanswered ("keepalive timeout", a KeepaliveTimeoutError). `reason` is
+   * the text of the ERROR 5 the owner sends, `error` what it ends with.
+   */
+  expired(reason: string, error: TimeoutError): void;
   /** Send one PING (empty body). */
   ping(): void;
 }
@@ -60,10 +62,13 @@ export class Liveness {
     if (!Number.isFinite(tick)) return;
     this.#timer = setInterval(() => {
       const now = Date.now();
-      if (idleTimeoutMs > 0 && now - this.#lastActivity >= idleTimeoutMs) return hooks.idle();
+      if (idleTimeoutMs > 0 && now - this.#lastActivity >= idleTimeoutMs) {
+        return hooks.expired("idle timeout", new IdleTimeoutError("idle timeout: no traffic"));
+      }
       if (keepaliveMs > 0 && hooks.listening() && now - this.#lastReceived >= keepaliveMs) {
         if (this.#unansweredPings >= KEEPALIVE_MISSES) {
-          return hooks.dead(
+          return hooks.expired(
+            "keepalive timeout",
             new KeepaliveTimeoutError(
               `keepalive: the peer answered none of ${KEEPALIVE_MISSES} PINGs`,
             ),

@@ -29,33 +29,46 @@ export const UPSTREAM_CONNECT_TIMEOUT_MS = 10_000;
 /** A lookup that did not finish within {@linkcode RESOLVE_TIMEOUT_MS}. */
 export class ResolveTimeoutError extends TimeoutError {}
 
+/** Looks a name up, every address in the resolver's order; an error means no address. */
+export type Lookup = (name: string) => Promise<string[]>;
+
+/** getaddrinfo through `node:dns` (/etc/hosts included). */
+const systemLookup: Lookup = async (name) =>
+  (await lookup(name, { all: true, verbatim: true })).map((found) => found.address);
+
 /**
- * The system resolver (getaddrinfo through `node:dns`), bounded by
- * `timeoutMs`. Answers are canonicalised (IPv4-mapped IPv6 becomes IPv4) and
- * the unspecified address is dropped, in the resolver's order.
+ * A {@linkcode Resolver} over `lookupAll`, bounded by `timeoutMs`: past it
+ * the answer is {@linkcode ResolveTimeoutError}. Answers are canonicalised
+ * (IPv4-mapped IPv6 becomes IPv4) and the unspecified address is dropped,
+ * in the lookup's order; a failed lookup is an empty answer.
  */
-export async function systemResolver(
-  name: string,
-  timeoutMs = RESOLVE_TIMEOUT_MS,
-): Promise<string[]> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const deadline = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(new ResolveTimeoutError(`resolving ${name} took over ${timeoutMs} ms`)),
-      timeoutMs,
-    );
-  });
-  try {
-    const found = await Promise.race([
-      // getaddrinfo cannot be cancelled: a slow lookup finishes in the background, unused.
-      lookup(name, { all: true, verbatim: true }).catch(() => []),
-      deadline,
-    ]);
-    return canonicalAddresses(found.map((f) => f.address));
-  } finally {
-    clearTimeout(timer);
-  }
+export function boundedResolver(
+  lookupAll: Lookup,
+  timeoutMs: number = RESOLVE_TIMEOUT_MS,
+): Resolver {
+  return async (name) => {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new ResolveTimeoutError(`resolving ${name} took over ${timeoutMs} ms`)),
+        timeoutMs,
+      );
+    });
+    try {
+      const found = await Promise.race([
+        // getaddrinfo cannot be cancelled: a slow lookup finishes in the background, unused.
+        lookupAll(name).catch(() => []),
+        deadline,
+      ]);
+      return canonicalAddresses(found);
+    } finally {
+      clearTimeout(timer);
+    }
+  };
 }
+
+/** The system resolver (getaddrinfo) under {@linkcode RESOLVE_TIMEOUT_MS}. */
+export const systemResolver: Resolver = boundedResolver(systemLookup);
 
 /** Canonical literals of `addresses`, without duplicates, unspecified or unparsable ones. */
 export function canonicalAddresses(addresses: string[]): string[] {
@@ -82,17 +95,28 @@ export async function connectAddresses(
   port: number,
   timeoutMs = UPSTREAM_CONNECT_TIMEOUT_MS,
 ): Promise<Deno.TcpConn> {
-  const signal = AbortSignal.timeout(timeoutMs);
+  // Not AbortSignal.timeout: its timer (and the signal) would outlive a quick connect by
+  // the whole deadline, for every session; this one is cleared at once.
+  const deadline = new AbortController();
+  const { signal } = deadline;
+  const timer = setTimeout(
+    () => deadline.abort(new DOMException("the connect timed out", "TimeoutError")),
+    timeoutMs,
+  );
   let failure: unknown = new Deno.errors.NotFound("the target has no address");
-  for (const address of addresses) {
-    const host = canonicalHost(address);
-    if (host.kind === "name") throw new TypeError(`not an address literal: ${address}`);
-    try {
-      return await Deno.connect({ hostname: host.text, port, signal });
-    } catch (err) {
-      failure = err;
-      if (signal.aborted) break;
+  try {
+    for (const address of addresses) {
+      const host = canonicalHost(address);
+      if (host.kind === "name") throw new TypeError(`not an address literal: ${address}`);
+      try {
+        return await Deno.connect({ hostname: host.text, port, signal });
+      } catch (err) {
+        failure = err;
+        if (signal.aborted) break;
+      }
     }
+  } finally {
+    clearTimeout(timer);
   }
   throw failure;
 }

@@ -26,6 +26,7 @@ import {
   DEFAULT_MAX_CONNS,
 } from "../base/defaults.ts";
 import { AllowList } from "./allow.ts";
+import { KeySlot } from "./key_slot.ts";
 import { DEFAULT_REKEY_BYTES, SecureChannel } from "../protocol/channel.ts";
 import { ReplayGuard } from "../protocol/replay.ts";
 import { closeQuietly } from "../protocol/conn.ts";
@@ -50,13 +51,12 @@ import {
   DEFAULT_MAX_PENDING_PER_SOURCE,
   PendingBudget,
 } from "./pending.ts";
-import { receiveOpen, Session, type SessionOptions, type SessionSummary } from "./session.ts";
+import { Session, type SessionOptions, type SessionSummary } from "./session.ts";
+import { PendingOpen } from "./pending_open.ts";
 import { echo, splice } from "./splice.ts";
 import { openOutcomeFor, TunnelStats } from "./stats.ts";
-import { type Target } from "../protocol/target.ts";
 import { canonicalHost } from "../protocol/address.ts";
 import { formatHostPort, type HostPort } from "../protocol/hostport.ts";
-import type { Cidr } from "../protocol/packet.ts";
 import type { VpnService } from "./vpn_server.ts";
 import { connectAddresses, systemResolver } from "./resolve.ts";
 
@@ -117,11 +117,12 @@ export class TunnelServer {
   readonly stopped: Promise<void>;
 
   #listening: DrainableListener;
-  #options: Required<Omit<ServerOptions, "forward" | "vpn">> & {
+  #options: Required<Omit<ServerOptions, "forward" | "vpn" | "key">> & {
     forward?: HostPort;
     vpn?: VpnService;
   };
   #sessionOptions: SessionOptions;
+  #keys: KeySlot;
   #connections = new Map<number, Connection>();
   /** Message 1s seen: a replayed one is refused before any crypto. */
   #replays = new ReplayGuard();
@@ -130,8 +131,10 @@ export class TunnelServer {
   #unauthenticated: EventAggregator;
   #nextId = 0;
 
-  private constructor(listener: Deno.TcpListener, options: ServerOptions) {
+  private constructor(listener: Deno.TcpListener, { key, ...options }: ServerOptions) {
     this.addr = listener.addr;
+    // The key lives only in the slot: a replaced one is referenced by nothing here.
+    this.#keys = new KeySlot(key);
     this.#options = {
       allow: new AllowList([]),
       maxConns: DEFAULT_MAX_CONNS,
@@ -202,9 +205,13 @@ export class TunnelServer {
     return this.#listening.draining;
   }
 
-  /** Replaces the key for connections accepted from now on; open sessions keep theirs. */
-  setKey(key: Uint8Array): void {
-    this.#options.key = key;
+  /**
+   * Replaces the key for handshakes from now on; open sessions keep theirs.
+   * Resolves once no handshake reads the replaced key any more (one waiting
+   * for its message 1 may still complete under it): its owner may zero it then.
+   */
+  setKey(key: Uint8Array): Promise<void> {
+    return this.#keys.replace(key);
   }
 
   /**
@@ -271,9 +278,28 @@ export class TunnelServer {
   }
 
   async #serve(id: number, entry: Connection): Promise<void> {
+    const peer = peerOf(entry.conn);
+    entry.conn.setNoDelay(true);
+    const started = performance.now();
+    const open = await this.#handshake(id, peer, entry);
+    if (!open) return;
+    const seconds = (performance.now() - started) / 1000;
+    this.stats.handshake("ok", seconds);
+    this.#log.debug("handshake ok", { session: id, peer, ms: Math.round(seconds * 1000) });
+    // An OPEN the dispatch leaves unanswered (a bug, a throw) closes the connection here.
+    using _ = open;
+    const summary = await this.#dispatch(id, peer, open, entry);
+    if (summary) logSessionEnd(this.#log, { session: id, peer }, summary);
+  }
+
+  /**
+   * The handshake under its deadlines, then the client's OPEN; null when the
+   * connection ended before (logged and counted). A method of its own so that
+   * its state (deadlines, the verified message 1) is not kept for the
+   * session's life by the caller's frame.
+   */
+  async #handshake(id: number, peer: string, entry: Connection): Promise<PendingOpen | null> {
     const { conn } = entry;
-    const peer = peerOf(conn);
-    conn.setNoDelay(true);
     let timedOut: "hello" | "handshake" | null = null;
     const helloDeadline = setTimeout(() => {
       timedOut = "hello";
@@ -283,24 +309,23 @@ export class TunnelServer {
       timedOut ??= "handshake";
       closeQuietly(conn);
     }, this.#options.handshakeTimeoutMs);
-    let channel: SecureChannel;
-    let target: Target;
-    const started = performance.now();
     try {
-      const hello = await SecureChannel.verifyHello(conn, this.#options.key, {
-        rekeyBytes: this.#options.rekeyBytes,
-        replays: this.#replays,
-        provider: this.#options.provider,
-        // A complete message 1 is in: from here on it is bounded work, not a held socket.
-        onHello: () => {
-          clearTimeout(helloDeadline);
-          this.#pending.remove(id);
-        },
-      });
+      const hello = await this.#keys.withKey((key) =>
+        SecureChannel.verifyHello(conn, key, {
+          rekeyBytes: this.#options.rekeyBytes,
+          replays: this.#replays,
+          provider: this.#options.provider,
+          // A complete message 1 is in: from here on it is bounded work, not a held socket.
+          onHello: () => {
+            clearTimeout(helloDeadline);
+            this.#pending.remove(id);
+          },
+        })
+      );
       if (entry.evicted) throw new TruncationError("dropped to make room for newer connections");
       // A key holder is answered even when the server is full: ERROR 4 says why, not silence.
       if (this.#authenticated >= this.#options.maxConns) {
-        channel = await hello.complete();
+        const channel = await hello.complete();
         this.stats.connectionsRejectedBusy++;
         this.#log.warn("session refused: max-conns reached", {
           session: id,
@@ -313,12 +338,11 @@ export class TunnelServer {
           ErrorCode.busy,
           `server busy: ${this.#options.maxConns} sessions open (max-conns)`,
         );
-        return;
+        return null;
       }
       entry.authenticated = true;
       this.#authenticated++;
-      channel = await hello.complete();
-      target = await receiveOpen(channel);
+      return await PendingOpen.receive(await hello.complete());
     } catch (err) {
       if (!timedOut) closeQuietly(conn);
       this.#logHandshakeFailure(
@@ -332,27 +356,23 @@ export class TunnelServer {
           ? "timeout"
           : err,
       );
-      return;
+      return null;
     } finally {
       clearTimeout(helloDeadline);
       clearTimeout(deadline);
     }
-    const seconds = (performance.now() - started) / 1000;
-    this.stats.handshake("ok", seconds);
-    this.#log.debug("handshake ok", { session: id, peer, ms: Math.round(seconds * 1000) });
-    const summary = await this.#dispatch(id, peer, channel, target, entry);
-    if (summary) logSessionEnd(this.#log, { session: id, peer }, summary);
   }
 
+  /** Decides on the OPEN: refuse it, or accept it and serve the session to its end. */
   async #dispatch(
     id: number,
     peer: string,
-    channel: SecureChannel,
-    target: Target,
+    open: PendingOpen,
     entry: Connection,
   ): Promise<SessionSummary | null> {
+    const { target } = open;
     if (target.kind === "vpn") {
-      await this.#serveVpn(id, peer, channel, target.addresses);
+      await this.#serveVpn(id, peer, open);
       return null;
     }
     let upstream: Deno.TcpConn | null = null;
@@ -370,7 +390,7 @@ export class TunnelServer {
             target: targetText,
             reason: decision.reason,
           });
-          await this.#reject(channel, decision.code, decision.reason);
+          await this.#reject(open, decision.code, decision.reason);
           return null;
         }
         addresses = decision.addresses;
@@ -394,7 +414,7 @@ export class TunnelServer {
           ? targetRefusedDetail(targetText)
           : `cannot reach ${targetText}`;
         await this.#reject(
-          channel,
+          open,
           timedOut ? ErrorCode.timedOut : ErrorCode.unreachable,
           timedOut ? `timed out connecting to ${targetText}` : why,
         );
@@ -403,10 +423,9 @@ export class TunnelServer {
     }
     let session: Session;
     try {
-      session = await Session.accept(channel, this.#sessionOptions);
+      session = await open.accept(this.#sessionOptions);
     } catch {
       if (upstream) closeQuietly(upstream);
-      channel.close();
       return null;
     }
     entry.session = session;
@@ -419,19 +438,14 @@ export class TunnelServer {
   }
 
   /** OPEN 0x02: admits the session into the VPN pool, or refuses it with ERROR 2. */
-  async #serveVpn(
-    id: number,
-    peer: string,
-    channel: SecureChannel,
-    wanted: Cidr[],
-  ): Promise<void> {
+  async #serveVpn(id: number, peer: string, open: PendingOpen): Promise<void> {
     const vpn = this.#options.vpn;
     const refuse = async (why: string) => {
       this.#log.warn("vpn open refused", { session: id, peer, error: why });
-      await this.#reject(channel, ErrorCode.refused, why);
+      await this.#reject(open, ErrorCode.refused, why);
     };
     if (!vpn) return await refuse("VPN mode is not enabled on this server");
-    const admitted = vpn.admit(channel, wanted);
+    const admitted = vpn.admit(open);
     if ("refused" in admitted) return await refuse(admitted.refused);
     const { link, addresses } = admitted;
     this.stats.open("ok");
@@ -455,9 +469,9 @@ export class TunnelServer {
   }
 
   /** Answers an OPEN with ERROR `code`, counting the outcome. */
-  #reject(channel: SecureChannel, code: number, message: string): Promise<void> {
+  #reject(open: PendingOpen, code: number, message: string): Promise<void> {
     this.stats.open(openOutcomeFor(code));
-    return Session.reject(channel, code, message);
+    return open.reject(code, message);
   }
 
   /**

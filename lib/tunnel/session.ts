@@ -25,18 +25,11 @@
 
 import { Liveness } from "./liveness.ts";
 import { type SecureChannel } from "../protocol/channel.ts";
-import { MessageType } from "../protocol/messages.ts";
-import {
-  CipherlinkError,
-  ErrorCode,
-  FrameHeaderError,
-  IdleTimeoutError,
-  ProtocolError,
-  TruncationError,
-} from "../base/errors.ts";
+import { MAX_PING_BODY, MessageType } from "../protocol/messages.ts";
+import { CipherlinkError, ErrorCode, ProtocolError, TruncationError } from "../base/errors.ts";
 import { type Readable, sourceOf, type Writable, writeAll } from "../protocol/conn.ts";
 import { MAX_DATA_BODY } from "../protocol/frame.ts";
-import { encodeErrorBody, remoteErrorOf } from "../protocol/error_body.ts";
+import { answeredAsViolation, encodeErrorBody, remoteErrorOf } from "../protocol/error_body.ts";
 import { concat } from "../base/bytes.ts";
 import { decodeTarget, encodeTarget, type Target } from "../protocol/target.ts";
 import { type HostPort } from "../protocol/hostport.ts";
@@ -53,8 +46,11 @@ export interface SessionOptions {
 export const MAX_FRAMES_IN_FLIGHT = 4;
 /** Read size of a quiet source; it grows to a full frame while data flows. */
 export const QUIET_READ_SIZE = 1024;
-const MAX_PING_BODY = 8;
-/** How long a last frame may take to leave before the connection is closed anyway. */
+/**
+ * How long a last frame (CLOSE, ERROR) may take to leave before the
+ * connection is closed anyway. `ended` resolves only after it left (or
+ * this passed), so a process may exit right after.
+ */
 const GOODBYE_GRACE_MS = 1000;
 /**
  * After a failed write, how long the session looks for the peer's reason (an
@@ -337,7 +333,10 @@ export class Session {
   abort(code: number, message: string, cause?: Error): void {
     if (this.#finished) return;
     this.channel.post(errorPlaintext(code, message));
-    this.#finish(cause ?? new CipherlinkError(message), this.#closeAfter(this.channel.flush()));
+    this.#finish(
+      cause ?? new CipherlinkError(message),
+      this.channel.closeAfter(this.channel.flush(), GOODBYE_GRACE_MS),
+    );
   }
 
   /** Closes the connection without a word: for peers that broke the protocol. */
@@ -486,31 +485,15 @@ export class Session {
       this.#lastWords = null;
     }
     const error = err instanceof Error ? err : new Error(String(err));
-    // A bad frame header is dropped without a word (protocol section 1); a
-    // frame that arrived whole but broke the rules may be answered ERROR 1.
-    if (error instanceof ProtocolError && !(error instanceof FrameHeaderError)) {
+    if (answeredAsViolation(error)) {
       this.abort(ErrorCode.protocolViolation, "protocol violation", error);
     } else this.drop(error);
   }
 
   #maybeFinish(): void {
     if (this.#sentClose && this.#receivedClose && !this.#finished) {
-      this.#finish(null, this.#closeAfter(this.channel.flush()));
+      this.#finish(null, this.channel.closeAfter(this.channel.flush(), GOODBYE_GRACE_MS));
     }
-  }
-
-  /**
-   * Closes the connection once `flushing` is done, or after a short grace
-   * period for a peer that stopped reading: a last frame (CLOSE, ERROR) is
-   * delivered before `ended` resolves, so a process may exit right after.
-   */
-  #closeAfter(flushing: Promise<unknown>): Promise<void> {
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const grace = new Promise((resolve) => (timer = setTimeout(resolve, GOODBYE_GRACE_MS)));
-    return Promise.race([flushing.catch(() => {}), grace]).then(() => {
-      clearTimeout(timer);
-      this.channel.close();
-    });
   }
 
   #finish(error: Error | null, closed: Promise<void> = Promise.resolve()): void {
@@ -546,13 +529,7 @@ export class Session {
       // A reader that is not reading (backpressure) cannot see the peer's
       // frames, so silence only counts against the peer while we listen.
       listening: () => this.#receiving,
-      idle: () =>
-        this.abort(
-          ErrorCode.timedOut,
-          "idle timeout",
-          new IdleTimeoutError("idle timeout: no traffic"),
-        ),
-      dead: (error) => this.abort(ErrorCode.timedOut, "keepalive timeout", error),
+      expired: (reason, error) => this.abort(ErrorCode.timedOut, reason, error),
       ping: () => {
         this.#pingsAwaitingPong++;
         this.channel.post(Uint8Array.of(MessageType.ping));

@@ -24,6 +24,7 @@
  * @module
  */
 
+import { KeySlot } from "./key_slot.ts";
 import { remoteErrorOf } from "../protocol/error_body.ts";
 import { type ChannelOptions, SecureChannel } from "../protocol/channel.ts";
 import { MessageType } from "../protocol/messages.ts";
@@ -92,7 +93,9 @@ export class VpnClient {
   readonly device: TunDevice;
   /** Resolves when the client stopped: null after shutdown(), or the error that ended it. */
   readonly done: Promise<Error | null>;
-  #options: VpnClientOptions;
+  #options: Omit<VpnClientOptions, "key">;
+  /** The key lives only here: a replaced one is referenced by nothing else. */
+  #keys: KeySlot;
   #vpn: VpnStats = new VpnStats();
   #created: boolean;
   #link: VpnLink | null = null;
@@ -101,10 +104,15 @@ export class VpnClient {
   #routed = false;
   #reader: Promise<void>;
 
-  private constructor(device: TunDevice, created: boolean, options: VpnClientOptions) {
+  private constructor(
+    device: TunDevice,
+    created: boolean,
+    { key, ...options }: VpnClientOptions,
+  ) {
     this.device = device;
     this.#created = created;
     this.#options = options;
+    this.#keys = new KeySlot(key);
     this.stats.vpn = this.#vpn;
     this.#reader = this.#readDevice();
     this.done = this.#connectLoop();
@@ -127,9 +135,13 @@ export class VpnClient {
     return this.#options.logger ?? new Logger();
   }
 
-  /** Replaces the key for the next connection; a session that is up keeps its own. */
-  setKey(key: Uint8Array): void {
-    this.#options = { ...this.#options, key };
+  /**
+   * Replaces the key for the next connection; a session that is up keeps its
+   * own. Resolves once no handshake reads the replaced key any more: its
+   * owner may zero it then.
+   */
+  setKey(key: Uint8Array): Promise<void> {
+    return this.#keys.replace(key);
   }
 
   /** Whether a session to the server is up now. */
@@ -237,8 +249,12 @@ export class VpnClient {
   }
 
   /** Connects, handshakes, OPENs and waits for OPEN_OK; resolves the running link. */
-  async #connect(): Promise<VpnLink> {
-    const { server, key } = this.#options;
+  #connect(): Promise<VpnLink> {
+    return this.#keys.withKey((key) => this.#connectWith(key));
+  }
+
+  async #connectWith(key: Uint8Array): Promise<VpnLink> {
+    const { server } = this.#options;
     const handshakeTimeoutMs = this.#options.handshakeTimeoutMs ?? CLIENT_HANDSHAKE_TIMEOUT_MS;
     let conn: Deno.TcpConn;
     try {

@@ -20,16 +20,9 @@
  */
 
 import { type SecureChannel } from "../protocol/channel.ts";
-import { MessageType } from "../protocol/messages.ts";
-import { encodeErrorBody, remoteErrorOf } from "../protocol/error_body.ts";
-import {
-  CipherlinkError,
-  ErrorCode,
-  FrameHeaderError,
-  IdleTimeoutError,
-  ProtocolError,
-  TruncationError,
-} from "../base/errors.ts";
+import { MAX_PING_BODY, MessageType } from "../protocol/messages.ts";
+import { answeredAsViolation, encodeErrorBody, remoteErrorOf } from "../protocol/error_body.ts";
+import { CipherlinkError, ErrorCode, ProtocolError, TruncationError } from "../base/errors.ts";
 import { Liveness } from "./liveness.ts";
 import { VpnStats } from "./stats.ts";
 import type { TunDevice } from "./tun.ts";
@@ -42,7 +35,6 @@ export const MAX_QUEUED_PACKETS = 256;
 export const MAX_QUEUED_BYTES = 1024 * 1024;
 /** How long a closing link waits for the peer's CLOSE. */
 const CLOSE_GRACE_MS = 2000;
-const MAX_PING_BODY = 8;
 
 /** Settings of a link; times in milliseconds, 0 turns a timer off. */
 export interface VpnLinkOptions {
@@ -162,7 +154,7 @@ export class VpnLink {
       try {
         message = await this.channel.receive();
       } catch (err) {
-        if (err instanceof ProtocolError && !(err instanceof FrameHeaderError)) {
+        if (answeredAsViolation(err)) {
           this.abort(ErrorCode.protocolViolation, "protocol violation", err);
         } else this.#finish(err);
         return;
@@ -209,9 +201,7 @@ export class VpnLink {
   #startTimer(): void {
     this.#liveness.start(this.#options.keepaliveMs ?? 0, this.#options.idleTimeoutMs ?? 0, {
       listening: () => true,
-      idle: () =>
-        this.abort(ErrorCode.timedOut, "idle timeout", new IdleTimeoutError("idle timeout")),
-      dead: (error) => this.abort(ErrorCode.timedOut, "keepalive timeout", error),
+      expired: (reason, error) => this.abort(ErrorCode.timedOut, reason, error),
       ping: () => {
         this.channel.send(MessageType.ping).catch((err) => this.#finish(err));
       },
@@ -225,13 +215,7 @@ export class VpnLink {
     this.#ended = { error };
     this.#liveness.stop();
     this.#options.onEnd?.(this.#ended);
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const grace = new Promise((resolve) => (timer = setTimeout(resolve, CLOSE_GRACE_MS)));
-    Promise.race([flushing.catch(() => {}), grace]).then(() => {
-      clearTimeout(timer);
-      this.channel.close();
-      this.#resolveEnd(this.#ended!);
-    });
+    this.channel.closeAfter(flushing, CLOSE_GRACE_MS).then(() => this.#resolveEnd(this.#ended!));
   }
 }
 

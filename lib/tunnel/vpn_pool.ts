@@ -58,7 +58,19 @@ export class AddressPool<Owner> {
    */
   claim(owner: Owner, wanted: readonly Cidr[]): string | null {
     if (this.#byOwner.has(owner)) return "this session already holds addresses";
-    const keys: (number | string)[] = [];
+    const refused = this.refusal(wanted);
+    if (refused !== null) return refused;
+    const keys = wanted.map(({ family, address }) => addressKey(address, 0, family));
+    for (const key of keys) this.#held.set(key, owner);
+    this.#byOwner.set(owner, keys);
+    return null;
+  }
+
+  /**
+   * Why `wanted` may not be claimed now (the body of ERROR 2), or null when
+   * every address may be: what {@linkcode AddressPool.claim} checks.
+   */
+  refusal(wanted: readonly Cidr[]): string | null {
     for (const { family, address } of wanted) {
       const text = formatAddress(address);
       const own = this.ownOf(family);
@@ -72,12 +84,10 @@ export class AddressPool<Owner> {
         if (sameAddress(address, network.address)) return `${text} is the network's address`;
         if (sameAddress(address, broadcastOf(network))) return `${text} is the broadcast address`;
       }
-      const key = addressKey(address, 0, family);
-      if (this.#held.has(key)) return `${text} is in use by another client`;
-      keys.push(key);
+      if (this.#held.has(addressKey(address, 0, family))) {
+        return `${text} is in use by another client`;
+      }
     }
-    for (const key of keys) this.#held.set(key, owner);
-    this.#byOwner.set(owner, keys);
     return null;
   }
 

@@ -18,8 +18,7 @@
  * @module
  */
 
-import type { SecureChannel } from "../protocol/channel.ts";
-import { MessageType } from "../protocol/messages.ts";
+import type { PendingOpen } from "./pending_open.ts";
 import type { Logger } from "../base/log.ts";
 import { openConfiguredDevice, removeAddresses } from "./netdev.ts";
 import {
@@ -99,12 +98,17 @@ export class VpnService {
   }
 
   /**
-   * Claims `wanted` for a new session on `channel` and answers OPEN_OK in
-   * the same step (so no packet can overtake it). Returns the ERROR 2
-   * message instead when an address may not be had.
+   * Claims the addresses a VPN OPEN asks for and accepts it in the same
+   * step (OPEN_OK goes out before any packet). Returns the ERROR 2 message
+   * instead, leaving the OPEN for the caller to refuse, when an address may
+   * not be had.
    */
-  admit(channel: SecureChannel, wanted: Cidr[]): AdmittedLink | { refused: string } {
-    const link: VpnLink = new VpnLink(channel, {
+  admit(open: PendingOpen): AdmittedLink | { refused: string } {
+    if (open.target.kind !== "vpn") throw new TypeError("not a VPN OPEN");
+    const wanted = open.target.addresses;
+    const refused = this.pool.refusal(wanted);
+    if (refused !== null) return { refused };
+    const link: VpnLink = new VpnLink(open.acceptVpn(), {
       stats: this.stats,
       keepaliveMs: this.#options.keepaliveMs ?? VPN_DEFAULT_KEEPALIVE_MS,
       idleTimeoutMs: this.#options.idleTimeoutMs,
@@ -115,9 +119,8 @@ export class VpnService {
         if (this.#links.delete(link)) this.stats.sessionsOpen--;
       },
     });
-    const refused = this.pool.claim(link, wanted);
-    if (refused !== null) return { refused };
-    channel.send(MessageType.openOk).catch(() => {});
+    // Checked just above, in the same synchronous step: nothing can have taken them since.
+    this.pool.claim(link, wanted);
     this.#links.add(link);
     this.stats.sessionsOpen++;
     return { link, addresses: wanted.map((c) => formatAddress(c.address)) };

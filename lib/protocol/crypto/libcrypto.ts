@@ -265,20 +265,8 @@ export class Libcrypto {
     const length = plaintext.byteLength;
     const tag = out.subarray(length);
     check(fn.EVP_CipherInit_ex(ctx, null, null, null, nonce, 1) === 1, "EVP_CipherInit_ex (seal)");
-    if (ad.byteLength > 0) {
-      check(
-        fn.EVP_CipherUpdate(ctx, null, cell.reset(), ad, ad.byteLength) === 1 &&
-          cell.takeInt() === ad.byteLength,
-        "EVP_CipherUpdate (AD)",
-      );
-    }
-    if (length > 0) {
-      check(
-        fn.EVP_CipherUpdate(ctx, out, cell.reset(), plaintext, length) === 1 &&
-          cell.takeInt() === length,
-        "EVP_CipherUpdate (seal)",
-      );
-    }
+    this.#cipherUpdate(ctx, null, ad, "EVP_CipherUpdate (AD)");
+    this.#cipherUpdate(ctx, out, plaintext, "EVP_CipherUpdate (seal)");
     check(
       fn.EVP_CipherFinal_ex(ctx, tag, cell.reset()) === 1 && cell.takeInt() === 0,
       "EVP_CipherFinal_ex (seal)",
@@ -286,6 +274,27 @@ export class Libcrypto {
     check(
       fn.EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, AEAD_TAG_SIZE, tag) === 1,
       "EVP_CTRL_GCM_GET_TAG",
+    );
+  }
+
+  /**
+   * One EVP_CipherUpdate of all of `input` (nothing for an empty one): into
+   * `out` (checked by the caller to hold as many bytes), or as associated
+   * data when `out` is null; the count written must be the input's length.
+   */
+  #cipherUpdate(
+    ctx: Deno.PointerObject,
+    out: Uint8Array | null,
+    input: Uint8Array,
+    what: string,
+  ): void {
+    const length = input.byteLength;
+    if (length === 0) return;
+    const cell = this.#out;
+    check(
+      this.#fn.EVP_CipherUpdate(ctx, out, cell.reset(), input, length) === 1 &&
+        cell.takeInt() === length,
+      what,
     );
   }
 
@@ -312,20 +321,8 @@ export class Libcrypto {
     const tag = ciphertext.slice(length);
     const fn = this.#fn, cell = this.#out;
     check(fn.EVP_CipherInit_ex(ctx, null, null, null, nonce, 0) === 1, "EVP_CipherInit_ex (open)");
-    if (ad.byteLength > 0) {
-      check(
-        fn.EVP_CipherUpdate(ctx, null, cell.reset(), ad, ad.byteLength) === 1 &&
-          cell.takeInt() === ad.byteLength,
-        "EVP_CipherUpdate (AD)",
-      );
-    }
-    if (length > 0) {
-      check(
-        fn.EVP_CipherUpdate(ctx, out, cell.reset(), ciphertext.subarray(0, length), length) ===
-            1 && cell.takeInt() === length,
-        "EVP_CipherUpdate (open)",
-      );
-    }
+    this.#cipherUpdate(ctx, null, ad, "EVP_CipherUpdate (AD)");
+    this.#cipherUpdate(ctx, out, ciphertext.subarray(0, length), "EVP_CipherUpdate (open)");
     check(
       fn.EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, AEAD_TAG_SIZE, tag) === 1,
       "EVP_CTRL_GCM_SET_TAG",
