@@ -34,7 +34,8 @@ import {
 } from "../protocol/keys.ts";
 import { Logger } from "../base/log.ts";
 import { serveMetrics } from "../ops/metrics.ts";
-import { drainOnSignal, onShutdownSignal } from "../ops/signals.ts";
+import type { MetricsSource } from "../ops/prometheus.ts";
+import { type Drainable, drainOnSignal, onShutdownSignal } from "../ops/signals.ts";
 import { type OptionTable, parseOptions, suggestion, type ValuesOf } from "../base/options.ts";
 import { TunnelServer } from "../tunnel/server.ts";
 import { runConfig } from "./config_mode.ts";
@@ -431,24 +432,12 @@ async function server(args: string[], io: Io): Promise<number> {
       logger: log,
     })
     : undefined;
-  const shutdown = onShutdownSignal();
-  let running: TunnelServer;
-  try {
-    running = await TunnelServer.start({ ...options, key, vpn });
-  } catch (err) {
-    shutdown.remove();
-    await vpn?.close();
-    throw new CipherlinkError(
-      `cannot listen on ${formatHostPort(options.listen)}: ${(err as Error).message}`,
-    );
-  }
-  const endpoint = metricsAddress &&
-    serveMetrics(metricsAddress, {
-      sources: () => [{ stats: running.stats, labels: { role: "server" } }],
-      healthy: () => !running.draining,
-    }, log);
-  await drainOnSignal(shutdown, running, log, endpoint);
-  return ExitCode.ok;
+  return await listenUntilSignal(
+    () => TunnelServer.start({ ...options, key, vpn }),
+    { listen: options.listen, role: "server", metrics: metricsAddress },
+    log,
+    async () => await vpn?.close(),
+  );
 }
 
 async function client(args: string[], io: Io): Promise<number> {
@@ -503,35 +492,62 @@ async function client(args: string[], io: Io): Promise<number> {
   }
   const options: ConnectOptions = { ...connectOptions, key };
   if (listenAddress) {
-    const shutdown = onShutdownSignal();
-    let forwarder: LocalForwarder;
-    try {
-      forwarder = LocalForwarder.start({
-        listen: listenAddress,
-        mode: values.socks ? "socks" : "forward",
-        connect: options,
-        maxConns,
-        drainTimeoutMs,
-        drainDelayMs: delayMs,
-        logger: log,
-      });
-    } catch (err) {
-      shutdown.remove();
-      throw new CipherlinkError(
-        `cannot listen on ${formatHostPort(listenAddress)}: ${(err as Error).message}`,
-      );
-    }
-    const endpoint = metricsAddress &&
-      serveMetrics(metricsAddress, {
-        sources: () => [{ stats: forwarder.stats, labels: { role: "client" } }],
-        healthy: () => !forwarder.draining,
-      }, log);
-    await drainOnSignal(shutdown, forwarder, log, endpoint);
-    return ExitCode.ok;
+    return await listenUntilSignal(
+      () =>
+        LocalForwarder.start({
+          listen: listenAddress,
+          mode: values.socks ? "socks" : "forward",
+          connect: options,
+          maxConns,
+          drainTimeoutMs,
+          drainDelayMs: delayMs,
+          logger: log,
+        }),
+      { listen: listenAddress, role: "client", metrics: metricsAddress },
+      log,
+    );
   }
   return positionals.length > 0
     ? await oneShot(new TextEncoder().encode(positionals.join(" ")), options)
     : await pipe(options);
+}
+
+/** A listening endpoint the CLI runs until a signal: the server, or a client's --listen/--socks. */
+interface ListeningEndpoint extends Drainable {
+  readonly stats: MetricsSource["stats"];
+  readonly draining: boolean;
+}
+
+/**
+ * Starts a listening endpoint with SIGINT/SIGTERM already hooked (a signal
+ * during the start is not lost), serves its /metrics and /healthz when asked,
+ * and runs it until a signal has drained it. A failed start is reported as
+ * "cannot listen on", after `undo` released what was set up for it.
+ */
+async function listenUntilSignal(
+  start: () => Promise<ListeningEndpoint> | ListeningEndpoint,
+  where: { listen: HostPort; role: "server" | "client"; metrics?: HostPort },
+  log: Logger,
+  undo: () => Promise<void> = () => Promise.resolve(),
+): Promise<number> {
+  const shutdown = onShutdownSignal();
+  let running: ListeningEndpoint;
+  try {
+    running = await start();
+  } catch (err) {
+    shutdown.remove();
+    await undo();
+    throw new CipherlinkError(
+      `cannot listen on ${formatHostPort(where.listen)}: ${(err as Error).message}`,
+    );
+  }
+  const endpoint = where.metrics &&
+    serveMetrics(where.metrics, {
+      sources: () => [{ stats: running.stats, labels: { role: where.role } }],
+      healthy: () => !running.draining,
+    }, log);
+  await drainOnSignal(shutdown, running, log, endpoint);
+  return ExitCode.ok;
 }
 
 /**
