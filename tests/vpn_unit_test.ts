@@ -23,6 +23,7 @@ import { reconnectDelay } from "../lib/tunnel/vpn_client.ts";
 import { MAX_QUEUED_PACKETS, VpnLink } from "../lib/tunnel/vpn_link.ts";
 import { decodeVpnOpen, encodeVpnOpen } from "../lib/protocol/vpn_open.ts";
 import { AddressPool } from "../lib/tunnel/vpn_pool.ts";
+import { VPN_DEFAULT_KEEPALIVE_MS } from "../lib/tunnel/vpn_server.ts";
 import { runCipherlink } from "./process.ts";
 import { startServer } from "./server_fixture.ts";
 
@@ -330,6 +331,7 @@ Deno.test("config: VPN fields of server and client tunnels, and their errors", (
     addresses: [parseCidr("10.8.0.1/24"), parseCidr("fd08::1/64")],
     mtu: 1300,
     routes: [],
+    keepaliveMs: VPN_DEFAULT_KEEPALIVE_MS,
   });
   const client = parse({
     role: "client",
@@ -341,6 +343,18 @@ Deno.test("config: VPN fields of server and client tunnels, and their errors", (
   });
   assert.equal(client.listen, null);
   assert.deepEqual(client.role === "client" && client.vpn?.routes, [parseCidr("10.9.0.0/16")]);
+  // keepalive as on the command line: absent, the VPN default; 0, off; else as given.
+  for (const [keepalive, want] of [[undefined, VPN_DEFAULT_KEEPALIVE_MS], [0, 0], [7, 7000]]) {
+    const tunnel = parse({
+      role: "client",
+      mode: "vpn",
+      server: "s:1",
+      tun: "cl1",
+      tunAddresses: ["10.8.0.2/24"],
+      ...(keepalive === undefined ? {} : { keepalive }),
+    });
+    assert.equal(tunnel.vpn?.keepaliveMs, want, `keepalive ${keepalive}`);
+  }
   const errors: [Record<string, unknown>, string][] = [
     [
       {

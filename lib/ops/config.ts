@@ -34,6 +34,7 @@ import {
 import { parseOptions } from "../base/options.ts";
 import { formatHostPort, type HostPort } from "../protocol/hostport.ts";
 import type { Cidr } from "../protocol/packet.ts";
+import { VPN_DEFAULT_KEEPALIVE_MS } from "../tunnel/vpn_server.ts";
 import { logFields, type Setting, SETTINGS, tunnelFields } from "./settings.ts";
 import { describe, ValueProblem } from "./values.ts";
 
@@ -113,6 +114,11 @@ export interface TunSettings {
   mtu: number;
   /** Client only: networks routed through the device. */
   routes: Cidr[];
+  /**
+   * The VPN sessions' keepalive: the tunnel's `keepalive` when given (0 turns
+   * it off, as `--keepalive 0` does), else the VPN mode's default.
+   */
+  keepaliveMs: number;
 }
 
 /** A client listener: a port forward or a SOCKS5 proxy into a Cipherlink server. */
@@ -375,6 +381,9 @@ function parseTun(fields: Fields, role: "server" | "client"): TunSettings | unde
     addresses,
     mtu: fields.value(SETTINGS.tunMtu),
     routes: fields.list(SETTINGS.routes),
+    keepaliveMs: fields.hasSetting(SETTINGS.keepalive)
+      ? fields.value(SETTINGS.keepalive)
+      : VPN_DEFAULT_KEEPALIVE_MS,
   };
 }
 

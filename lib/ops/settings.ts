@@ -258,9 +258,9 @@ export const SETTINGS = {
       key: "keepalive",
       roles: BOTH,
       doc:
-        `send PING after this much silence; drop the peer after 3 unanswered; in a VPN tunnel 0 means ${
+        `send PING after this much silence; drop the peer after 3 unanswered; a VPN tunnel without it uses ${
           VPN_DEFAULT_KEEPALIVE_MS / 1000
-        }`,
+        } (0 turns it off there too)`,
       docDefault: "{default} (off)",
     },
   }),

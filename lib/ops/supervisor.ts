@@ -394,7 +394,7 @@ async function startServer(
       device: tunnel.vpn.device,
       addresses: tunnel.vpn.addresses,
       mtu: tunnel.vpn.mtu,
-      keepaliveMs: tunnel.keepaliveMs || undefined,
+      keepaliveMs: tunnel.vpn.keepaliveMs,
       idleTimeoutMs: tunnel.idleTimeoutMs,
       logger: log,
     })
@@ -451,7 +451,7 @@ async function startVpnClient(
     addresses: settings.addresses,
     routes: settings.routes,
     mtu: settings.mtu,
-    keepaliveMs: tunnel.keepaliveMs || undefined,
+    keepaliveMs: settings.keepaliveMs,
     handshakeTimeoutMs: tunnel.handshakeTimeoutMs,
     rekeyBytes: tunnel.rekeyBytes,
     channel: { provider },
