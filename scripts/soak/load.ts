@@ -81,6 +81,9 @@ function checkingTarget(verdicts: { ok: number; bad: number }): CountingTarget {
   });
 }
 
+/** How far above its sampled peak an idle server's memory may be measured without having grown. */
+const SAMPLING_MARGIN = 8 * MiB;
+
 /** Samples a process's resident memory until stopped. */
 function sampleRss(proc: Proc): { stop(): Promise<number> } {
   let peak = 0;
@@ -291,8 +294,12 @@ export async function load(book: LogBook, options: LoadOptions): Promise<LoadRun
           rssAfter = await idleServer.rss();
         }
         const idleSeconds = Math.round((performance.now() - loadEnded) / 1000);
+        // The peak is sampled every 250 ms, so the true one can be missed,
+        // and a collection while idle maps fresh pages before it frees old
+        // ones (seen: 3 MiB above the sampled peak on a loaded machine). A
+        // leak while idle grows past that margin; the waves check the rest.
         row.check(
-          rssAfter <= rssPeak,
+          rssAfter <= rssPeak + SAMPLING_MARGIN,
           `server memory grew while idle: ${mib(rssAfter)} after, ${mib(rssPeak)} at peak`,
         );
         if (options.requireGiveBack) {
