@@ -289,6 +289,10 @@ async function missingRights(args: string[], dir: string): Promise<void> {
   const usage = await runCipherlink(["client", "--tun-address", "10.8.0.2/24"]);
   assert.equal(usage.code, 2);
   assert.match(usage.stderr, /--tun-address needs --tun/);
+  // A device name the kernel would refuse is a usage error, found before anything starts.
+  const badName = await runCipherlink(["server", "--tun", "a/b", "--tun-address", "10.8.0.1/24"]);
+  assert.equal(badName.code, 2, badName.stderr);
+  assert.match(badName.stderr, /^cipherlink: error: --tun: 'a\/b' is not a device name/m);
   if (Deno.uid() !== 0) return;
   // As an unprivileged user (root drops to nobody), TUNSETIFF is refused.
   const out = await new Deno.Command("setpriv", {

@@ -209,12 +209,19 @@ export const allowRule: ValueKind<string> = {
 };
 
 /**
- * A TUN device's name. The command line hands it to the device layer, which
- * checks it when it creates the device; a config file's is checked with the
- * file, so check-config finds it.
+ * A TUN device's name, checked by the device layer's own rule before
+ * anything starts: a command line's is a usage error, a config file's is
+ * found by check-config.
  */
 export const deviceName: ValueKind<string> = {
-  fromText: (text) => text,
+  fromText(text, flag) {
+    try {
+      checkDeviceName(text);
+    } catch (err) {
+      throw new UsageError(`--${flag}: ${(err as Error).message}`);
+    }
+    return text;
+  },
   fromJson(value) {
     const name = jsonString(value);
     if (name === "") throw new ValueProblem("must not be empty");
