@@ -69,6 +69,8 @@ interface Local {
   conn: Deno.TcpConn;
   session: Session | null;
   done: Promise<void>;
+  /** splice() closed the connection: closing it again would throw (and build an error) per session. */
+  closed: boolean;
 }
 
 /** A running local listener. */
@@ -188,10 +190,10 @@ export class LocalForwarder {
       return;
     }
     const id = ++this.#nextId;
-    const local: Local = { conn, session: null, done: Promise.resolve() };
+    const local: Local = { conn, session: null, done: Promise.resolve(), closed: false };
     this.#locals.set(id, local);
     local.done = this.#serve(id, local).finally(() => {
-      closeQuietly(conn);
+      if (!local.closed) closeQuietly(conn);
       this.#locals.delete(id);
     });
   }
@@ -274,6 +276,7 @@ export class LocalForwarder {
       () => {},
     );
     const summary = await splice(session, conn);
+    local.closed = true;
     this.stats.sessionEnded(session, summary);
     logSessionEnd(this.#log, { local: id, peer, target: targetText }, summary);
   }

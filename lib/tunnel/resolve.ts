@@ -103,7 +103,8 @@ export async function connectAddresses(
     () => deadline.abort(new DOMException("the connect timed out", "TimeoutError")),
     timeoutMs,
   );
-  let failure: unknown = new Deno.errors.NotFound("the target has no address");
+  // Made only when needed: an error (its stack trace) per session costs the session rate.
+  let failure: unknown = null;
   try {
     for (const address of addresses) {
       const host = canonicalHost(address);
@@ -118,5 +119,5 @@ export async function connectAddresses(
   } finally {
     clearTimeout(timer);
   }
-  throw failure;
+  throw failure ?? new Deno.errors.NotFound("the target has no address");
 }

@@ -130,6 +130,8 @@ export class TunnelServer {
   #authenticated = 0;
   #unauthenticated: EventAggregator;
   #nextId = 0;
+  /** The --forward host as its one address when it is a literal: canonicalised once, not per session. */
+  #forwardLiteral: string[] | null = null;
 
   private constructor(listener: Deno.TcpListener, { key, ...options }: ServerOptions) {
     this.addr = listener.addr;
@@ -164,6 +166,7 @@ export class TunnelServer {
       keepaliveMs: this.#options.keepaliveMs,
       idleTimeoutMs: this.#options.idleTimeoutMs,
     };
+    if (options.forward) this.#forwardLiteral = literalAddresses(options.forward.host);
     if (options.vpn) this.stats.vpn = options.vpn.stats;
     this.#listening = new DrainableListener(listener, {
       accepted: (conn) => this.#accepted(conn),
@@ -397,7 +400,7 @@ export class TunnelServer {
       }
       try {
         // The operator's --forward: a literal, or resolved by the same resolver, under its deadline.
-        addresses ??= await resolveForward(wanted.host);
+        addresses ??= this.#forwardLiteral ?? await resolveForward(wanted.host);
         upstream = await connectAddresses(addresses, wanted.port);
         upstream.setNoDelay(true);
       } catch (err) {
@@ -508,6 +511,16 @@ export class TunnelServer {
     } else {
       this.#unauthenticated.note("handshake failed", "failed", { ...fields, error: reason });
     }
+  }
+}
+
+/** `[host]` canonicalised when it is an address literal; null for a name (or a malformed host). */
+function literalAddresses(host: string): string[] | null {
+  try {
+    const target = canonicalHost(host);
+    return target.kind === "name" ? null : [target.text];
+  } catch {
+    return null; // left to resolveForward, which reports it per session as before
   }
 }
 
