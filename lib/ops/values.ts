@@ -214,26 +214,24 @@ export const allowRule: ValueKind<string> = {
  * found by check-config.
  */
 export const deviceName: ValueKind<string> = {
-  fromText(text, flag) {
-    try {
-      checkDeviceName(text);
-    } catch (err) {
-      throw new UsageError(`--${flag}: ${(err as Error).message}`);
-    }
-    return text;
-  },
+  fromText: (text, flag) => checkedDeviceName(text, (why) => new UsageError(`--${flag}: ${why}`)),
   fromJson(value) {
     const name = jsonString(value);
     if (name === "") throw new ValueProblem("must not be empty");
-    try {
-      checkDeviceName(name);
-    } catch (err) {
-      throw new ValueProblem((err as Error).message);
-    }
-    return name;
+    return checkedDeviceName(name, (why) => new ValueProblem(why));
   },
   show: (value) => value,
 };
+
+/** `name` when the device layer accepts it; else its reason, as the error `fail` makes. */
+function checkedDeviceName(name: string, fail: (why: string) => Error): string {
+  try {
+    checkDeviceName(name);
+  } catch (err) {
+    throw fail((err as Error).message);
+  }
+  return name;
+}
 
 const TUNNEL_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 
