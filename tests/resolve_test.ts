@@ -6,6 +6,7 @@
  */
 
 import assert from "node:assert/strict";
+import { within } from "../support/process.ts";
 import {
   boundedResolver,
   type Lookup,
@@ -25,23 +26,12 @@ function stuckLookup(): Lookup & { asked: string[] } {
 }
 
 /** What `promise` settles to, or a failure naming `what` after `ms`: a bound, not a wait. */
-async function settledWithin<T>(
+function settledWithin<T>(
   ms: number,
   what: string,
   promise: Promise<T>,
 ): Promise<{ value?: T; error?: unknown }> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const bound = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: not settled within ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([
-      promise.then((value) => ({ value }), (error) => ({ error })),
-      bound,
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
+  return within(promise.then((value) => ({ value }), (error) => ({ error })), ms, what);
 }
 
 Deno.test("resolve: a lookup that never answers fails with ResolveTimeoutError at the deadline", async () => {
